@@ -1,0 +1,1 @@
+"""`gemma convert` (in progress)."""

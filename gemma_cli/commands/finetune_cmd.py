@@ -1,0 +1,1 @@
+"""`gemma finetune` (in progress)."""

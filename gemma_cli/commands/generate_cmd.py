@@ -1,0 +1,1 @@
+"""`gemma generate` (in progress)."""

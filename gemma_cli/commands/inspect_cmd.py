@@ -1,0 +1,1 @@
+"""`gemma inspect` (in progress)."""

@@ -1,0 +1,1 @@
+"""`gemma login` (in progress)."""

@@ -1,0 +1,533 @@
+"""The run-config schema and its loader.
+
+A run config is a YAML file validated by a strict schema: unknown keys are errors, every field
+is typed, bounded where it makes sense and described. Errors name the file, the line, the
+dotted key, what is wrong and, for a misspelt key, the closest valid one. All problems of a
+file are reported at once.
+
+Overrides follow the MaxText/torchtune convention, `key=value` after the config path, with the
+value parsed as YAML and typed by the schema:
+
+    gemma finetune configs/x.yaml optimizer.learning_rate=1e-4 mesh.shape=[1,8]
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gemma_cli.errors import ConfigError, UsageError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------- model ---
+class LoraConfig(_Strict):
+    """Low-rank adaptation. `rank: 0` (or no `lora` section) means full fine-tuning."""
+
+    rank: int = Field(4, ge=0, le=4096, description="LoRA rank; 0 = full fine-tune.")
+    alpha: float | None = Field(
+        None, gt=0, description="LoRA alpha (scale = alpha / rank). Defaults to the rank."
+    )
+    target_layers: list[str] | None = Field(
+        None,
+        description="Names of the layers that get adapters. Defaults to keras-hub's choice "
+        "(the attention query and value projections).",
+    )
+
+
+class ModelConfig(_Strict):
+    preset: str = Field(
+        ...,
+        min_length=1,
+        description="keras-hub preset name (gemma_7b_en), kaggle://owner/model/keras/variant, "
+        "hf://org/repo, or a local preset directory (e.g. presets/gemma3_270m).",
+    )
+    precision: Literal["float32", "bfloat16", "mixed_bfloat16"] = Field(
+        "bfloat16", description="Dtype policy of the weights and the compute."
+    )
+    lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tune.")
+    quantize: Literal["none", "int8"] = Field("none", description="Quantize frozen weights.")
+
+    @property
+    def lora_rank(self) -> int:
+        return self.lora.rank if self.lora else 0
+
+
+# ----------------------------------------------------------------------------------- mesh ---
+class MeshConfig(_Strict):
+    shape: list[int] = Field(
+        [1, -1],
+        min_length=1,
+        max_length=4,
+        description="Devices per mesh axis; one entry may be -1 = fill from the device count.",
+    )
+    axes: list[str] = Field(["batch", "model"], min_length=1, max_length=4)
+    batch_axis: str = Field("batch", description="Mesh axis that splits the data batch.")
+    model_axis: str = Field(
+        "model", description="Mesh axis the family default layout shards weights over."
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: list[int]) -> list[int]:
+        bad = [x for x in v if x == 0 or x < -1]
+        if bad:
+            raise ValueError(f"entries must be positive or -1, got {bad[0]}")
+        if v.count(-1) > 1:
+            raise ValueError(f"at most one -1 (fill from the device count), got {v}")
+        return v
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"axis names must be unique, got {v}")
+        return v
+
+    def resolve(self, n_devices: int) -> tuple[int, ...]:
+        """The concrete shape for `n_devices` devices; raises UsageError if it cannot fit."""
+        known = 1
+        for x in self.shape:
+            if x != -1:
+                known *= x
+        if -1 in self.shape:
+            if n_devices % known:
+                raise UsageError(
+                    f"mesh.shape {self.shape}: the fixed axes use {known} devices, which does "
+                    f"not divide the {n_devices} devices here",
+                    hint=f"set mesh.shape so that its product is {n_devices}",
+                )
+            return tuple(n_devices // known if x == -1 else x for x in self.shape)
+        if known != n_devices:
+            raise UsageError(
+                f"mesh.shape {self.shape} needs {known} devices but {n_devices} are available",
+                hint=f"set mesh.shape so that its product is {n_devices}, "
+                f"e.g. mesh.shape=[1,{n_devices}] or use -1 to fill",
+            )
+        return tuple(self.shape)
+
+
+# --------------------------------------------------------------------------------- layout ---
+class LayoutRule(_Strict):
+    pattern: str = Field(..., description="Regex matched (re.search) against variable paths.")
+    axes: list[str | None] = Field(..., description="Mesh axis (or null) per dimension.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"regex does not compile: {e}") from None
+        return v
+
+
+class LayoutConfig(_Strict):
+    rules: list[LayoutRule] | None = Field(
+        None, description="`default` (the family's rules) or a list of {pattern, axes}."
+    )
+    indivisible: Literal["error", "replicate"] = Field(
+        "error",
+        description="A sharded dimension not divisible by its mesh axes: stop with an error, "
+        "or replicate that dimension and warn.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default(cls, v: Any) -> Any:
+        if isinstance(v, str):  # `layout: default`
+            v = {"rules": v}
+        if isinstance(v, list):  # `layout: [{pattern, axes}, ...]`
+            v = {"rules": v}
+        if isinstance(v, dict) and isinstance(v.get("rules"), str):
+            if v["rules"] != "default":
+                raise ValueError(
+                    f"rules must be 'default' or a list of {{pattern, axes}}, got {v['rules']!r}"
+                )
+            v = {**v, "rules": None}
+        return v
+
+    @property
+    def is_default(self) -> bool:
+        return self.rules is None
+
+
+# ----------------------------------------------------------------------------------- data ---
+class DataConfig(_Strict):
+    name: str | None = Field(None, description="tfds dataset name, e.g. imdb_reviews.")
+    split: str = Field("train", description="tfds split (slicing allowed: train[:10%]).")
+    data_dir: str | None = Field(None, description="tfds data_dir (prepared data lives here).")
+    paths: list[str] | None = Field(None, description="Local files or globs (jsonl, csv, txt).")
+    format: Literal["jsonl", "csv", "txt"] | None = Field(
+        None, description="Local file format; inferred from the extension when absent."
+    )
+    field: str = Field(
+        "text", description="Field holding the text (ignored when `template` is set)."
+    )
+    template: str | None = Field(
+        None,
+        description="Prompt template over the record's fields, e.g. "
+        "'Instruction:\\n{instruction}\\n\\nResponse:\\n{response}'.",
+    )
+    take: int | None = Field(None, ge=1, description="Use only the first N records.")
+    shuffle: bool = Field(True, description="Shuffle (seeded by train.seed).")
+    shuffle_buffer: int = Field(10_000, ge=1)
+    sequence_length: int = Field(128, ge=8, le=131_072)
+    batch_size: int = Field(2, ge=1, le=65_536, description="Global batch size.")
+    packing: bool = Field(
+        False, description="Concatenate examples with EOS and cut full sequences."
+    )
+    eval_split: str | None = Field(None, description="tfds split for evaluation.")
+    eval_paths: list[str] | None = Field(None, description="Local files for evaluation.")
+    eval_holdout: int | None = Field(
+        None, ge=1, description="Hold out the first N records of the data for evaluation."
+    )
+    eval_take: int | None = Field(None, ge=1, description="Evaluate on at most N records.")
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            fields = [f for _, f, _, _ in __import__("string").Formatter().parse(v) if f]
+        except ValueError as e:
+            raise ValueError(f"template does not parse: {e}") from None
+        if not fields:
+            raise ValueError("template names no {field}")
+        return v
+
+    @property
+    def source(self) -> str:
+        return "tfds" if self.name else "local"
+
+
+# ------------------------------------------------------------------------------ optimizer ---
+class OptimizerConfig(_Strict):
+    name: Literal["adamw", "adam", "sgd", "adafactor"] = "adamw"
+    learning_rate: float = Field(5e-5, gt=0, le=10)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    exclude_from_weight_decay: list[str] = Field(["bias", "scale"])
+    clipnorm: float | None = Field(None, gt=0)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+
+
+# ---------------------------------------------------------------------------------- train ---
+class TrainConfig(_Strict):
+    epochs: int = Field(1, ge=1, le=100_000)
+    max_steps: int | None = Field(None, ge=1, description="Stop after N optimizer steps.")
+    seed: int = Field(0, ge=0)
+    steps_per_execution: int = Field(1, ge=1, le=10_000)
+    output_dir: str | None = Field(None, description="Defaults to runs/<config name>.")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Checkpoint every N steps (and always at the end)."
+    )
+    keep_checkpoints: int = Field(3, ge=1, le=1000)
+    eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps.")
+    log_every: int = Field(10, ge=1, description="Write a metrics line every N steps.")
+
+
+# ------------------------------------------------------------------------------- generate ---
+class GenerateConfig(_Strict):
+    max_length: int = Field(64, ge=1, le=131_072, description="Total tokens incl. the prompt.")
+    sampler: Literal["greedy", "top_k", "top_p", "random", "beam"] = "greedy"
+    temperature: float = Field(1.0, gt=0, le=100)
+    top_k: int = Field(5, ge=1)
+    top_p: float = Field(0.9, gt=0, le=1)
+    num_beams: int = Field(4, ge=1, le=64)
+    seed: int | None = Field(None, ge=0)
+
+
+# ------------------------------------------------------------------------------------ run ---
+class RunConfig(_Strict):
+    name: str | None = Field(None, description="Run name; defaults to the config file's stem.")
+    model: ModelConfig
+    mesh: MeshConfig = Field(default_factory=MeshConfig)
+    layout: LayoutConfig = Field(default_factory=LayoutConfig)
+    data: DataConfig | None = None
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+
+    # set by the loader, not part of the schema
+    source_path: str | None = Field(None, exclude=True, repr=False)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.train.output_dir or f"runs/{self.name or 'run'}")
+
+
+# -------------------------------------------------------------------------- YAML + lines ---
+_Loc = tuple[Any, ...]
+
+
+def _line_map(text: str) -> dict[_Loc, int]:
+    """Dotted location → 1-based line of the key (or list item) in the YAML text."""
+    lines: dict[_Loc, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: yaml.Node, loc: _Loc) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (loc + (k.value,)) if isinstance(k, yaml.ScalarNode) else loc
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[loc + (i,)] = item.start_mark.line + 1
+                walk(item, loc + (i,))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return [a for arg in typing.get_args(tp) for a in _unwrap(arg)]
+    return [tp]
+
+
+def _fields_at(loc: _Loc) -> list[str]:
+    """The valid keys of the schema object at `loc` (for 'did you mean')."""
+    current: list[Any] = [RunConfig]
+    for part in loc:
+        nxt: list[Any] = []
+        for tp in current:
+            if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str):
+                f = tp.model_fields.get(part)
+                if f is not None:
+                    nxt.extend(_unwrap(f.annotation))
+            elif typing.get_origin(tp) is list and isinstance(part, int):
+                nxt.extend(_unwrap(typing.get_args(tp)[0]))
+        current = nxt
+    keys: list[str] = []
+    for tp in current:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            keys.extend(k for k, f in tp.model_fields.items() if not f.exclude)
+    return keys
+
+
+def _dotted(loc: _Loc) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<root>"
+
+
+class _Located:
+    def __init__(self, where: str, lines: dict[_Loc, int], overrides: dict[_Loc, str]):
+        self.where, self.lines, self.overrides = where, lines, overrides
+
+    def __call__(self, loc: _Loc, message: str) -> str:
+        for i in range(len(loc), -1, -1):
+            if loc[:i] in self.overrides:
+                return f"override '{self.overrides[loc[:i]]}': {_dotted(loc)}: {message}"
+        for i in range(len(loc), -1, -1):
+            if loc[:i] in self.lines:
+                return f"{self.where}:{self.lines[loc[:i]]}: {_dotted(loc)}: {message}"
+        return f"{self.where}: {_dotted(loc)}: {message}"
+
+
+def _pydantic_message(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    loc = tuple(err["loc"])
+    if kind == "extra_forbidden":
+        key = loc[-1]
+        close = difflib.get_close_matches(str(key), _fields_at(loc[:-1]), n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        valid = ", ".join(_fields_at(loc[:-1]))
+        return f"unknown key{hint}" + ("" if close else f"; valid keys: {valid}")
+    if kind == "missing":
+        return "required key is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind in ("literal_error", "enum") and "input" in err:
+        return f"{msg}, got {err['input']!r}"
+    if "input" in err and not isinstance(err["input"], (dict, list)):
+        return f"{msg}, got {err['input']!r}"
+    return msg
+
+
+def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
+    """Checks that span several keys: one place, all reported together."""
+    problems: list[tuple[_Loc, str]] = []
+    m = cfg.mesh
+    if len(m.shape) != len(m.axes):
+        problems.append(
+            (("mesh", "axes"), f"{len(m.axes)} axes {m.axes} for a {len(m.shape)}-d shape {m.shape}")
+        )
+    if m.batch_axis not in m.axes:
+        problems.append((("mesh", "batch_axis"), f"'{m.batch_axis}' is not one of the axes {m.axes}"))
+    if cfg.layout.rules is None and m.model_axis not in m.axes:
+        problems.append((("mesh", "model_axis"), f"'{m.model_axis}' is not one of the axes {m.axes}"))
+    for i, rule in enumerate(cfg.layout.rules or []):
+        for j, ax in enumerate(rule.axes):
+            if ax is not None and ax not in m.axes:
+                problems.append(
+                    (
+                        ("layout", "rules", i, "axes", j),
+                        f"axis '{ax}' is not a mesh axis; mesh.axes is {m.axes} (use null to replicate)",
+                    )
+                )
+    d = cfg.data
+    if d is not None:
+        if bool(d.name) == bool(d.paths):
+            problems.append((("data",), "give exactly one source: `name` (tfds) or `paths` (local files)"))
+        if d.eval_split and not d.name:
+            problems.append((("data", "eval_split"), "eval_split needs a tfds `name`; use eval_paths or eval_holdout"))
+        if sum(x is not None for x in (d.eval_split, d.eval_paths, d.eval_holdout)) > 1:
+            problems.append((("data",), "give at most one of eval_split, eval_paths, eval_holdout"))
+        if m.batch_axis in m.axes and len(m.shape) == len(m.axes):
+            n = m.shape[m.axes.index(m.batch_axis)]
+            if n > 0 and d.batch_size % n:
+                problems.append(
+                    (
+                        ("data", "batch_size"),
+                        f"{d.batch_size} is not divisible by the '{m.batch_axis}' mesh axis ({n}); "
+                        f"use a multiple of {n}",
+                    )
+                )
+    t = cfg.train
+    if t.eval_every and d is not None and not (d.eval_split or d.eval_paths or d.eval_holdout):
+        problems.append((("train", "eval_every"), "set but data has no eval_split, eval_paths or eval_holdout"))
+    lora = cfg.model.lora
+    if lora and lora.target_layers is not None and not lora.target_layers:
+        problems.append((("model", "lora", "target_layers"), "empty list; omit it for the default"))
+    return problems
+
+
+# ------------------------------------------------------------------------------ overrides ---
+def _parse_override(item: str) -> tuple[_Loc, Any]:
+    if "=" not in item:
+        raise ConfigError([f"override '{item}': expected key=value, e.g. optimizer.learning_rate=1e-4"])
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*", key):
+        raise ConfigError([f"override '{item}': '{key}' is not a dotted key like train.max_steps"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"override '{item}': value is not valid YAML: {str(e).splitlines()[0]}"]) from None
+    loc: list[Any] = []
+    for part in re.findall(r"[A-Za-z_][A-Za-z0-9_]*|\[\d+\]", key):
+        loc.append(int(part[1:-1]) if part.startswith("[") else part)
+    return tuple(loc), value
+
+
+def _apply(data: dict[str, Any], loc: _Loc, value: Any, item: str) -> None:
+    node: Any = data
+    for i, part in enumerate(loc[:-1]):
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise ConfigError([f"override '{item}': {_dotted(loc[: i + 1])} does not exist"])
+            node = node[part]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError([f"override '{item}': {_dotted(loc[:i])} is not a mapping"])
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+    last = loc[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise ConfigError([f"override '{item}': {_dotted(loc)} does not exist"])
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError([f"override '{item}': {_dotted(loc[:-1])} is not a mapping"])
+
+
+# --------------------------------------------------------------------------------- loader ---
+def read_text(path: str) -> tuple[str, str]:
+    """(text, display name); `-` reads stdin."""
+    if path == "-":
+        return sys.stdin.read(), "<stdin>"
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{path}: no such config file", hint="see configs/ for examples")
+    if p.is_dir():
+        raise UsageError(f"{path}: is a directory, expected a YAML run config")
+    try:
+        return p.read_text(encoding="utf-8"), path
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read: {e}") from None
+
+
+def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load, override and validate a run config. Raises ConfigError with every problem.
+
+    Args:
+        path: str. A YAML file, or `-` for stdin.
+        overrides: list[str]. `key=value` items applied after the file.
+
+    Example:
+        >>> cfg = load_config("configs/gemma3_270m_demo.yaml", ["train.max_steps=5"])
+    """
+    text, where = read_text(path)
+    return parse_config(text, where, overrides)
+
+
+def parse_config(text: str, where: str = "<config>", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if ctx and cmark is not None and mark is not None and cmark.line != mark.line:
+            problem += f" ({ctx} started at line {cmark.line + 1})"
+        raise ConfigError([f"{where}{line}: YAML syntax error: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{where}:1: expected a mapping of sections (model, mesh, ...), got {type(data).__name__}"])
+    lines = _line_map(text)
+    override_locs: dict[_Loc, str] = {}
+    for item in overrides:
+        loc, value = _parse_override(item)
+        _apply(data, loc, value, item)
+        override_locs[loc] = item
+    if not data.get("name") and where not in ("<stdin>", "<config>"):
+        data["name"] = Path(where).stem
+    located = _Located(where, lines, override_locs)
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        errs = e.errors(include_url=False)
+        errs.sort(key=lambda er: lines.get(tuple(er["loc"]), 10**9))
+        raise ConfigError([located(tuple(er["loc"]), _pydantic_message(er)) for er in errs]) from None
+    problems = _cross_checks(cfg)
+    if problems:
+        raise ConfigError([located(loc, msg) for loc, msg in problems])
+    cfg.source_path = None if where.startswith("<") else where
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as plain data (what `config show` prints and runs save)."""
+    return cfg.model_dump(mode="json")
+
+
+def to_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

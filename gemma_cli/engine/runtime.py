@@ -1,0 +1,109 @@
+"""The process environment for the engine, set before the first heavy import. Idempotent.
+
+- KERAS_BACKEND=jax, quiet TensorFlow logs, TensorFlow kept off accelerators (tf.data only).
+- `GEMMA_CPU_DEVICES=N` (or `setup(cpu_devices=N)`) simulates N XLA CPU devices, for tests
+  and for running the real ModelParallel path on a laptop.
+- Multi-host: `GEMMA_COORDINATOR=host:port GEMMA_NUM_PROCESSES=N GEMMA_PROCESS_ID=i` (or a TPU
+  pod's own environment) initialises JAX's distributed runtime once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+_state: dict[str, Any] = {"setup": False, "distributed": False}
+
+
+def setup(cpu_devices: int | None = None) -> None:
+    """Prepare the environment; must run before keras/jax/tensorflow are imported."""
+    if _state["setup"]:
+        return
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    # jax should not grab all accelerator memory up front when TF shares the process
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    n = cpu_devices or int(os.environ.get("GEMMA_CPU_DEVICES", "0") or 0)
+    if n:
+        if "jax" in sys.modules:
+            import jax
+
+            if jax.device_count() != n:
+                from gemma_cli.errors import UsageError
+
+                raise UsageError(
+                    f"cannot simulate {n} CPU devices: jax was already initialised with "
+                    f"{jax.device_count()}"
+                )
+        flags = os.environ.get("XLA_FLAGS", "")
+        flags = " ".join(f for f in flags.split() if "xla_force_host_platform_device_count" not in f)
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    _state["setup"] = True
+    _init_distributed()
+    _tf_off_accelerators()
+
+
+def _tf_off_accelerators() -> None:
+    try:
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
+        try:
+            tf.config.set_visible_devices([], "TPU")
+        except (ValueError, RuntimeError):
+            pass
+    except (ImportError, RuntimeError):
+        pass
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
+
+
+def _init_distributed() -> None:
+    coord = os.environ.get("GEMMA_COORDINATOR")
+    if _state["distributed"] or not coord:
+        return
+    import jax
+
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu" or os.environ.get("GEMMA_CPU_COLLECTIVES"):
+        jax.config.update(
+            "jax_cpu_collectives_implementation", os.environ.get("GEMMA_CPU_COLLECTIVES", "gloo")
+        )
+    import keras
+
+    keras.distribution.initialize(
+        job_addresses=coord,
+        num_processes=int(os.environ["GEMMA_NUM_PROCESSES"]),
+        process_id=int(os.environ["GEMMA_PROCESS_ID"]),
+    )
+    _state["distributed"] = True
+
+
+def process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+def process_count() -> int:
+    import jax
+
+    return jax.process_count()
+
+
+def is_main_process() -> bool:
+    return process_index() == 0
+
+
+def silence_keras_stdout() -> None:
+    """Keras prints progress to stdout; under --json nothing but the document may go there."""
+    import keras
+
+    keras.utils.disable_interactive_logging()
