@@ -120,7 +120,7 @@ class MeshConfig(_Strict):
 
 # --------------------------------------------------------------------------------- layout ---
 class LayoutRule(_Strict):
-    pattern: str = Field(..., description="Regex matched (re.search) against variable paths.")
+    pattern: str = Field(..., description="Regex that must match a whole variable path (re.fullmatch, as keras.distribution.LayoutMap does).")
     axes: list[str | None] = Field(..., description="Mesh axis (or null) per dimension.")
 
     @field_validator("pattern")

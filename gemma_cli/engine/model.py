@@ -1,0 +1,155 @@
+"""Presets, dtype policy, LoRA and quantization: from a config (or a run dir) to a CausalLM.
+
+A preset is a keras-hub name (`gemma_7b_en`), `kaggle://...`, `hf://...` or a local preset
+directory. The architecture (backbone config) is read without weights so that the layout can
+be checked before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gemma_cli.errors import RuntimeFailure, UsageError
+
+
+def _setup() -> None:
+    from gemma_cli.engine import runtime
+
+    runtime.setup()
+
+
+def is_local(preset: str) -> bool:
+    return "://" not in preset and (preset.startswith((".", "/", "~")) or "/" in preset or Path(preset).exists())
+
+
+def backbone_config(preset: str) -> dict[str, Any]:
+    """The preset's serialized backbone config ({class_name, config, ...}), no weights.
+
+    Local dirs read config.json; known preset names use the architectures shipped with gemma
+    (no network); anything else asks keras-hub, which downloads only config.json.
+    """
+    if is_local(preset):
+        path = Path(preset).expanduser() / "config.json"
+        if not path.exists():
+            hint = "run `make preset` to create it" if "gemma3_270m" in preset else "give a keras-hub preset directory"
+            raise UsageError(f"model.preset: {preset}: no keras-hub preset there (no config.json)", hint=hint)
+        return json.loads(path.read_text())
+    try:
+        from gemma_cli.engine import architectures
+
+        known = architectures.get(preset)
+    except ImportError:
+        known = None
+    if known is not None:
+        return known
+    _check_credentials(preset)
+    _setup()
+    from keras_hub.src.utils.preset_utils import load_json
+
+    try:
+        return load_json(preset, "config.json")
+    except Exception as e:  # network, auth, unknown name
+        raise _load_error(preset, e) from None
+
+
+def _check_credentials(preset: str) -> None:
+    try:
+        from gemma_cli.auth import require_credentials
+    except ImportError:
+        return
+    require_credentials(preset)
+
+
+def _load_error(preset: str, e: Exception) -> Exception:
+    text = f"{type(e).__name__}: {e}"
+    low = text.lower()
+    if any(k in low for k in ("connection", "resolve", "timed out", "network", "max retries", "unreachable")):
+        return RuntimeFailure(f"cannot download preset {preset}: network unreachable ({text.splitlines()[0][:160]})")
+    if any(k in low for k in ("401", "403", "unauthorized", "forbidden", "credentials")):
+        via = "hf" if preset.startswith("hf://") else "kaggle"
+        return UsageError(f"preset {preset}: access denied", hint=f"run `gemma login {via}` and accept the model's license")
+    if "not found" in low or "404" in low or "unknown preset" in low or "invalid preset" in low:
+        return UsageError(f"model.preset: {preset}: no such preset ({text.splitlines()[0][:160]})")
+    return RuntimeFailure(f"cannot load preset {preset}: {text.splitlines()[0][:300]}")
+
+
+def backbone_class(bb_config: dict[str, Any]) -> str:
+    return bb_config.get("class_name") or bb_config.get("registered_name", "").split(">")[-1]
+
+
+def dtype_for(precision: str) -> str:
+    return {"float32": "float32", "bfloat16": "bfloat16", "mixed_bfloat16": "mixed_bfloat16"}[precision]
+
+
+def abstract_variables(
+    bb_config: dict[str, Any], precision: str = "float32", lora_rank: int = 0, lora_targets: list[str] | None = None
+) -> list[tuple[str, tuple[int, ...], str]]:
+    """(path, shape, dtype) of every backbone variable, with LoRA, allocating nothing."""
+    _setup()
+    import jax
+    import keras
+
+    paths: list[tuple[str, str]] = []
+
+    def build() -> list[Any]:
+        cfg = dict(bb_config)
+        inner = dict(cfg.get("config", {}))
+        inner["dtype"] = dtype_for(precision)
+        cfg["config"] = inner
+        bb = keras.saving.deserialize_keras_object(cfg)
+        if lora_rank:
+            bb.enable_lora(lora_rank, target_layer_names=lora_targets)
+        paths.clear()
+        paths.extend((v.path, str(v.dtype)) for v in bb.weights)
+        return [v.value for v in bb.weights]
+
+    shapes = jax.eval_shape(build)
+    return [(p, tuple(s.shape), d) for (p, d), s in zip(paths, shapes, strict=True)]
+
+
+def load_causal_lm(preset: str, precision: str = "float32") -> Any:
+    """keras_hub CausalLM.from_preset with the dtype policy; errors become one line."""
+    _setup()
+    if not is_local(preset):
+        _check_credentials(preset)
+    else:
+        backbone_config(preset)  # clear error for a missing dir
+    import keras_hub
+
+    try:
+        return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision))
+    except (UsageError, RuntimeFailure):
+        raise
+    except Exception as e:
+        raise _load_error(preset, e) from None
+
+
+def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any) -> None:
+    if model_cfg.quantize == "int8":
+        causal_lm.quantize("int8")
+    lora = model_cfg.lora
+    if lora and lora.rank:
+        bb = causal_lm.backbone
+        bb.enable_lora(lora.rank, target_layer_names=lora.target_layers)
+        if not getattr(bb, "_lora_enabled_layers", None):
+            raise UsageError(
+                f"model.lora.target_layers: {lora.target_layers} matched no layer",
+                hint="use layer names such as query, value, key, attention_output",
+            )
+        if lora.alpha is not None:
+            for layer in lora_layers(bb):
+                layer.lora_alpha = float(lora.alpha)
+
+
+def lora_layers(backbone: Any) -> list[Any]:
+    return [lyr for lyr in backbone._flatten_layers(include_self=False) if getattr(lyr, "lora_enabled", False)]
+
+
+def param_counts(causal_lm: Any) -> dict[str, int]:
+    import numpy as np
+
+    total = int(sum(np.prod(v.shape) for v in causal_lm.weights))
+    trainable = int(sum(np.prod(v.shape) for v in causal_lm.trainable_weights))
+    return {"total": total, "trainable": trainable}

@@ -1,0 +1,36 @@
+"""Test environment: 8 simulated XLA CPU devices, jax backend, tiny presets made once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# Must happen before anything imports jax/keras/tensorflow.
+os.environ.setdefault("GEMMA_CPU_DEVICES", "8")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_presets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{'gemma': dir, 'gemma2': dir, 'gemma3': dir}: tiny random-weight keras-hub presets."""
+    from tiny import make_tiny_preset
+
+    base = tmp_path_factory.mktemp("presets")
+    return {fam: make_tiny_preset(base / f"tiny_{fam}", fam) for fam in ("gemma", "gemma2", "gemma3")}
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tiny_presets: dict[str, Path]) -> Path:
+    return tiny_presets["gemma3"]

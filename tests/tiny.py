@@ -1,0 +1,113 @@
+"""Tiny Gemma presets for tests: random weights, a SentencePiece vocabulary trained here.
+
+`make_tiny_preset(dir, family)` writes a real keras-hub preset directory (config.json,
+tokenizer, weights) that every `gemma` verb loads exactly like a downloaded one. Families:
+gemma (Gemma 1), gemma2, gemma3. The heavy imports happen inside the function so that test
+modules can import this file cheaply.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "gemma fine tunes models from yaml run configs",
+    "a mesh has a batch axis and a model axis",
+    "layout rules map variable paths to mesh axes",
+    "low rank adapters train few parameters",
+    "the loss falls when the model learns the corpus",
+    "Instruction: Response: what does inspect show",
+    "0 1 2 3 4 5 6 7 8 9 . , ! ? : ; ( ) - _ / =",
+]
+
+SPECIAL = ["<start_of_turn>", "<end_of_turn>", "<img>", "<start_of_image>", "<end_of_image>"]
+
+
+def tiny_proto(vocab_size: int = 128) -> bytes:
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 20),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        user_defined_symbols=SPECIAL,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def tiny_backbone_config(family: str, vocab_size: int) -> dict:
+    common = dict(
+        vocabulary_size=vocab_size,
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        head_dim=8,
+    )
+    if family == "gemma":
+        return {**common, "intermediate_dim": 128}
+    if family == "gemma2":
+        return {
+            **common,
+            "intermediate_dim": 128,
+            "query_head_dim_normalize": True,
+            "use_post_ffw_norm": True,
+            "use_post_attention_norm": True,
+            "final_logit_soft_cap": 30.0,
+            "attention_logit_soft_cap": 50.0,
+            "sliding_window_size": 16,
+            "use_sliding_window_attention": True,
+        }
+    if family == "gemma3":
+        return {
+            **common,
+            "image_size": 896,
+            "query_head_dim_normalize": True,
+            "use_query_key_norm": True,
+            "use_post_ffw_norm": True,
+            "use_post_attention_norm": True,
+            "sliding_window_size": 16,
+            "use_sliding_window_attention": True,
+            "vision_encoder": None,
+        }
+    raise ValueError(family)
+
+
+def make_tiny_preset(out_dir: str | Path, family: str = "gemma3", seed: int = 0, vocab_size: int = 128) -> Path:
+    """Write a tiny preset of `family` to `out_dir` and return its path."""
+    import keras
+    import keras_hub
+
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        return out
+    keras.utils.set_random_seed(seed)
+    proto = tiny_proto(vocab_size)
+    if family == "gemma3":
+        tok = keras_hub.models.Gemma3Tokenizer(proto=proto, has_vision_tokens=False)
+        bb = keras_hub.models.Gemma3Backbone(**tiny_backbone_config(family, vocab_size))
+        pre = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer=tok, sequence_length=32)
+        lm = keras_hub.models.Gemma3CausalLM(backbone=bb, preprocessor=pre)
+    else:
+        tok = keras_hub.models.GemmaTokenizer(proto=proto)
+        bb = keras_hub.models.GemmaBackbone(**tiny_backbone_config(family, vocab_size))
+        pre = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer=tok, sequence_length=32)
+        lm = keras_hub.models.GemmaCausalLM(backbone=bb, preprocessor=pre)
+    out.mkdir(parents=True, exist_ok=True)
+    lm.save_to_preset(str(out))
+    return out
