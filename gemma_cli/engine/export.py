@@ -1,0 +1,255 @@
+"""Export a preset or a fine-tune run: merge LoRA into the kernels, then write HF or a preset.
+
+- `load_for_export(path)`: a keras-hub preset directory (config.json), a fine-tune run
+  directory (through `gemma_cli.engine.model.load_model`, which attaches the run's LoRA
+  adapter), or a `kaggle://` / `hf://` preset.
+- `merge_lora(causal_lm)`: for every LoRA-enabled Dense/EinsumDense,
+  `kernel + (lora_alpha / lora_rank) * (lora_kernel_a @ lora_kernel_b)` — the exact formula of
+  keras 3's `Dense.kernel` / `EinsumDense.kernel` — computed in float32, then copied into a
+  fresh backbone built from the same config without LoRA (so nothing downstream, neither
+  `save_to_preset` nor the HF exporter, can see or re-add an adapter).
+- `export(path, out, fmt)`: `--format hf` → `CausalLM.export_to_transformers`,
+  `--format preset` → `save_to_preset`; written atomically into `<out>.tmp-XXXX`, then renamed.
+- `upload(dir, uri)`: `keras_hub.upload_preset` after a credentials check (no network).
+
+Example:
+    >>> from gemma_cli.engine.export import export
+    >>> export("runs/gemma3_270m_demo", "exported/hf", fmt="hf", log=out)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gemma_cli.errors import RuntimeFailure, UsageError
+
+FORMATS = ("hf", "preset")
+
+
+class _NullLog:
+    def step(self, message: str) -> None: ...
+
+    def info(self, message: str) -> None: ...
+
+
+def _setup() -> None:
+    from gemma_cli.engine import runtime
+
+    runtime.setup()
+
+
+def is_preset_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.weights.h5").is_file()
+
+
+def load_for_export(path: str, log: Any = None) -> Any:
+    """A keras-hub CausalLM from a preset dir, a fine-tune run dir or a remote preset."""
+    log = log or _NullLog()
+    p = Path(path).expanduser()
+    if p.is_dir() and is_preset_dir(p):
+        log.step(f"Loading preset {p} ...")
+        return _load_preset(str(p))
+    if p.is_dir():
+        try:
+            from gemma_cli.engine.model import load_model
+        except ImportError:
+            raise UsageError(
+                f"{p}: not a keras-hub preset directory, and loading fine-tune runs is not "
+                "available in this build (gemma_cli.engine.model.load_model is missing)"
+            ) from None
+        log.step(f"Loading fine-tune run {p} ...")
+        return load_model(str(p), log=log)
+    if p.exists():
+        raise UsageError(f"{p}: not a directory", "give a preset directory or a fine-tune run directory")
+    if path.startswith(("kaggle://", "hf://")):
+        log.step(f"Loading preset {path} ...")
+        return _load_preset(path)
+    raise UsageError(f"{path}: no such run or preset directory")
+
+
+def _load_preset(preset: str) -> Any:
+    try:
+        from gemma_cli.engine.model import load_causal_lm
+    except ImportError:
+        load_causal_lm = None
+    if load_causal_lm is not None:
+        return load_causal_lm(preset)
+    _setup()
+    import keras_hub
+
+    try:
+        return keras_hub.models.CausalLM.from_preset(preset)
+    except Exception as e:
+        raise RuntimeFailure(f"cannot load {preset}: {type(e).__name__}: {e}") from None
+
+
+def lora_layers(backbone: Any) -> list[Any]:
+    return [
+        lyr for lyr in backbone._flatten_layers(include_self=False)
+        if getattr(lyr, "lora_enabled", False)
+    ]
+
+
+def merge_lora(causal_lm: Any, log: Any = None) -> tuple[Any, int]:
+    """Return (a CausalLM whose kernels hold base + LoRA delta and which has no LoRA, count).
+
+    With no LoRA-enabled layer the model is returned unchanged with count 0.
+    """
+    log = log or _NullLog()
+    _setup()
+    import keras
+    import numpy as np
+
+    backbone = causal_lm.backbone
+    layers = lora_layers(backbone)
+    if not layers:
+        return causal_lm, 0
+    log.step(f"Merging LoRA into {len(layers)} kernels ...")
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if getattr(layer, "quantization_mode", None):
+            raise UsageError(
+                f"layer {layer.path}: cannot merge LoRA into a {layer.quantization_mode}-quantized "
+                "kernel", "export the fine-tune run without model.quantize")
+        base = keras.ops.convert_to_numpy(layer._kernel).astype(np.float32)
+        a = keras.ops.convert_to_numpy(layer.lora_kernel_a).astype(np.float32)
+        b = keras.ops.convert_to_numpy(layer.lora_kernel_b).astype(np.float32)
+        scale = float(layer.lora_alpha) / float(layer.lora_rank)
+        merged[layer._kernel.path] = base + scale * np.matmul(a, b)
+
+    clean = type(backbone).from_config(backbone.get_config())
+    source = {v.path: v for v in backbone.weights}
+    if len(clean.weights) + 2 * len(layers) != len(backbone.weights):
+        raise RuntimeFailure(
+            f"internal: a rebuilt backbone has {len(clean.weights)} weights, the LoRA one "
+            f"{len(backbone.weights)} with {len(layers)} adapted layers")
+    for v in clean.weights:
+        if v.path not in source:
+            raise RuntimeFailure(f"internal: no weight {v.path} in the model being merged")
+        value = merged[v.path] if v.path in merged else keras.ops.convert_to_numpy(source[v.path])
+        if tuple(value.shape) != tuple(v.shape):
+            raise RuntimeFailure(f"internal: {v.path} shape {value.shape} != {tuple(v.shape)}")
+        v.assign(value)
+    missing = set(merged) - {v.path for v in clean.weights}
+    if missing:
+        raise RuntimeFailure(f"internal: merged kernels not found in the rebuilt model: {sorted(missing)[:3]}")
+    task = type(causal_lm)(backbone=clean, preprocessor=causal_lm.preprocessor)
+    return task, len(layers)
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"{out}: exists and is not a directory", "choose another --out")
+        if any(out.iterdir()) and not force:
+            raise UsageError(f"{out}: exists and is not empty", "pass --force to replace it or choose another --out")
+
+
+def _atomic_dir(out: Path, write: Any) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        write(str(tmp))
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
+            os.rename(out, old / out.name)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export(path: str, out: str | Path, fmt: str = "hf", *, log: Any = None, force: bool = False) -> dict[str, Any]:
+    """Load `path`, merge LoRA, write `out` in `fmt` ("hf" or "preset"). Returns a summary.
+
+    Args:
+        path: str. Preset directory, fine-tune run directory, or kaggle:// / hf:// preset.
+        out: str | Path. Directory to write; must not exist or be empty unless `force`.
+        fmt: str. "hf" (safetensors + config for `transformers`) or "preset" (keras-hub).
+            Defaults to "hf".
+        log: object with `.step` / `.info`. Defaults to silent.
+        force: bool. Replace a non-empty `out`. Defaults to False.
+    """
+    log = log or _NullLog()
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(FORMATS)}")
+    t0 = time.monotonic()
+    out = Path(out).expanduser()
+    _prepare_out(out, force)
+    causal_lm = load_for_export(path, log=log)
+    causal_lm, n_merged = merge_lora(causal_lm, log=log)
+    backbone_cls = type(causal_lm.backbone).__name__
+    if fmt == "hf":
+        log.step(f"Exporting {backbone_cls} to Hugging Face format in {out} ...")
+
+        def write(d: str) -> None:
+            try:
+                causal_lm.export_to_transformers(d)
+            except ValueError as e:
+                if "not implemented" in str(e):
+                    raise UsageError(f"--format hf: keras-hub cannot export {backbone_cls} to transformers") from None
+                raise
+    else:
+        log.step(f"Saving keras-hub preset to {out} ...")
+
+        def write(d: str) -> None:
+            causal_lm.save_to_preset(d)
+
+    _atomic_dir(out, write)
+    params = int(causal_lm.backbone.count_params())
+    seconds = round(time.monotonic() - t0, 2)
+    log.info(f"Exported {params:,} params ({n_merged} LoRA kernels merged) in {seconds:.1f} s → {out}")
+    return {
+        "source": path,
+        "out": str(out),
+        "format": fmt,
+        "backbone": backbone_cls,
+        "params": params,
+        "lora_merged": n_merged,
+        "files": sorted(f.name for f in out.iterdir()),
+        "seconds": seconds,
+    }
+
+
+def upload(directory: str, uri: str, *, log: Any = None) -> dict[str, Any]:
+    """Upload a preset directory to `kaggle://user/model/keras/variation` or `hf://user/model`."""
+    log = log or _NullLog()
+    d = Path(directory).expanduser()
+    if not d.is_dir():
+        raise UsageError(f"{d}: no such directory")
+    if not (d / "config.json").is_file():
+        raise UsageError(f"{d}: not a keras-hub preset (no config.json)",
+                         "export one with `gemma export RUN --format preset --out DIR`")
+    if uri.startswith("kaggle://"):
+        service, name = "kaggle", "Kaggle"
+    elif uri.startswith("hf://"):
+        service, name = "hf", "Hugging Face"
+    else:
+        raise UsageError(f"{uri}: unknown destination", "use kaggle://USER/MODEL/keras/VARIATION or hf://USER/MODEL")
+    if not uri.split("://", 1)[1].strip("/"):
+        raise UsageError(f"{uri}: no model name after the scheme")
+    from gemma_cli import auth
+
+    if not auth.credential(service).configured:
+        raise UsageError(f"uploading to {name} needs credentials and none are configured",
+                         f"run `gemma login {service}`")
+    _setup()
+    import keras_hub
+
+    log.step(f"Uploading {d} to {uri} ...")
+    t0 = time.monotonic()
+    try:
+        keras_hub.upload_preset(uri, str(d))
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"cannot upload {d} to {uri}: {e}") from None
+    except Exception as e:
+        raise RuntimeFailure(f"upload to {uri} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+    return {"dir": str(d), "uri": uri, "seconds": round(time.monotonic() - t0, 2)}
