@@ -1,1 +1,67 @@
-"""`gemma finetune` (in progress)."""
+"""`gemma finetune CONFIG [key=value ...]`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from gemma_cli.cli import ConfigArg, DebugOpt, JsonOpt, OverridesArg, QuietOpt, app, boundary, make_output
+from gemma_cli.config import load_config
+
+
+@app.command("finetune")
+def finetune(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in train.output_dir.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Build the mesh, check the layout, read a batch; train nothing.")
+    ] = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Fine-tune a model as the run config says (LoRA or full), sharded over the device mesh.
+
+    Progress goes to stderr; metrics.jsonl, TensorBoard scalars, loss.png and checkpoints go to
+    train.output_dir. Ctrl-C or SIGTERM finishes the step, saves a checkpoint and prints the
+    --resume command.
+
+    Examples:
+
+      gemma finetune configs/imdb_7b_tpu.yaml
+
+      gemma finetune configs/gemma3_270m_demo.yaml train.max_steps=10 --json
+
+      GEMMA_CPU_DEVICES=8 gemma finetune configs/gemma3_270m_demo.yaml --dry-run
+    """
+    out = make_output(json_, quiet, debug)
+    with boundary(out):
+        cfg = load_config(config, overrides or [])
+        from gemma_cli.engine import runtime
+
+        runtime.setup()
+        if json_:
+            runtime.silence_keras_stdout()
+        from gemma_cli.engine.train import finetune as run
+
+        summary = run(cfg, out, resume=resume, dry_run=dry_run)
+        out.result(summary, human=lambda c: _human(c, summary))
+
+
+def _human(console: Any, s: dict[str, Any]) -> None:
+    if s.get("dry_run"):
+        console.print(
+            f"[green]dry run ok[/]: {s['params']['total']:,} params ({s['params']['trainable']:,} trainable), "
+            f"mesh {s['mesh']['shape']} {s['mesh']['axes']}, batch {s['batch']}, {s['steps']} steps planned"
+        )
+        return
+    ev = f", eval loss {s['eval_loss']:.4f}" if s.get("eval_loss") is not None else ""
+    tps = f", {s['tokens_per_second']:,.0f} tok/s" if s.get("tokens_per_second") else ""
+    console.print(
+        f"[green]done[/]: {s['steps']} steps, loss {s['first_loss']:.4f} → {s['final_loss']:.4f}{ev}{tps}\n"
+        f"  checkpoint: {s['checkpoint']}\n  metrics:    {s['files']['metrics']}"
+        + (f"\n  loss curve: {s['files']['loss_curve']}" if s["files"].get("loss_curve") else "")
+        + f"\n  generate:   gemma generate {s['output_dir']} -p \"...\""
+    )

@@ -182,9 +182,21 @@ def export(path: str, out: str | Path, fmt: str = "hf", *, log: Any = None, forc
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(FORMATS)}")
     t0 = time.monotonic()
+    _prepare_out(Path(out).expanduser(), force)
+    causal_lm = load_for_export(path, log=log)
+    summary = export_model(causal_lm, out, fmt, log=log, force=force)
+    return {"source": path, **summary, "seconds": round(time.monotonic() - t0, 2)}
+
+
+def export_model(causal_lm: Any, out: str | Path, fmt: str = "hf", *, log: Any = None,
+                 force: bool = False) -> dict[str, Any]:
+    """Merge LoRA of an in-memory CausalLM and write it to `out` in `fmt`. Returns a summary."""
+    log = log or _NullLog()
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(FORMATS)}")
+    t0 = time.monotonic()
     out = Path(out).expanduser()
     _prepare_out(out, force)
-    causal_lm = load_for_export(path, log=log)
     causal_lm, n_merged = merge_lora(causal_lm, log=log)
     backbone_cls = type(causal_lm.backbone).__name__
     if fmt == "hf":
@@ -208,7 +220,6 @@ def export(path: str, out: str | Path, fmt: str = "hf", *, log: Any = None, forc
     seconds = round(time.monotonic() - t0, 2)
     log.info(f"Exported {params:,} params ({n_merged} LoRA kernels merged) in {seconds:.1f} s → {out}")
     return {
-        "source": path,
         "out": str(out),
         "format": fmt,
         "backbone": backbone_cls,

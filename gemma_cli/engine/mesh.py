@@ -172,6 +172,7 @@ def plan_variables(
     """Lay out `variables` (path, shape, dtype) on a mesh by `rules`; check every dimension."""
     sizes = dict(zip(mesh_axes, mesh_shape, strict=True))
     plan = Plan(tuple(mesh_shape), tuple(mesh_axes), list(rules), [])
+    grouped: dict[tuple[str, int, int, str], list[str]] = {}
     for path, shape, dtype in variables:
         shape = tuple(int(s) for s in shape)
         rule, err = match(path, rules)
@@ -206,7 +207,8 @@ def plan_variables(
                         if indivisible == "replicate":
                             new[dim] = None
                             adjusted = True
-                            plan.warnings.append(msg + "; replicated that dimension")
+                            key = (rule.pattern, dim, shape[dim], ax)
+                            grouped.setdefault(key, []).append(path)
                         else:
                             problem = msg
                             plan.errors.append(
@@ -230,6 +232,12 @@ def plan_variables(
                 adjusted=adjusted,
                 problem=problem,
             )
+        )
+    for (pattern, dim, size, ax), paths in grouped.items():
+        many = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+        plan.warnings.append(
+            f"{paths[0]}{many}: dimension {dim} ({size}) is not divisible by mesh axis '{ax}' "
+            f"({sizes[ax]}) from rule '{pattern}'; replicated that dimension (layout.indivisible: replicate)"
         )
     return plan
 

@@ -43,11 +43,39 @@ def setup(cpu_devices: int | None = None) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     _state["setup"] = True
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     _init_distributed()
     _tf_off_accelerators()
 
 
+def _quiet_imports() -> None:
+    """Import TF/keras-hub with C++ stderr muted: absl prints lines no setting silences."""
+    if os.environ.get("GEMMA_DEBUG"):
+        return
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, fd)
+        try:
+            import tensorflow  # noqa: F401
+            import keras_hub  # noqa: F401
+        except ImportError:
+            pass
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _tf_off_accelerators() -> None:
+    _quiet_imports()
     try:
         import tensorflow as tf
 
