@@ -206,7 +206,7 @@ def sentencepiece_proto(tokens: list[str], scores: list[float], types: list[int]
                         bos_id: int, eos_id: int, pad_id: int) -> bytes:
     """Serialize a SentencePiece BPE ModelProto equivalent to Gemma's tokenizer.model.
 
-    BPE with byte fallback, identity normalizer, no dummy prefix, whitespace escaped to `▁`.
+    BPE with byte fallback (when all 256 byte pieces exist), identity normalizer, no dummy prefix, whitespace escaped to `▁`.
     The unk piece gets the UNKNOWN type (llama.cpp marks it CONTROL, which SentencePiece
     rejects with "unk is not defined"); any other UNKNOWN piece becomes CONTROL.
     """
@@ -229,7 +229,8 @@ def sentencepiece_proto(tokens: list[str], scores: list[float], types: list[int]
     t = m.trainer_spec
     t.model_type = sp_pb2.TrainerSpec.BPE
     t.vocab_size = len(tokens)
-    t.byte_fallback = True
+    # SentencePiece requires all 256 <0xNN> pieces for byte fallback (Gemma has them)
+    t.byte_fallback = sum(1 for p in m.pieces if p.type == _SP_BYTE) == 256
     t.unk_id, t.bos_id, t.eos_id, t.pad_id = unk_id, bos_id, eos_id, pad_id
     t.unk_piece, t.bos_piece, t.eos_piece, t.pad_piece = (
         tokens[unk_id], tokens[bos_id], tokens[eos_id], tokens[pad_id])
