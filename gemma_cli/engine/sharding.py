@@ -1,0 +1,441 @@
+"""Describe how a run config lays a model's weights and optimizer state out on its mesh.
+
+`describe(cfg)` returns plain data (the document `gemma inspect --json` prints):
+
+    {"mesh": {"shape", "axes", "devices"},
+     "variables": [{"path", "shape", "dtype", "spec", "shard_shape", "bytes_per_device", "rule"}],
+     "optimizer_variables": [... same keys + "variable" (the weight) and "slot"],
+     "totals": {...}, "problems": [{"level", "variable", "message"}], "unused_rules": [...],
+     "notes": [...], "model": {...}}
+
+Two modes:
+
+- plan (default): the preset's architecture only (`model.backbone_config`, offline for the
+  presets in `architectures`), variables traced with `jax.eval_shape` (nothing allocated),
+  the layout rules matched exactly as `keras.distribution.LayoutMap` does, on the config's
+  mesh shape even when this machine has fewer devices. A 27B model plans in seconds.
+- live (`live=True`): the real thing: DeviceMesh + ModelParallel from the config, the model
+  loaded inside `distribution.scope()`, LoRA/quantization applied, compiled with the configured
+  optimizer, the optimizer built; specs are read back from `variable.value.sharding.spec`.
+
+Optimizer state, as keras 3 creates it (only trainable variables get state; with LoRA only the
+`lora_kernel_a/b`):
+
+- adamw / adam: `momentum` and `velocity` per trainable variable, same shape, dtype and layout
+  as the weight (`add_variable_from_reference` passes the weight's layout).
+- sgd: no state (the config has no momentum).
+- adafactor: per variable of rank >= 2 a factored `row` (shape[:-1]) and `col`
+  (shape[:-2] + shape[-1:]) accumulator, created without a layout, so the ModelParallel
+  layout map is asked for their path (`<optimizer>/<variable name>`), which normally matches
+  no rule: replicated. Rank < 2 variables get two int32 scalar placeholders instead. Plus a
+  full `velocity` like the weight's.
+- `gradient_accumulation_steps > 1` adds a `gradient_accumulator` like the weight.
+The optimizer's scalar `iteration` / `learning_rate` are left out of the rows (a few bytes).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from typing import Any
+
+from gemma_cli.engine import mesh as mesh_lib
+from gemma_cli.errors import UsageError
+
+# keras 3 default optimizer names (the prefix of their variables' paths)
+_OPT_NAMES = {"adamw": "adam_w", "adam": "adam", "sgd": "sgd", "adafactor": "adafactor"}
+
+# live: optimizer attribute holding one slot variable per trainable variable → slot name
+_OPT_SLOTS = [
+    ("_momentums", "momentum"),
+    ("_velocities", "velocity"),
+    ("_velocity_hats", "velocity_hat"),
+    ("momentums", "momentum"),
+    ("_r", "row"),
+    ("_c", "col"),
+    ("_v", "velocity"),
+    ("_accumulated_gradients", "gradient_accumulator"),
+    ("_model_variables_moving_average", "average"),
+]
+
+
+# ---------------------------------------------------------------------------- helpers ---
+def _itemsize(dtype: str) -> int:
+    return mesh_lib._itemsize(dtype)  # noqa: SLF001 — one table of dtype sizes
+
+
+def _row(path: str, shape: tuple[int, ...], dtype: str, spec: tuple[Any, ...], shard: tuple[int, ...], rule: str | None) -> dict[str, Any]:
+    return {
+        "path": path,
+        "shape": list(shape),
+        "dtype": dtype,
+        "spec": [list(a) if isinstance(a, (tuple, list)) else a for a in spec],
+        "shard_shape": list(shard),
+        "bytes_per_device": math.prod(shard) * _itemsize(dtype),
+        "rule": rule,
+    }
+
+
+def _shard_shape(shape: tuple[int, ...], spec: tuple[Any, ...], sizes: dict[str, int]) -> tuple[int, ...]:
+    out = []
+    for dim, ax in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
+        axes = ax if isinstance(ax, (tuple, list)) else ((ax,) if ax else ())
+        n = math.prod(sizes.get(a, 1) for a in axes)
+        out.append(dim // n if n and dim % n == 0 else dim)
+    return tuple(out)
+
+
+def layer_of(path: str) -> str:
+    """The top-level layer of a variable path (`decoder_block_1/attention/...` → `decoder_block_1`)."""
+    return path.split("/", 1)[0]
+
+
+def _backbone_config(preset: str) -> dict[str, Any]:
+    from gemma_cli.engine import architectures, model
+
+    if model.is_local(preset) or "://" in preset:
+        return model.backbone_config(preset)
+    if architectures.get(preset) is not None:
+        return model.backbone_config(preset)
+    # A bare name we do not ship: keras-hub may know it (then its config.json downloads).
+    known: list[str] = []
+    try:
+        model._setup()  # noqa: SLF001
+        import keras_hub
+
+        known = list(keras_hub.models.Backbone.presets)
+    except Exception:  # noqa: BLE001 — no registry: let backbone_config report
+        return model.backbone_config(preset)
+    if preset not in known:
+        close = difflib.get_close_matches(preset, sorted(set(known) | set(architectures.names())), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "give a keras-hub preset name, kaggle://, hf:// or a local preset directory"
+        raise UsageError(f"model.preset: unknown preset '{preset}'", hint=hint)
+    return model.backbone_config(preset)
+
+
+def _dims(bb_config: dict[str, Any], cls: str) -> dict[str, int]:
+    c = bb_config.get("config", {})
+    hidden = int(c.get("hidden_dim", 0))
+    heads = int(c.get("num_query_heads", 1))
+    head_dim = int(c.get("head_dim") or (hidden // max(heads, 1)))
+    inter = int(c.get("intermediate_dim", 0))
+    ffw = inter // 2 if cls == "GemmaBackbone" else inter  # keras-hub Gemma 1/2 gate width
+    return {
+        "layers": int(c.get("num_layers", 0)),
+        "hidden": hidden,
+        "heads": heads,
+        "kv_heads": int(c.get("num_key_value_heads", heads)),
+        "head_dim": head_dim,
+        "ffw": ffw,
+        "vocab": int(c.get("vocabulary_size", 0)),
+    }
+
+
+def activation_bytes(dims: dict[str, int], batch_per_device: int, seq: int, precision: str) -> int:
+    """Estimated activation memory of one training step on one device.
+
+    Formula (per device; stored for the backward pass, no rematerialization, plain attention):
+
+        B * S * ( L * (4*H + (Nq + 2*Nkv)*Dh + Nq*Dh + 3*F + 2*Nq*S) * a  +  2*V*4 )
+
+    B = data.batch_size / size of the batch mesh axis, S = data.sequence_length, L layers,
+    H hidden, Nq/Nkv query/key-value heads, Dh head dim, F the width of one FFW gate
+    (keras-hub Gemma 1/2: intermediate_dim/2; Gemma 3, Llama: intermediate_dim), V vocabulary;
+    a = 2 bytes for bfloat16/mixed_bfloat16 compute, 4 for float32. Per layer: residual and
+    norm inputs/outputs (4H), q/k/v, the attention context, the two gate branches and their
+    product (3F), attention scores and probabilities (2*Nq*S); then float32 logits and their
+    gradient (2*V*4). Activations are assumed split only over the batch axis (not the model
+    axis), so this is an upper bound for model-parallel meshes.
+    """
+    a = 2 if precision in ("bfloat16", "mixed_bfloat16") else 4
+    d = dims
+    per_layer = 4 * d["hidden"] + (d["heads"] + 2 * d["kv_heads"]) * d["head_dim"] + d["heads"] * d["head_dim"] + 3 * d["ffw"] + 2 * d["heads"] * seq
+    return int(batch_per_device * seq * (d["layers"] * per_layer * a + 2 * d["vocab"] * 4))
+
+
+def _mesh_shape(cfg: Any) -> tuple[int, ...]:
+    shape = list(cfg.mesh.shape)
+    if -1 not in shape:
+        return tuple(shape)
+    return tuple(cfg.mesh.resolve(mesh_lib.device_count()))
+
+
+def _trainable_plan(paths: list[str], lora_rank: int) -> set[str]:
+    """Which variables train: all of them, or with LoRA only the adapters (keras-hub's enable_lora)."""
+    if lora_rank:
+        return {p for p in paths if re.search(r"lora_kernel_[ab]$", p)}
+    return set(paths)
+
+
+def _plan_optimizer(opt_cfg: Any, weights: list[dict[str, Any]], rules: list[mesh_lib.Rule], sizes: dict[str, int]) -> list[dict[str, Any]]:
+    prefix = _OPT_NAMES[opt_cfg.name]
+    rows: list[dict[str, Any]] = []
+
+    def like(w: dict[str, Any], slot: str) -> dict[str, Any]:
+        r = _row(f"{prefix}/{w['path'].replace('/', '_')}_{slot}", tuple(w["shape"]), w["dtype"], tuple(w["spec"]), tuple(w["shard_shape"]), w["rule"])
+        return {**r, "variable": w["path"], "slot": slot}
+
+    def unplaced(w: dict[str, Any], path: str, shape: tuple[int, ...], dtype: str, slot: str) -> dict[str, Any]:
+        rule, _ = mesh_lib.match(path, rules)
+        spec: tuple[Any, ...] = (None,) * len(shape)
+        if rule is not None and len(rule.axes) == len(shape):
+            spec = tuple(rule.axes)
+        return {**_row(path, shape, dtype, spec, _shard_shape(shape, spec, sizes), rule.pattern if rule else None), "variable": w["path"], "slot": slot}
+
+    for w in weights:
+        if opt_cfg.gradient_accumulation_steps > 1:
+            rows.append(like(w, "gradient_accumulator"))
+        if opt_cfg.name in ("adamw", "adam"):
+            rows.append(like(w, "momentum"))
+            rows.append(like(w, "velocity"))
+        elif opt_cfg.name == "adafactor":
+            shape = tuple(w["shape"])
+            name = w["path"].rsplit("/", 1)[-1]
+            if len(shape) < 2:
+                rows.append(unplaced(w, name, (), "int32", "row"))
+                rows.append(unplaced(w, name, (), "int32", "col"))
+            else:
+                rows.append(unplaced(w, f"{prefix}/{name}", shape[:-1], w["dtype"], "row"))
+                rows.append(unplaced(w, f"{prefix}/{name}", shape[:-2] + shape[-1:], w["dtype"], "col"))
+            rows.append(like(w, "velocity"))
+    return rows
+
+
+def _problems(plan: mesh_lib.Plan) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for v in plan.variables:
+        if v.problem:
+            full = next((e for e in plan.errors if e.startswith(v.problem)), v.problem)
+            seen.add(full)
+            out.append({"level": "error", "variable": v.path, "message": full})
+    for e in plan.errors:
+        if e not in seen:
+            out.append({"level": "error", "variable": None, "message": e})
+    for w in plan.warnings:
+        var = next((v.path for v in plan.variables if w.startswith(v.path + " ")), None)
+        out.append({"level": "warning", "variable": var, "message": w})
+    return out
+
+
+def _select(rows: list[dict[str, Any]], layer: str | None, match: str | None, key: str = "path") -> list[dict[str, Any]]:
+    out = rows
+    if layer is not None:
+        names = {layer_of(r[key]) for r in rows}
+        if layer in names:
+            out = [r for r in out if layer_of(r[key]) == layer]
+        else:
+            rx = re.compile(layer)
+            out = [r for r in out if rx.fullmatch(layer_of(r[key]))]
+    if match is not None:
+        rx = re.compile(match)
+        out = [r for r in out if rx.search(r[key])]
+    return out
+
+
+def _check_selectors(paths: list[str], layer: str | None, match: str | None) -> None:
+    names = sorted({layer_of(p) for p in paths}, key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
+    for what, rx in (("--layer", layer), ("--match", match)):
+        if rx is None:
+            continue
+        try:
+            re.compile(rx)
+        except re.error as e:
+            raise UsageError(f"{what} {rx!r}: regex does not compile: {e}") from None
+    if layer is not None and layer not in names and not any(re.fullmatch(layer, n) for n in names):
+        shown = ", ".join(names[:4] + (["..."] if len(names) > 5 else []) + names[-1:] if len(names) > 5 else names)
+        close = difflib.get_close_matches(layer, names, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"layers: {shown}"
+        raise UsageError(f"--layer {layer!r} matches no layer of the model", hint=hint)
+
+
+# ------------------------------------------------------------------------------- main ---
+def describe(
+    cfg: Any,
+    *,
+    live: bool = False,
+    layer: str | None = None,
+    match: str | None = None,
+    optimizer: bool = False,
+    device_memory: int | None = None,
+) -> dict[str, Any]:
+    """Sharding tables and memory totals for a run config (see the module docstring).
+
+    Args:
+        cfg: RunConfig. The validated run config.
+        live: bool. Build the real distribution and model and read the specs back from the
+            arrays (needs the weights and the devices). Defaults to False (plan, no weights).
+        layer: str | None. Only variables of this top-level layer (an exact name such as
+            `decoder_block_1`, else a regex fully matching layer names). Defaults to all.
+        match: str | None. Only variables whose path contains a match of this regex.
+        optimizer: bool. Also list the optimizer state rows. Totals always count it.
+        device_memory: int | None. Bytes per device to compare against (plan mode; live mode
+            reads the devices' `bytes_limit` when jax reports it).
+
+    Returns:
+        dict. Plain data: mesh, variables, optimizer_variables, totals, problems,
+        unused_rules, notes, model.
+
+    Example:
+        >>> doc = describe(load_config("configs/imdb_7b_tpu.yaml"), layer="decoder_block_1")
+        >>> doc["variables"][0]["spec"]
+    """
+    from gemma_cli.engine import architectures, model
+
+    preset = cfg.model.preset
+    bb = _backbone_config(preset)
+    cls = model.backbone_class(bb)
+    lora_rank = cfg.model.lora_rank
+    lora_targets = cfg.model.lora.target_layers if cfg.model.lora else None
+    abstract = model.abstract_variables(bb, cfg.model.precision, lora_rank, lora_targets)
+    if lora_rank and not any("lora_kernel" in p for p, _, _ in abstract):
+        raise UsageError(
+            f"model.lora.target_layers: {lora_targets} matched no layer",
+            hint="use layer names such as query, value, key, attention_output",
+        )
+    _check_selectors([p for p, _, _ in abstract], layer, match)
+    shape = _mesh_shape(cfg)
+    axes = tuple(cfg.mesh.axes)
+    rules = mesh_lib.resolve_rules(cfg, cls, shape)
+    plan = mesh_lib.plan_variables(abstract, rules, shape, axes, cfg.layout.indivisible)
+    sizes = dict(zip(axes, shape, strict=True))
+    notes: list[str] = []
+    if architectures.is_vision(preset):
+        notes.append(f"{preset} is a vision+text model: planned as its text backbone (vision_encoder None); the vision tower (~0.42B params) is not shown")
+    if cfg.model.quantize != "none" and not live:
+        notes.append(f"model.quantize={cfg.model.quantize}: the plan shows unquantized weights; use --live for the quantized layout")
+
+    if live:
+        mesh_lib.raise_for(plan)
+        weights, opt_rows, trainable, dev_mem = _live(cfg, plan, rules, sizes)
+        if dev_mem is not None:
+            device_memory = dev_mem
+    else:
+        weights = [_row(v.path, v.shape, v.dtype, v.spec, v.shard_shape, v.rule) for v in plan.variables]
+        trainable = _trainable_plan([w["path"] for w in weights], lora_rank)
+        opt_rows = _plan_optimizer(cfg.optimizer, [w for w in weights if w["path"] in trainable], rules, sizes)
+
+    data = cfg.data
+    batch = data.batch_size if data else 2
+    seq = data.sequence_length if data else 128
+    batch_size_axis = sizes.get(cfg.mesh.batch_axis, 1)
+    per_dev_batch = max(1, math.ceil(batch / batch_size_axis))
+    dims = _dims(bb, cls)
+    w_bytes = sum(w["bytes_per_device"] for w in weights)
+    g_bytes = sum(w["bytes_per_device"] for w in weights if w["path"] in trainable)
+    o_bytes = sum(r["bytes_per_device"] for r in opt_rows)
+    a_bytes = activation_bytes(dims, per_dev_batch, seq, cfg.model.precision)
+    total = w_bytes + g_bytes + o_bytes + a_bytes
+    totals = {
+        "params": sum(math.prod(w["shape"]) for w in weights),
+        "trainable_params": sum(math.prod(w["shape"]) for w in weights if w["path"] in trainable),
+        "variables": len(weights),
+        "trainable_variables": len(trainable),
+        "optimizer_variables": len(opt_rows),
+        "unmatched_variables": sum(1 for w in weights if w["rule"] is None),
+        "weights_bytes_per_device": w_bytes,
+        "gradients_bytes_per_device": g_bytes,
+        "optimizer_bytes_per_device": o_bytes,
+        "activations_bytes_per_device": a_bytes,
+        "total_bytes_per_device": total,
+        "device_memory_bytes": device_memory,
+        "fits": None if not device_memory else total <= device_memory,
+        "batch_size": batch,
+        "batch_per_device": per_dev_batch,
+        "sequence_length": seq,
+    }
+    return {
+        "mesh": {"shape": list(shape), "axes": list(axes), "devices": math.prod(shape)},
+        "model": {"preset": preset, "backbone": cls, "precision": cfg.model.precision, "lora_rank": lora_rank,
+                  "optimizer": cfg.optimizer.name, "mode": "live" if live else "plan"},
+        "variables": _select(weights, layer, match),
+        "optimizer_variables": _select(opt_rows, layer, match, key="variable") if optimizer else [],
+        "totals": totals,
+        "problems": _problems(plan),
+        "unused_rules": [{"pattern": r.pattern, "axes": list(r.axes), "source": r.source} for r in plan.unused_rules],
+        "notes": notes,
+    }
+
+
+# ------------------------------------------------------------------------------- live ---
+def _spec_of(var: Any) -> tuple[Any, ...]:
+    sharding = getattr(var.value, "sharding", None)
+    spec = tuple(getattr(sharding, "spec", ()) or ())
+    spec = tuple(tuple(a) if isinstance(a, (tuple, list)) else a for a in spec)
+    return spec + (None,) * (len(var.shape) - len(spec))
+
+
+def _live_row(var: Any, rules: list[mesh_lib.Rule], sizes: dict[str, int], rule: str | None = "match") -> dict[str, Any]:
+    shape = tuple(int(s) for s in var.shape)
+    spec = _spec_of(var)
+    if rule == "match":
+        r, _ = mesh_lib.match(var.path, rules)
+        rule = r.pattern if r else None
+    return _row(var.path, shape, str(var.dtype), spec, _shard_shape(shape, spec, sizes), rule)
+
+
+def _compile(causal_lm: Any, cfg: Any) -> Any:
+    """Compile with the configured optimizer (the trainer's own code when present) and build it."""
+    try:
+        from gemma_cli.engine.train import compile_model
+    except ImportError:
+        compile_model = None
+    if compile_model is not None:
+        return compile_model(causal_lm, cfg, cfg.train.max_steps or 1000)
+    import keras
+
+    o = cfg.optimizer
+    kw: dict[str, Any] = {"learning_rate": o.learning_rate}
+    if o.gradient_accumulation_steps > 1:
+        kw["gradient_accumulation_steps"] = o.gradient_accumulation_steps
+    opt = {
+        "adamw": lambda: keras.optimizers.AdamW(weight_decay=o.weight_decay, **kw),
+        "adam": lambda: keras.optimizers.Adam(**kw),
+        "sgd": lambda: keras.optimizers.SGD(**kw),
+        "adafactor": lambda: keras.optimizers.Adafactor(**kw),
+    }[o.name]()
+    causal_lm.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    opt.build(causal_lm.trainable_variables)
+    return opt
+
+
+def _live(cfg: Any, plan: mesh_lib.Plan, rules: list[mesh_lib.Rule], sizes: dict[str, int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], int | None]:
+    from gemma_cli.engine import model
+
+    device_mesh = mesh_lib.build_mesh(cfg.mesh)
+    if tuple(device_mesh.shape) != plan.mesh_shape:
+        raise UsageError(f"mesh.shape {list(device_mesh.shape)} here differs from the planned {list(plan.mesh_shape)}")
+    distribution = mesh_lib.build_distribution(device_mesh, plan, cfg.mesh.batch_axis)
+    with distribution.scope():
+        causal_lm = model.load_causal_lm(cfg.model.preset, cfg.model.precision)
+        model.apply_lora_and_quantize(causal_lm, cfg.model)
+        opt = _compile(causal_lm, cfg)
+    backbone = causal_lm.backbone
+    weights = [_live_row(v, rules, sizes) for v in backbone.weights]
+    trainable_vars = list(getattr(opt, "_trainable_variables", None) or causal_lm.trainable_variables)
+    trainable = {v.path for v in trainable_vars}
+    opt_rows: list[dict[str, Any]] = []
+    for i, w in enumerate(trainable_vars):
+        for attr, slot in _OPT_SLOTS:
+            slots = getattr(opt, attr, None)
+            if isinstance(slots, list) and len(slots) == len(trainable_vars) and slots[i] is not None:
+                s = slots[i]
+                derived = f"{w.path.replace('/', '_')}_"
+                row = _live_row(s, rules, sizes, rule="match")
+                if derived in s.path:  # from the weight: keep the weight's rule (as the plan does)
+                    r, _ = mesh_lib.match(w.path, rules)
+                    row["rule"] = r.pattern if r else None
+                opt_rows.append({**row, "variable": w.path, "slot": slot})
+    return weights, opt_rows, trainable, _device_memory()
+
+
+def _device_memory() -> int | None:
+    try:
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 — not every backend reports memory
+        return None
+    limit = stats.get("bytes_limit")
+    return int(limit) if limit else None
