@@ -1,1 +1,167 @@
-"""`gemma generate` (in progress)."""
+"""`gemma generate TARGET [key=value ...] -p PROMPT ...`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gemma_cli.cli import DebugOpt, JsonOpt, OverridesArg, QuietOpt, app, boundary, make_output
+from gemma_cli.errors import UsageError
+
+
+def read_prompts(prompts: list[str], prompt_file: str | None, stdin_text: str | None) -> list[str]:
+    """Prompts from -p, a file or stdin: one per line, or JSONL objects with a `prompt` field."""
+    out = list(prompts)
+    sources: list[tuple[str, str]] = []
+    if prompt_file:
+        p = Path(prompt_file)
+        if not p.exists():
+            raise UsageError(f"--prompt-file: {prompt_file}: no such file")
+        sources.append((prompt_file, p.read_text(encoding="utf-8")))
+    if stdin_text is not None:
+        sources.append(("<stdin>", stdin_text))
+    for where, text in sources:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("{"):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UsageError(f"{where}:{n}: not valid JSON: {e.msg}") from None
+                if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+                    raise UsageError(f"{where}:{n}: a JSON line needs a string field 'prompt'")
+                out.append(rec["prompt"])
+            else:
+                out.append(line)
+    for i, p in enumerate(out):
+        if not p.strip():
+            raise UsageError(f"prompt {i + 1} is empty")
+    if not out:
+        raise UsageError("no prompt: give -p/--prompt, --prompt-file, or pipe prompts on stdin (one per line)")
+    return out
+
+
+@app.command("generate")
+def generate(
+    target: Annotated[
+        str, typer.Argument(help="A run config (YAML), a finetune output_dir, or a preset (dir or name).", show_default=False)
+    ],
+    overrides: OverridesArg = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
+    prompt_file: Annotated[str | None, typer.Option("--prompt-file", help="One prompt per line, or JSONL with 'prompt'.")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", min=1, help="Total tokens incl. the prompt.")] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="greedy | top_k | top_p | random | beam")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", min=0.0001)] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0001, max=1.0)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Prompts per batch (rounded up to the batch axis).")] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap prompts in the Gemma turn template; stop at <end_of_turn>.")] = False,
+    template: Annotated[
+        bool, typer.Option("--template", help="Wrap prompts in the config's data.template (prompt → first field).")
+    ] = False,
+    echo: Annotated[bool, typer.Option("--echo", help="Keep the prompt in the output.")] = False,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per prompt on stdout.")] = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Generate text from a preset, a run config or a fine-tuned run.
+
+    Prompts come from -p (repeatable), --prompt-file, or stdin (one per line, or JSONL with a
+    "prompt" field). Completions go to stdout; timings to stderr.
+
+    Examples:
+
+      gemma generate runs/gemma3_270m_demo -p "What does gemma inspect show?" --template
+
+      echo "The capital of France is" | gemma generate configs/gemma3_270m_demo.yaml --json
+
+      gemma generate presets/gemma3_270m --chat -p "Write a haiku about TPUs" --sampler top_p
+    """
+    out = make_output(json_, quiet, debug)
+    with boundary(out):
+        if json_ and jsonl:
+            raise UsageError("--json and --jsonl: choose one")
+        from gemma_cli.engine.model import target_config
+
+        items = list(overrides or [])
+        for key, val in (
+            ("generate.max_length", max_length),
+            ("generate.sampler", sampler),
+            ("generate.temperature", temperature),
+            ("generate.top_k", top_k),
+            ("generate.top_p", top_p),
+            ("generate.seed", seed),
+        ):
+            if val is not None:
+                items.append(f"{key}={val}")
+        stdin_text = None
+        if not prompt and not prompt_file and not sys.stdin.isatty():
+            stdin_text = sys.stdin.read()
+        prompts = read_prompts(prompt or [], prompt_file, stdin_text)
+        cfg, kind = target_config(target, items)
+        if template:
+            if cfg.data is None or not cfg.data.template:
+                raise UsageError("--template: the config has no data.template")
+            from gemma_cli.engine.generate import wrap_template
+
+            shown = prompts
+            prompts = [wrap_template(p, cfg.data.template) for p in prompts]
+        else:
+            shown = prompts
+        from gemma_cli.engine import runtime
+
+        runtime.setup()
+        if json_ or jsonl:
+            runtime.silence_keras_stdout()
+        from gemma_cli.engine.generate import Generator
+
+        import time
+
+        t0 = time.perf_counter()
+        gen = Generator(cfg, kind, target if kind == "run" else "", out, batch_size)
+        t_load = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        results = gen(prompts, max_length=cfg.generate.max_length, chat=chat, echo=echo)
+        dt = time.perf_counter() - t1
+        for r, s in zip(results, shown, strict=True):
+            r["prompt"] = s
+        new = sum(r["completion_tokens"] for r in results)
+        tps = new / dt if dt > 0 else 0.0
+        out.info(
+            f"{len(results)} prompt(s), {new} new tokens in {dt:.2f}s ({tps:.1f} tok/s incl. "
+            f"{gen.compiles} compilation(s)); load {t_load:.1f}s"
+        )
+        doc = {
+            "target": target,
+            "kind": kind,
+            "preset": cfg.model.preset,
+            "sampler": cfg.generate.sampler,
+            "max_length": cfg.generate.max_length,
+            "results": results,
+            "seconds": round(dt, 3),
+            "tokens_per_second": round(tps, 2),
+            "compilations": gen.compiles,
+        }
+        if jsonl:
+            for r in results:
+                out.text(json.dumps(r))
+            return
+        out.result(doc, human=lambda c: _human(results))
+
+
+def _human(results: list[dict[str, Any]]) -> None:
+    many = len(results) > 1
+    for i, r in enumerate(results):
+        if many:
+            sys.stdout.write(f"=== [{i + 1}/{len(results)}] {r['prompt'].strip()[:70]!r}\n")
+        sys.stdout.write(r["completion"].rstrip("\n") + "\n")
+        if many and i < len(results) - 1:
+            sys.stdout.write("\n")
+    sys.stdout.flush()

@@ -153,3 +153,68 @@ def param_counts(causal_lm: Any) -> dict[str, int]:
     total = int(sum(np.prod(v.shape) for v in causal_lm.weights))
     trainable = int(sum(np.prod(v.shape) for v in causal_lm.trainable_weights))
     return {"total": total, "trainable": trainable}
+
+
+# ------------------------------------------------------------------ runs and targets ---
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "config.yaml").exists() and (p / "checkpoints").exists() or (
+        p.is_dir() and (p / "config.yaml").exists() and not (p / "config.json").exists()
+    )
+
+
+def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Any:
+    from gemma_cli.config import load_config
+
+    return load_config(str(Path(run_dir) / "config.yaml"), overrides or [])
+
+
+def target_config(target: str, overrides: list[str] | None = None) -> tuple[Any, str]:
+    """(RunConfig, kind) for a run config file, a finetune output_dir or a preset dir/name."""
+    from gemma_cli.config import RunConfig, load_config
+
+    p = Path(target)
+    if target == "-" or p.is_file():
+        return load_config(target, overrides or []), "config"
+    if p.is_dir() and (p / "config.yaml").exists():
+        if not (p / "checkpoints").exists() or latest_checkpoint(p) is None:
+            raise UsageError(f"{target}: a run directory with no checkpoint yet", hint="finetune first, or give the config")
+        cfg = run_config(p, overrides)
+        return cfg, "run"
+    if p.is_dir() and not (p / "config.json").exists():
+        raise UsageError(f"{target}: neither a run config, a finetune output_dir nor a keras-hub preset directory")
+    if not p.exists() and ("/" in target and "://" not in target):
+        raise UsageError(f"{target}: no such file or directory")
+    from gemma_cli.config import parse_config
+
+    cfg = parse_config(f"model:\n  preset: {json.dumps(target)}\n  precision: float32\nmesh:\n  shape: [1, -1]\n", "<preset>", overrides or [])
+    assert isinstance(cfg, RunConfig)
+    return cfg, "preset"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    from gemma_cli.engine import checkpoint
+
+    return checkpoint.latest(Path(run_dir))
+
+
+def load_model(target: str, log: Any = None, distribution: Any = None) -> Any:
+    """A CausalLM for a preset (dir or name) or a finetune run dir (base + latest checkpoint).
+
+    Without `distribution` it loads on the default device (used by `gemma export`).
+    """
+    import contextlib
+
+    cfg, kind = target_config(target)
+    scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
+    with scope:
+        lm = load_causal_lm(cfg.model.preset, cfg.model.precision)
+        if kind == "run":
+            apply_lora_and_quantize(lm, cfg.model)
+            from gemma_cli.engine import checkpoint
+
+            ckpt = latest_checkpoint(target)
+            if log is not None:
+                log.step(f"Loading checkpoint {ckpt}")
+            checkpoint.restore(ckpt, lm, None)
+    return lm

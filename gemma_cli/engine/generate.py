@@ -1,0 +1,154 @@
+"""Generation: batched sampling under the config's mesh, with compilation reused per shape.
+
+The batch is padded to a fixed size that is a multiple of the mesh's batch axis (keras-hub
+raises IndivisibleError when one prompt meets a batch axis of 2); the padding is dropped from
+the results. keras-hub compiles one generate function per input shape: every batch has the
+same shape, so it compiles once.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+import time
+from typing import Any
+
+from gemma_cli.errors import UsageError
+
+CHAT_TEMPLATE = "<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n"
+
+
+def wrap_template(prompt: str, template: str) -> str:
+    """Fill a data template's first field with `prompt`, cut at its last field (the answer)."""
+    parts = list(string.Formatter().parse(template))
+    fields = [f for _, f, _, _ in parts if f]
+    if len(fields) < 2:
+        raise UsageError("--template: data.template needs at least two fields (prompt and answer)")
+    out = ""
+    for literal, f, _, _ in parts:
+        out += literal
+        if f == fields[-1]:
+            break
+        if f:
+            out += prompt if f == fields[0] else ""
+    return out
+
+
+def make_sampler(gen: Any) -> Any:
+    import keras_hub
+
+    s = gen.sampler
+    if s == "greedy":
+        return keras_hub.samplers.GreedySampler()
+    if s == "top_k":
+        return keras_hub.samplers.TopKSampler(k=gen.top_k, seed=gen.seed, temperature=gen.temperature)
+    if s == "top_p":
+        return keras_hub.samplers.TopPSampler(p=gen.top_p, seed=gen.seed, temperature=gen.temperature)
+    if s == "random":
+        return keras_hub.samplers.RandomSampler(seed=gen.seed, temperature=gen.temperature)
+    return keras_hub.samplers.BeamSampler(num_beams=gen.num_beams)
+
+
+class Generator:
+    """A loaded model on the mesh plus its sampler; `__call__` generates for many prompts.
+
+    Args:
+        cfg: RunConfig. Preset, mesh and the generate section.
+        kind: str. "config", "run" (load the latest checkpoint) or "preset".
+        target: str. What the user named (a run dir for kind "run").
+        log: Output. Progress and timings go here (stderr).
+    """
+
+    def __init__(self, cfg: Any, kind: str, target: str, log: Any, batch_size: int | None = None):
+        from gemma_cli.engine import runtime
+
+        runtime.setup()
+        from gemma_cli.engine import checkpoint
+        from gemma_cli.engine import mesh as meshlib
+        from gemma_cli.engine import model as modellib
+
+        self.cfg, self.log = cfg, log
+        bb_cfg = modellib.backbone_config(cfg.model.preset)
+        cls = modellib.backbone_class(bb_cfg)
+        shape = cfg.mesh.resolve(meshlib.device_count())
+        self.batch_axis = shape[cfg.mesh.axes.index(cfg.mesh.batch_axis)]
+        lora = cfg.model.lora if kind == "run" else None
+        rules = meshlib.resolve_rules(cfg, cls, shape)
+        variables = modellib.abstract_variables(
+            bb_cfg, cfg.model.precision, lora.rank if lora else 0, lora.target_layers if lora else None
+        )
+        plan = meshlib.plan_variables(variables, rules, shape, tuple(cfg.mesh.axes), cfg.layout.indivisible)
+        meshlib.raise_for(plan)
+        for w in plan.warnings:
+            log.debug_line(w)
+        self.distribution = meshlib.build_distribution(meshlib.build_mesh(cfg.mesh), plan, cfg.mesh.batch_axis)
+        log.step(f"Loading {cfg.model.preset} on mesh {dict(zip(cfg.mesh.axes, shape, strict=True))}")
+        with self.distribution.scope():
+            self.lm = modellib.load_causal_lm(cfg.model.preset, cfg.model.precision)
+            if kind == "run":
+                modellib.apply_lora_and_quantize(self.lm, cfg.model)
+                ckpt = checkpoint.latest(cfg.output_dir if not target else target)
+                log.step(f"Loading fine-tuned weights from {ckpt}")
+                checkpoint.restore(ckpt, self.lm, None)
+            self.lm.compile(sampler=make_sampler(cfg.generate))
+        want = batch_size or max(self.batch_axis, 1)
+        self.batch_size = math.ceil(want / self.batch_axis) * self.batch_axis
+        self.tokenizer = self.lm.preprocessor.tokenizer
+        self.compiles = 0
+        self._shapes: set[tuple[int, int]] = set()
+
+    def _stop_ids(self, chat: bool) -> Any:
+        tok = self.tokenizer
+        ids = [tok.end_token_id]
+        if chat:
+            try:
+                ids.append(int(tok.token_to_id("<end_of_turn>")))
+            except Exception:
+                pass
+        return tuple(ids)
+
+    def __call__(self, prompts: list[str], *, max_length: int, chat: bool = False, echo: bool = False) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        stop = self._stop_ids(chat)
+        texts = [CHAT_TEMPLATE.format(prompt=p) if chat else p for p in prompts]
+        for i in range(0, len(texts), self.batch_size):
+            chunk = texts[i : i + self.batch_size]
+            pad = self.batch_size - len(chunk)
+            batch = chunk + [chunk[-1]] * pad
+            shape = (len(batch), max_length)
+            first = shape not in self._shapes
+            self._shapes.add(shape)
+            t0 = time.perf_counter()
+            with self.distribution.scope():
+                outs = self.lm.generate(batch, max_length=max_length, stop_token_ids=stop, strip_prompt=False)
+            dt = time.perf_counter() - t0
+            if first:
+                self.compiles += 1
+            outs = list(outs)[: len(chunk)]
+            new_tokens = 0
+            for prompt_text, orig, full in zip(chunk, prompts[i : i + len(chunk)], outs, strict=True):
+                full = full if isinstance(full, str) else full.decode("utf-8", errors="replace")
+                completion = full[len(prompt_text) :] if full.startswith(prompt_text) else full
+                if chat:
+                    completion = completion.split("<end_of_turn>")[0]
+                n_prompt = len(self._ids(prompt_text)) + 1
+                n_new = len(self._ids(completion))
+                new_tokens += n_new
+                results.append(
+                    {
+                        "prompt": orig,
+                        "completion": (prompt_text + completion) if echo else completion,
+                        "prompt_tokens": n_prompt,
+                        "completion_tokens": n_new,
+                        "seconds": round(dt, 4),
+                        "compiled": first,
+                    }
+                )
+            self.log.debug_line(f"batch of {len(chunk)} (+{pad} padding): {dt:.2f}s, {new_tokens} new tokens")
+        return results
+
+    def _ids(self, text: str) -> list[int]:
+        if not text:
+            return []
+        t = self.tokenizer(text)
+        return list(t.numpy() if hasattr(t, "numpy") else t)
