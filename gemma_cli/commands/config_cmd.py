@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from gemma_cli.cli import ConfigArg, DebugOpt, JsonOpt, OverridesArg, QuietOpt, app, boundary, make_output
-from gemma_cli.config import dump_config, load_config, to_yaml
 
 config_app = typer.Typer(
     help="Check and print run configs (no model is loaded).", no_args_is_help=True
@@ -27,6 +26,8 @@ def validate(
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
+        from gemma_cli.config import dump_config, load_config, to_yaml
+
         try:
             cfg = load_config(config, overrides or [])
         except Exception as e:  # report --json errors as a document too
@@ -56,5 +57,7 @@ def show(
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
+        from gemma_cli.config import dump_config, load_config, to_yaml
+
         data = dump_config(load_config(config, overrides or []))
         out.result(data, human=lambda c: out.text(to_yaml(data)))

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 import typer
 
 from gemma_cli.cli import ConfigArg, DebugOpt, JsonOpt, OverridesArg, QuietOpt, app, boundary, make_output
-from gemma_cli.config import load_config
 
 
 @app.command("finetune")
@@ -38,6 +37,8 @@ def finetune(
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
+        from gemma_cli.config import load_config
+
         cfg = load_config(config, overrides or [])
         from gemma_cli.engine import runtime
 

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 
 from gemma_cli.cli import ConfigArg, DebugOpt, JsonOpt, OverridesArg, QuietOpt, app, boundary, make_output
-from gemma_cli.config import load_config
 from gemma_cli.errors import UsageError
 from gemma_cli.output import human_bytes, human_count
 
@@ -146,6 +145,8 @@ def inspect(
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
+        from gemma_cli.config import load_config
+
         cfg = load_config(config, overrides or [])
         mem = parse_size(device_memory) if device_memory else None
         for what, rx in (("--layer", layer), ("--match", match)):
