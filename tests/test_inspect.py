@@ -285,7 +285,9 @@ def test_plan_agrees_with_live(tmp_path: Path, tiny_presets: dict[str, Path], fa
     lo = {(r["variable"], r["slot"]): r for r in live["optimizer_variables"]}
     assert sorted(po) == sorted(lo) and po
     for k in po:
-        assert {x: po[k][x] for x in ("path", *keys)} == {x: lo[k][x] for x in ("path", *keys)}, k
+        assert {x: po[k][x] for x in keys} == {x: lo[k][x] for x in keys}, k
+        # keras numbers a second optimizer in one process (adam_w_1/...): compare after the prefix
+        assert po[k]["path"].split("/", 1)[1] == lo[k]["path"].split("/", 1)[1]
     for k in ("params", "trainable_params", "weights_bytes_per_device", "optimizer_bytes_per_device", "gradients_bytes_per_device"):
         assert plan["totals"][k] == live["totals"][k], k
     # something is actually sharded over the model axis, and replicate mode kicked in somewhere
