@@ -113,7 +113,8 @@ class MeshConfig(_Strict):
             raise UsageError(
                 f"mesh.shape {self.shape} needs {known} devices but {n_devices} are available",
                 hint=f"set mesh.shape so that its product is {n_devices}, "
-                f"e.g. mesh.shape=[1,{n_devices}] or use -1 to fill",
+                f"e.g. mesh.shape=[1,{n_devices}] or use -1 to fill"
+                + (f"; on a CPU-only machine GEMMA_CPU_DEVICES={known} simulates {known} devices" if n_devices == 1 else ""),
             )
         return tuple(self.shape)
 

@@ -83,6 +83,8 @@ class TrainCallback(keras.callbacks.Callback):
             )
             self._progress.start()
             self._task = self._progress.add_task("train", total=self.total, completed=self.start, loss="-", tps="-")
+        if self.eval_ds is not None and self.start == 0:
+            self.evaluate()  # the baseline: eval loss before any update
 
     def close(self) -> None:
         if self._progress is not None:
