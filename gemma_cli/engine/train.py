@@ -54,6 +54,11 @@ def prepare(cfg: Any, log: Any) -> dict[str, Any]:
         log.warn(w)
     device_mesh = meshlib.build_mesh(cfg.mesh)
     distribution = meshlib.build_distribution(device_mesh, plan, cfg.mesh.batch_axis)
+    # train.seed drives every random init (LoRA kernels, a resized head) as well as the data
+    # order: two runs of one config start from the same weights, on every host alike
+    import keras
+
+    keras.utils.set_random_seed(cfg.train.seed)
     log.step(f"Loading {cfg.model.preset} ({cfg.model.precision}) sharded over the mesh")
     with distribution.scope():
         causal_lm = modellib.load_causal_lm(cfg.model.preset, cfg.model.precision)
