@@ -24,7 +24,9 @@ G2_9B = str(ROOT / "configs/gemma2_9b_tpu.yaml")
 
 def inspect(*args: str, code: int = 0) -> Any:
     r = runner.invoke(app, ["inspect", *args])
-    assert r.exit_code == code, f"exit {r.exit_code}\nstdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}"
+    assert r.exit_code == code, (
+        f"exit {r.exit_code}\nstdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}"
+    )
     return r
 
 
@@ -63,13 +65,21 @@ def test_architecture_names_and_config_shape(tiny_presets: dict[str, Path]) -> N
     from gemma_cli.engine import architectures
 
     assert architectures.published_params("gemma_7b_en") == 8_537_680_896
-    assert architectures.get("kaggle://keras/gemma/keras/gemma_7b_en") == architectures.get("gemma_7b_en")
-    assert architectures.get("kaggle://keras/gemma3/keras/gemma3_instruct_1b/3") == architectures.get("gemma3_1b")
+    assert architectures.get("kaggle://keras/gemma/keras/gemma_7b_en") == architectures.get(
+        "gemma_7b_en"
+    )
+    assert architectures.get(
+        "kaggle://keras/gemma3/keras/gemma3_instruct_1b/3"
+    ) == architectures.get("gemma3_1b")
     assert architectures.get("gemma3_instruct_27b") == architectures.get("gemma3_27b_text")
     assert architectures.get("gemma_instruct_7b_en") == architectures.get("gemma_7b_en")
     assert architectures.get("no_such_model") is None
     # the same dict shape (and keys) as the config.json keras-hub writes
-    for fam, name in (("gemma", "gemma_7b_en"), ("gemma2", "gemma2_9b_en"), ("gemma3", "gemma3_1b")):
+    for fam, name in (
+        ("gemma", "gemma_7b_en"),
+        ("gemma2", "gemma2_9b_en"),
+        ("gemma3", "gemma3_1b"),
+    ):
         real = json.loads((tiny_presets[fam] / "config.json").read_text())
         ours = architectures.get(name)
         assert set(ours) == set(real)
@@ -111,7 +121,10 @@ def test_imdb_7b_layer_shapes_and_config_rule_specs() -> None:
     assert d["optimizer_variables"] == []  # only with --optimizer
     t = d["totals"]
     assert t["trainable_params"] == 28 * 2 * (16 * 3072 * 4 + 4 * 256)
-    assert t["activations_bytes_per_device"] > 0 and t["total_bytes_per_device"] > t["weights_bytes_per_device"]
+    assert (
+        t["activations_bytes_per_device"] > 0
+        and t["total_bytes_per_device"] > t["weights_bytes_per_device"]
+    )
 
 
 def test_imdb_7b_full_model_param_count_without_lora() -> None:
@@ -128,10 +141,17 @@ def test_imdb_7b_optimizer_state_follows_weights() -> None:
     # LoRA: only the adapters train → momentum + velocity for each lora kernel only
     lora = sorted(p for p in weights if "lora_kernel" in p)
     assert len(lora) == 4
-    assert sorted((r["variable"], r["slot"]) for r in opt) == sorted((p, s) for p in lora for s in ("momentum", "velocity"))
+    assert sorted((r["variable"], r["slot"]) for r in opt) == sorted(
+        (p, s) for p in lora for s in ("momentum", "velocity")
+    )
     for r in opt:
         w = weights[r["variable"]]
-        assert (r["shape"], r["spec"], r["dtype"], r["shard_shape"]) == (w["shape"], w["spec"], w["dtype"], w["shard_shape"])
+        assert (r["shape"], r["spec"], r["dtype"], r["shard_shape"]) == (
+            w["shape"],
+            w["spec"],
+            w["dtype"],
+            w["shard_shape"],
+        )
         assert r["path"] == f"adam_w/{r['variable'].replace('/', '_')}_{r['slot']}"
     # full fine-tune: every weight has state with the weight's spec
     d = doc_of(IMDB, "model.lora.rank=0", "--layer", "decoder_block_1", "--optimizer")
@@ -167,7 +187,9 @@ def test_gemma2_9b_keras_hub_default_layout_on_2x8() -> None:
     assert v[f"{att}query/kernel"]["rule"] == "decoder_block.*attention.*(query|key|value).kernel"
     opt = d["optimizer_variables"]
     assert {r["slot"] for r in opt} == {"momentum", "velocity"}
-    assert all("lora_kernel" in r["variable"] and r["spec"] == v[r["variable"]]["spec"] for r in opt)
+    assert all(
+        "lora_kernel" in r["variable"] and r["spec"] == v[r["variable"]]["spec"] for r in opt
+    )
     assert d["totals"]["batch_per_device"] == 4  # batch 8 over a batch axis of 2
 
 
@@ -186,7 +208,9 @@ def test_one_kv_head_indivisible_is_an_error_with_the_fix(tmp_path: Path) -> Non
     assert "dimension 0 (1)" in msg and "mesh axis 'model' (8)" in msg
     assert "rule 'decoder_block.*attention.*(query|key|value).kernel'" in msg  # keras-hub's pattern
     assert "layout.indivisible: replicate" in msg  # the fix
-    assert {p["variable"] for p in errs} >= {f"decoder_block_{i}/attention/{kv}/kernel" for i in range(18) for kv in ("key", "value")}
+    assert {p["variable"] for p in errs} >= {
+        f"decoder_block_{i}/attention/{kv}/kernel" for i in range(18) for kv in ("key", "value")
+    }
     # human: the row is red and the footer has the error; exit 2
     r = inspect(cfg, "--layer", "decoder_block_0", code=2)
     assert "key/kernel" in r.stdout and "error:" in r.stdout and "dimension 0 (1)" in r.stdout
@@ -204,19 +228,26 @@ def test_one_kv_head_indivisible_is_an_error_with_the_fix(tmp_path: Path) -> Non
 # ------------------------------------------------------------------- selection, output ---
 def test_layer_regex_match_and_human_table() -> None:
     d = doc_of(IMDB, "--layer", "decoder_block_(0|1)", "--match", "ffw_linear")
-    assert sorted(r["path"] for r in d["variables"]) == [f"decoder_block_{i}/ffw_linear/kernel" for i in (0, 1)]
+    assert sorted(r["path"] for r in d["variables"]) == [
+        f"decoder_block_{i}/ffw_linear/kernel" for i in (0, 1)
+    ]
     d = doc_of(IMDB, "--match", "attention_output")
     assert len(d["variables"]) == 28
     r = inspect(IMDB, "--layer", "decoder_block_1", "--optimizer")
     out = r.stdout
-    assert "decoder_block_1" in out and "attention/query/kernel" in out and "ffw_linear/kernel" in out
+    assert (
+        "decoder_block_1" in out and "attention/query/kernel" in out and "ffw_linear/kernel" in out
+    )
     assert "P('model', None, None)" in out and "lora_kernel_a · momentum" in out
     assert "params: 8,548,748,288" in out
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     r = inspect(IMDB, "--layer", "decoder_block_99", code=2)
-    assert "Error: --layer 'decoder_block_99' matches no layer" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        "Error: --layer 'decoder_block_99' matches no layer" in r.stderr
+        and "Traceback" not in r.stderr
+    )
     assert r.stdout == ""
     r = inspect(IMDB, "--match", "(", code=2)
     assert "regex does not compile" in r.stderr
@@ -234,12 +265,16 @@ def test_config_error_exits_2_before_heavy_imports(tmp_path: Path) -> None:
         "heavy = [m for m in ('keras', 'keras_hub', 'jax', 'tensorflow') if m in sys.modules]\n"
         "print(r.exit_code, heavy, r.stderr.strip().splitlines()[0])\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert p.stdout.startswith("2 [] Error: "), p.stdout + p.stderr
     assert "precison" in p.stdout and "did you mean 'precision'" in p.stdout
 
 
-def test_unused_rules_and_unmatched_variables(tmp_path: Path, tiny_presets: dict[str, Path]) -> None:
+def test_unused_rules_and_unmatched_variables(
+    tmp_path: Path, tiny_presets: dict[str, Path]
+) -> None:
     cfg = write_config(tmp_path, "rules", f"""
         model: {{preset: {tiny_presets['gemma']}, precision: float32}}
         mesh: {{shape: [2, 4], axes: [batch, model]}}
@@ -248,7 +283,9 @@ def test_unused_rules_and_unmatched_variables(tmp_path: Path, tiny_presets: dict
           - {{pattern: 'nothing_matches_this.*', axes: [model]}}
     """)  # fmt: skip
     d = doc_of(cfg)
-    assert d["unused_rules"] == [{"pattern": "nothing_matches_this.*", "axes": ["model"], "source": "config"}]
+    assert d["unused_rules"] == [
+        {"pattern": "nothing_matches_this.*", "axes": ["model"], "source": "config"}
+    ]
     v = by_path(d["variables"])
     assert v["decoder_block_0/ffw_linear/kernel"]["spec"] == ["model", None]
     q = v["decoder_block_0/attention/query/kernel"]
@@ -261,7 +298,9 @@ def test_unused_rules_and_unmatched_variables(tmp_path: Path, tiny_presets: dict
     ("family", "shape", "lora"),
     [("gemma", [2, 4], 2), ("gemma", [1, 8], 0), ("gemma3", [2, 4], 0), ("gemma3", [1, 8], 2)],
 )
-def test_plan_agrees_with_live(tmp_path: Path, tiny_presets: dict[str, Path], family: str, shape: list[int], lora: int) -> None:
+def test_plan_agrees_with_live(
+    tmp_path: Path, tiny_presets: dict[str, Path], family: str, shape: list[int], lora: int
+) -> None:
     lora_yaml = f"lora: {{rank: {lora}}}" if lora else ""
     cfg = write_config(tmp_path, f"{family}_{lora}", f"""
         model:
@@ -288,7 +327,13 @@ def test_plan_agrees_with_live(tmp_path: Path, tiny_presets: dict[str, Path], fa
         assert {x: po[k][x] for x in keys} == {x: lo[k][x] for x in keys}, k
         # keras numbers a second optimizer in one process (adam_w_1/...): compare after the prefix
         assert po[k]["path"].split("/", 1)[1] == lo[k]["path"].split("/", 1)[1]
-    for k in ("params", "trainable_params", "weights_bytes_per_device", "optimizer_bytes_per_device", "gradients_bytes_per_device"):
+    for k in (
+        "params",
+        "trainable_params",
+        "weights_bytes_per_device",
+        "optimizer_bytes_per_device",
+        "gradients_bytes_per_device",
+    ):
         assert plan["totals"][k] == live["totals"][k], k
     # something is actually sharded over the model axis, and replicate mode kicked in somewhere
     assert any("model" in r["spec"] for r in pv.values())

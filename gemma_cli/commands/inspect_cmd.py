@@ -11,7 +11,16 @@ from typing import Annotated, Any
 
 import typer
 
-from gemma_cli.cli import ConfigArg, DebugOpt, JsonOpt, OverridesArg, QuietOpt, app, boundary, make_output
+from gemma_cli.cli import (
+    ConfigArg,
+    DebugOpt,
+    JsonOpt,
+    OverridesArg,
+    QuietOpt,
+    app,
+    boundary,
+    make_output,
+)
 from gemma_cli.errors import UsageError
 from gemma_cli.output import human_bytes, human_count
 
@@ -28,7 +37,12 @@ def parse_size(text: str) -> int:
 
 
 def _spec(spec: list[Any]) -> str:
-    inner = ", ".join("None" if a is None else (f"({', '.join(repr(x) for x in a)})" if isinstance(a, list) else repr(a)) for a in spec)
+    inner = ", ".join(
+        "None"
+        if a is None
+        else (f"({', '.join(repr(x) for x in a)})" if isinstance(a, list) else repr(a))
+        for a in spec
+    )
     return f"P({inner})"
 
 
@@ -42,8 +56,12 @@ def _rel(path: str, layer: str) -> str:
 
 def render(doc: dict[str, Any], console: Any) -> None:
     """Rich tables, one per selected layer, then the totals footer."""
+    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    if not console.is_terminal:  # piped or redirected: whole rows, one per line
+        console = Console(highlight=False, soft_wrap=True, width=max(console.width, 220))
 
     bad = {p["variable"]: p["level"] for p in doc["problems"] if p["variable"]}
     m = doc["mesh"]
@@ -63,7 +81,10 @@ def render(doc: dict[str, Any], console: Any) -> None:
             Text(path, style=style),
             _shape(r["shape"]),
             r["dtype"],
-            Text(_spec(r["spec"]), style=style or ("dim" if all(a is None for a in r["spec"]) else None)),
+            Text(
+                _spec(r["spec"]),
+                style=style or ("dim" if all(a is None for a in r["spec"]) else None),
+            ),
             _shape(r["shard_shape"]),
             human_bytes(r["bytes_per_device"]),
             Text(rule, style="dim" if r["rule"] is None else None),
@@ -71,10 +92,20 @@ def render(doc: dict[str, Any], console: Any) -> None:
 
     cols = ["path", "shape", "dtype", "PartitionSpec", "shard/device", "bytes/device", "rule"]
     for name in list(layers) + [n for n in opt_by_layer if n not in layers]:
-        below = f"; {doc['model']['optimizer']} state below the line" if opt_by_layer.get(name) else ""
-        t = Table(title=f"[bold]{name}[/]  [dim]({doc['model']['preset']} on mesh {mesh_txt}{below})[/]", title_justify="left")
+        below = (
+            f"; {doc['model']['optimizer']} state below the line" if opt_by_layer.get(name) else ""
+        )
+        t = Table(
+            title=f"[bold]{name}[/]  [dim]({doc['model']['preset']} on mesh {mesh_txt}{below})[/]",
+            title_justify="left",
+        )
         for c in cols:
-            t.add_column(c, justify="right" if c in ("bytes/device",) else "left", overflow="fold")
+            t.add_column(
+                c,
+                justify="right" if c == "bytes/device" else "left",
+                overflow="fold",
+                no_wrap=c == "path",
+            )
         for r in layers.get(name, []):
             add(t, r, _rel(r["path"], name), "path")
         if opt_by_layer.get(name):
@@ -101,12 +132,16 @@ def render(doc: dict[str, Any], console: Any) -> None:
     total = f"total ~{human_bytes(tot['total_bytes_per_device'])} per device"
     if tot["device_memory_bytes"]:
         ok = tot["fits"]
-        total += f" of {human_bytes(tot['device_memory_bytes'])}: " + ("[green]fits[/]" if ok else "[red]does not fit[/]")
+        total += f" of {human_bytes(tot['device_memory_bytes'])}: " + (
+            "[green]fits[/]" if ok else "[red]does not fit[/]"
+        )
     lines.append(total)
     if tot["unmatched_variables"]:
         lines.append(f"{tot['unmatched_variables']} variables match no rule and are replicated")
     for u in doc["unused_rules"]:
-        lines.append(f"[yellow]rule matches no variable:[/] {u['pattern']!r} → {u['axes']} ({u['source']})")
+        lines.append(
+            f"[yellow]rule matches no variable:[/] {u['pattern']!r} → {u['axes']} ({u['source']})"
+        )
     for p in doc["problems"]:
         color = "red" if p["level"] == "error" else "yellow"
         lines.append(f"[{color}]{p['level']}:[/] {p['message']}")
@@ -122,15 +157,29 @@ def inspect(
     overrides: OverridesArg = None,
     layer: Annotated[
         str | None,
-        typer.Option("--layer", help="Only this layer: an exact name (decoder_block_1) or a regex (decoder_block_(0|1))."),
+        typer.Option(
+            "--layer",
+            help="Only this layer: an exact name (decoder_block_1) or a regex (decoder_block_(0|1)).",
+        ),
     ] = None,
-    match: Annotated[str | None, typer.Option("--match", help="Only variables whose path matches this regex (re.search).")] = None,
-    optimizer: Annotated[bool, typer.Option("--optimizer", help="Also list the optimizer state of each variable.")] = False,
+    match: Annotated[
+        str | None,
+        typer.Option("--match", help="Only variables whose path matches this regex (re.search)."),
+    ] = None,
+    optimizer: Annotated[
+        bool, typer.Option("--optimizer", help="Also list the optimizer state of each variable.")
+    ] = False,
     live: Annotated[
-        bool, typer.Option("--live", help="Load the model on the real mesh and read the specs from the arrays.")
+        bool,
+        typer.Option(
+            "--live", help="Load the model on the real mesh and read the specs from the arrays."
+        ),
     ] = False,
     device_memory: Annotated[
-        str | None, typer.Option("--device-memory", help="Memory per device to compare with, e.g. 16GiB (plan mode).")
+        str | None,
+        typer.Option(
+            "--device-memory", help="Memory per device to compare with, e.g. 16GiB (plan mode)."
+        ),
     ] = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -162,8 +211,12 @@ def inspect(
             runtime.silence_keras_stdout()
         from gemma_cli.engine import sharding
 
-        with out.status(f"{'Loading' if live else 'Planning'} {cfg.model.preset} on mesh {cfg.mesh.shape} ..."):
-            doc = sharding.describe(cfg, live=live, layer=layer, match=match, optimizer=optimizer, device_memory=mem)
+        with out.status(
+            f"{'Loading' if live else 'Planning'} {cfg.model.preset} on mesh {cfg.mesh.shape} ..."
+        ):
+            doc = sharding.describe(
+                cfg, live=live, layer=layer, match=match, optimizer=optimizer, device_memory=mem
+            )
         if not json_:
             for p in doc["problems"]:
                 if p["level"] == "warning":

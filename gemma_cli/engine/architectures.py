@@ -89,7 +89,9 @@ _LLAMA3_BASE: dict[str, Any] = {
 }
 
 
-def _dims(layers: int, heads: int, kv: int, hidden: int, inter: int, head_dim: int | None = None) -> dict[str, Any]:
+def _dims(
+    layers: int, heads: int, kv: int, hidden: int, inter: int, head_dim: int | None = None
+) -> dict[str, Any]:
     d = {
         "num_layers": layers,
         "num_query_heads": heads,
@@ -105,11 +107,31 @@ def _dims(layers: int, heads: int, kv: int, hidden: int, inter: int, head_dim: i
 # name → (family (module, class), backbone name, config, published parameter count)
 _TABLE: dict[str, tuple[tuple[str, str], str, dict[str, Any], int]] = {
     # Gemma 1 (HF intermediate_size 16384 / 24576 → keras-hub 32768 / 49152)
-    "gemma_2b_en": (_GEMMA, "gemma_backbone", {**_GEMMA1_BASE, **_dims(18, 8, 1, 2048, 32768, 256)}, 2_506_172_416),
-    "gemma_7b_en": (_GEMMA, "gemma_backbone", {**_GEMMA1_BASE, **_dims(28, 16, 16, 3072, 49152, 256)}, 8_537_680_896),
+    "gemma_2b_en": (
+        _GEMMA,
+        "gemma_backbone",
+        {**_GEMMA1_BASE, **_dims(18, 8, 1, 2048, 32768, 256)},
+        2_506_172_416,
+    ),
+    "gemma_7b_en": (
+        _GEMMA,
+        "gemma_backbone",
+        {**_GEMMA1_BASE, **_dims(28, 16, 16, 3072, 49152, 256)},
+        8_537_680_896,
+    ),
     # Gemma 2
-    "gemma2_2b_en": (_GEMMA, "gemma_backbone", {**_GEMMA2_BASE, **_dims(26, 8, 4, 2304, 18432, 256)}, 2_614_341_888),
-    "gemma2_9b_en": (_GEMMA, "gemma_backbone", {**_GEMMA2_BASE, **_dims(42, 16, 8, 3584, 28672, 256)}, 9_241_705_984),
+    "gemma2_2b_en": (
+        _GEMMA,
+        "gemma_backbone",
+        {**_GEMMA2_BASE, **_dims(26, 8, 4, 2304, 18432, 256)},
+        2_614_341_888,
+    ),
+    "gemma2_9b_en": (
+        _GEMMA,
+        "gemma_backbone",
+        {**_GEMMA2_BASE, **_dims(42, 16, 8, 3584, 28672, 256)},
+        9_241_705_984,
+    ),
     # 27B: query_pre_attn_scalar 144 (= hidden / heads) != head_dim 128
     "gemma2_27b_en": (
         _GEMMA,
@@ -121,17 +143,37 @@ _TABLE: dict[str, tuple[tuple[str, str], str, dict[str, Any], int]] = {
     "gemma3_270m": (
         _GEMMA3,
         "gemma3_backbone",
-        {**_GEMMA3_BASE, **_dims(18, 4, 1, 640, 2048, 256), "sliding_window_size": 512, "global_rope_scaling_factor": 1.0},
+        {
+            **_GEMMA3_BASE,
+            **_dims(18, 4, 1, 640, 2048, 256),
+            "sliding_window_size": 512,
+            "global_rope_scaling_factor": 1.0,
+        },
         268_098_176,
     ),
     "gemma3_1b": (
         _GEMMA3,
         "gemma3_backbone",
-        {**_GEMMA3_BASE, **_dims(26, 4, 1, 1152, 6912, 256), "sliding_window_size": 512, "global_rope_scaling_factor": 1.0},
+        {
+            **_GEMMA3_BASE,
+            **_dims(26, 4, 1, 1152, 6912, 256),
+            "sliding_window_size": 512,
+            "global_rope_scaling_factor": 1.0,
+        },
         999_885_952,
     ),
-    "gemma3_4b_text": (_GEMMA3, "gemma3_backbone", {**_GEMMA3_BASE, **_dims(34, 8, 4, 2560, 10240, 256)}, 3_880_099_328),
-    "gemma3_12b_text": (_GEMMA3, "gemma3_backbone", {**_GEMMA3_BASE, **_dims(48, 16, 8, 3840, 15360, 256)}, 11_765_788_416),
+    "gemma3_4b_text": (
+        _GEMMA3,
+        "gemma3_backbone",
+        {**_GEMMA3_BASE, **_dims(34, 8, 4, 2560, 10240, 256)},
+        3_880_099_328,
+    ),
+    "gemma3_12b_text": (
+        _GEMMA3,
+        "gemma3_backbone",
+        {**_GEMMA3_BASE, **_dims(48, 16, 8, 3840, 15360, 256)},
+        11_765_788_416,
+    ),
     # 27B: query_pre_attn_scalar 168 (= hidden / heads) != head_dim 128
     "gemma3_27b_text": (
         _GEMMA3,
@@ -140,7 +182,12 @@ _TABLE: dict[str, tuple[tuple[str, str], str, dict[str, Any], int]] = {
         27_009_002_240,
     ),
     # Llama 3 (keras-hub's presets keep a separate output embedding: untied)
-    "llama3_8b_en": (_LLAMA3, "llama3_backbone", {**_LLAMA3_BASE, **_dims(32, 32, 8, 4096, 14336)}, 8_030_261_248),
+    "llama3_8b_en": (
+        _LLAMA3,
+        "llama3_backbone",
+        {**_LLAMA3_BASE, **_dims(32, 32, 8, 4096, 14336)},
+        8_030_261_248,
+    ),
     "llama3.2_1b": (
         _LLAMA3,
         "llama3_backbone",
@@ -191,9 +238,20 @@ _ALIASES: dict[str, str] = {
 }
 
 # Presets with a vision tower that the plan leaves out.
-VISION_PRESETS = frozenset({"gemma3_4b", "gemma3_instruct_4b", "gemma3_12b", "gemma3_instruct_12b", "gemma3_27b", "gemma3_instruct_27b"})
+VISION_PRESETS = frozenset(
+    {
+        "gemma3_4b",
+        "gemma3_instruct_4b",
+        "gemma3_12b",
+        "gemma3_instruct_12b",
+        "gemma3_27b",
+        "gemma3_instruct_27b",
+    }
+)
 
-_KAGGLE = re.compile(r"kaggle://keras/[A-Za-z0-9_.\-]+/keras/(?P<name>[A-Za-z0-9_.\-]+?)(?:/\d+)?/?")
+_KAGGLE = re.compile(
+    r"kaggle://keras/[A-Za-z0-9_.\-]+/keras/(?P<name>[A-Za-z0-9_.\-]+?)(?:/\d+)?/?"
+)
 
 
 def canonical(preset: str) -> str | None:
@@ -242,7 +300,17 @@ def get(preset: str) -> dict[str, Any] | None:
     inner: dict[str, Any] = {
         "name": layer_name,
         "trainable": True,
-        "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "bfloat16"}, "registered_name": None},
+        "dtype": {
+            "module": "keras",
+            "class_name": "DTypePolicy",
+            "config": {"name": "bfloat16"},
+            "registered_name": None,
+        },
     }
     inner.update(copy.deepcopy(config))
-    return {"module": module, "class_name": cls, "config": inner, "registered_name": f"keras_hub>{cls}"}
+    return {
+        "module": module,
+        "class_name": cls,
+        "config": inner,
+        "registered_name": f"keras_hub>{cls}",
+    }

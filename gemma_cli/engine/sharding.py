@@ -65,7 +65,14 @@ def _itemsize(dtype: str) -> int:
     return mesh_lib._itemsize(dtype)  # noqa: SLF001 — one table of dtype sizes
 
 
-def _row(path: str, shape: tuple[int, ...], dtype: str, spec: tuple[Any, ...], shard: tuple[int, ...], rule: str | None) -> dict[str, Any]:
+def _row(
+    path: str,
+    shape: tuple[int, ...],
+    dtype: str,
+    spec: tuple[Any, ...],
+    shard: tuple[int, ...],
+    rule: str | None,
+) -> dict[str, Any]:
     return {
         "path": path,
         "shape": list(shape),
@@ -77,7 +84,9 @@ def _row(path: str, shape: tuple[int, ...], dtype: str, spec: tuple[Any, ...], s
     }
 
 
-def _shard_shape(shape: tuple[int, ...], spec: tuple[Any, ...], sizes: dict[str, int]) -> tuple[int, ...]:
+def _shard_shape(
+    shape: tuple[int, ...], spec: tuple[Any, ...], sizes: dict[str, int]
+) -> tuple[int, ...]:
     out = []
     for dim, ax in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
         axes = ax if isinstance(ax, (tuple, list)) else ((ax,) if ax else ())
@@ -108,8 +117,14 @@ def _backbone_config(preset: str) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 — no registry: let backbone_config report
         return model.backbone_config(preset)
     if preset not in known:
-        close = difflib.get_close_matches(preset, sorted(set(known) | set(architectures.names())), n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else "give a keras-hub preset name, kaggle://, hf:// or a local preset directory"
+        close = difflib.get_close_matches(
+            preset, sorted(set(known) | set(architectures.names())), n=3, cutoff=0.6
+        )
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else "give a keras-hub preset name, kaggle://, hf:// or a local preset directory"
+        )
         raise UsageError(f"model.preset: unknown preset '{preset}'", hint=hint)
     return model.backbone_config(preset)
 
@@ -150,7 +165,13 @@ def activation_bytes(dims: dict[str, int], batch_per_device: int, seq: int, prec
     """
     a = 2 if precision in ("bfloat16", "mixed_bfloat16") else 4
     d = dims
-    per_layer = 4 * d["hidden"] + (d["heads"] + 2 * d["kv_heads"]) * d["head_dim"] + d["heads"] * d["head_dim"] + 3 * d["ffw"] + 2 * d["heads"] * seq
+    per_layer = (
+        4 * d["hidden"]
+        + (d["heads"] + 2 * d["kv_heads"]) * d["head_dim"]
+        + d["heads"] * d["head_dim"]
+        + 3 * d["ffw"]
+        + 2 * d["heads"] * seq
+    )
     return int(batch_per_device * seq * (d["layers"] * per_layer * a + 2 * d["vocab"] * 4))
 
 
@@ -168,20 +189,42 @@ def _trainable_plan(paths: list[str], lora_rank: int) -> set[str]:
     return set(paths)
 
 
-def _plan_optimizer(opt_cfg: Any, weights: list[dict[str, Any]], rules: list[mesh_lib.Rule], sizes: dict[str, int]) -> list[dict[str, Any]]:
+def _plan_optimizer(
+    opt_cfg: Any, weights: list[dict[str, Any]], rules: list[mesh_lib.Rule], sizes: dict[str, int]
+) -> list[dict[str, Any]]:
     prefix = _OPT_NAMES[opt_cfg.name]
     rows: list[dict[str, Any]] = []
 
     def like(w: dict[str, Any], slot: str) -> dict[str, Any]:
-        r = _row(f"{prefix}/{w['path'].replace('/', '_')}_{slot}", tuple(w["shape"]), w["dtype"], tuple(w["spec"]), tuple(w["shard_shape"]), w["rule"])
+        r = _row(
+            f"{prefix}/{w['path'].replace('/', '_')}_{slot}",
+            tuple(w["shape"]),
+            w["dtype"],
+            tuple(w["spec"]),
+            tuple(w["shard_shape"]),
+            w["rule"],
+        )
         return {**r, "variable": w["path"], "slot": slot}
 
-    def unplaced(w: dict[str, Any], path: str, shape: tuple[int, ...], dtype: str, slot: str) -> dict[str, Any]:
+    def unplaced(
+        w: dict[str, Any], path: str, shape: tuple[int, ...], dtype: str, slot: str
+    ) -> dict[str, Any]:
         rule, _ = mesh_lib.match(path, rules)
         spec: tuple[Any, ...] = (None,) * len(shape)
         if rule is not None and len(rule.axes) == len(shape):
             spec = tuple(rule.axes)
-        return {**_row(path, shape, dtype, spec, _shard_shape(shape, spec, sizes), rule.pattern if rule else None), "variable": w["path"], "slot": slot}
+        return {
+            **_row(
+                path,
+                shape,
+                dtype,
+                spec,
+                _shard_shape(shape, spec, sizes),
+                rule.pattern if rule else None,
+            ),
+            "variable": w["path"],
+            "slot": slot,
+        }
 
     for w in weights:
         if opt_cfg.gradient_accumulation_steps > 1:
@@ -197,7 +240,9 @@ def _plan_optimizer(opt_cfg: Any, weights: list[dict[str, Any]], rules: list[mes
                 rows.append(unplaced(w, name, (), "int32", "col"))
             else:
                 rows.append(unplaced(w, f"{prefix}/{name}", shape[:-1], w["dtype"], "row"))
-                rows.append(unplaced(w, f"{prefix}/{name}", shape[:-2] + shape[-1:], w["dtype"], "col"))
+                rows.append(
+                    unplaced(w, f"{prefix}/{name}", shape[:-2] + shape[-1:], w["dtype"], "col")
+                )
             rows.append(like(w, "velocity"))
     return rows
 
@@ -219,7 +264,9 @@ def _problems(plan: mesh_lib.Plan) -> list[dict[str, Any]]:
     return out
 
 
-def _select(rows: list[dict[str, Any]], layer: str | None, match: str | None, key: str = "path") -> list[dict[str, Any]]:
+def _select(
+    rows: list[dict[str, Any]], layer: str | None, match: str | None, key: str = "path"
+) -> list[dict[str, Any]]:
     out = rows
     if layer is not None:
         names = {layer_of(r[key]) for r in rows}
@@ -235,7 +282,10 @@ def _select(rows: list[dict[str, Any]], layer: str | None, match: str | None, ke
 
 
 def _check_selectors(paths: list[str], layer: str | None, match: str | None) -> None:
-    names = sorted({layer_of(p) for p in paths}, key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
+    names = sorted(
+        {layer_of(p) for p in paths},
+        key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)],
+    )
     for what, rx in (("--layer", layer), ("--match", match)):
         if rx is None:
             continue
@@ -244,7 +294,11 @@ def _check_selectors(paths: list[str], layer: str | None, match: str | None) -> 
         except re.error as e:
             raise UsageError(f"{what} {rx!r}: regex does not compile: {e}") from None
     if layer is not None and layer not in names and not any(re.fullmatch(layer, n) for n in names):
-        shown = ", ".join(names[:4] + (["..."] if len(names) > 5 else []) + names[-1:] if len(names) > 5 else names)
+        shown = ", ".join(
+            names[:4] + (["..."] if len(names) > 5 else []) + names[-1:]
+            if len(names) > 5
+            else names
+        )
         close = difflib.get_close_matches(layer, names, n=1)
         hint = f"did you mean {close[0]}?" if close else f"layers: {shown}"
         raise UsageError(f"--layer {layer!r} matches no layer of the model", hint=hint)
@@ -302,9 +356,13 @@ def describe(
     sizes = dict(zip(axes, shape, strict=True))
     notes: list[str] = []
     if architectures.is_vision(preset):
-        notes.append(f"{preset} is a vision+text model: planned as its text backbone (vision_encoder None); the vision tower (~0.42B params) is not shown")
+        notes.append(
+            f"{preset} is a vision+text model: planned as its text backbone (vision_encoder None); the vision tower (~0.42B params) is not shown"
+        )
     if cfg.model.quantize != "none" and not live:
-        notes.append(f"model.quantize={cfg.model.quantize}: the plan shows unquantized weights; use --live for the quantized layout")
+        notes.append(
+            f"model.quantize={cfg.model.quantize}: the plan shows unquantized weights; use --live for the quantized layout"
+        )
 
     if live:
         mesh_lib.raise_for(plan)
@@ -312,9 +370,13 @@ def describe(
         if dev_mem is not None:
             device_memory = dev_mem
     else:
-        weights = [_row(v.path, v.shape, v.dtype, v.spec, v.shard_shape, v.rule) for v in plan.variables]
+        weights = [
+            _row(v.path, v.shape, v.dtype, v.spec, v.shard_shape, v.rule) for v in plan.variables
+        ]
         trainable = _trainable_plan([w["path"] for w in weights], lora_rank)
-        opt_rows = _plan_optimizer(cfg.optimizer, [w for w in weights if w["path"] in trainable], rules, sizes)
+        opt_rows = _plan_optimizer(
+            cfg.optimizer, [w for w in weights if w["path"] in trainable], rules, sizes
+        )
 
     data = cfg.data
     batch = data.batch_size if data else 2
@@ -347,13 +409,22 @@ def describe(
     }
     return {
         "mesh": {"shape": list(shape), "axes": list(axes), "devices": math.prod(shape)},
-        "model": {"preset": preset, "backbone": cls, "precision": cfg.model.precision, "lora_rank": lora_rank,
-                  "optimizer": cfg.optimizer.name, "mode": "live" if live else "plan"},
+        "model": {
+            "preset": preset,
+            "backbone": cls,
+            "precision": cfg.model.precision,
+            "lora_rank": lora_rank,
+            "optimizer": cfg.optimizer.name,
+            "mode": "live" if live else "plan",
+        },
         "variables": _select(weights, layer, match),
         "optimizer_variables": _select(opt_rows, layer, match, key="variable") if optimizer else [],
         "totals": totals,
         "problems": _problems(plan),
-        "unused_rules": [{"pattern": r.pattern, "axes": list(r.axes), "source": r.source} for r in plan.unused_rules],
+        "unused_rules": [
+            {"pattern": r.pattern, "axes": list(r.axes), "source": r.source}
+            for r in plan.unused_rules
+        ],
         "notes": notes,
     }
 
@@ -366,7 +437,9 @@ def _spec_of(var: Any) -> tuple[Any, ...]:
     return spec + (None,) * (len(var.shape) - len(spec))
 
 
-def _live_row(var: Any, rules: list[mesh_lib.Rule], sizes: dict[str, int], rule: str | None = "match") -> dict[str, Any]:
+def _live_row(
+    var: Any, rules: list[mesh_lib.Rule], sizes: dict[str, int], rule: str | None = "match"
+) -> dict[str, Any]:
     shape = tuple(int(s) for s in var.shape)
     spec = _spec_of(var)
     if rule == "match":
@@ -395,17 +468,23 @@ def _compile(causal_lm: Any, cfg: Any) -> Any:
         "sgd": lambda: keras.optimizers.SGD(**kw),
         "adafactor": lambda: keras.optimizers.Adafactor(**kw),
     }[o.name]()
-    causal_lm.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    causal_lm.compile(
+        optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     opt.build(causal_lm.trainable_variables)
     return opt
 
 
-def _live(cfg: Any, plan: mesh_lib.Plan, rules: list[mesh_lib.Rule], sizes: dict[str, int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], int | None]:
+def _live(
+    cfg: Any, plan: mesh_lib.Plan, rules: list[mesh_lib.Rule], sizes: dict[str, int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], int | None]:
     from gemma_cli.engine import model
 
     device_mesh = mesh_lib.build_mesh(cfg.mesh)
     if tuple(device_mesh.shape) != plan.mesh_shape:
-        raise UsageError(f"mesh.shape {list(device_mesh.shape)} here differs from the planned {list(plan.mesh_shape)}")
+        raise UsageError(
+            f"mesh.shape {list(device_mesh.shape)} here differs from the planned {list(plan.mesh_shape)}"
+        )
     distribution = mesh_lib.build_distribution(device_mesh, plan, cfg.mesh.batch_axis)
     with distribution.scope():
         causal_lm = model.load_causal_lm(cfg.model.preset, cfg.model.precision)
@@ -413,13 +492,19 @@ def _live(cfg: Any, plan: mesh_lib.Plan, rules: list[mesh_lib.Rule], sizes: dict
         opt = _compile(causal_lm, cfg)
     backbone = causal_lm.backbone
     weights = [_live_row(v, rules, sizes) for v in backbone.weights]
-    trainable_vars = list(getattr(opt, "_trainable_variables", None) or causal_lm.trainable_variables)
+    trainable_vars = list(
+        getattr(opt, "_trainable_variables", None) or causal_lm.trainable_variables
+    )
     trainable = {v.path for v in trainable_vars}
     opt_rows: list[dict[str, Any]] = []
     for i, w in enumerate(trainable_vars):
         for attr, slot in _OPT_SLOTS:
             slots = getattr(opt, attr, None)
-            if isinstance(slots, list) and len(slots) == len(trainable_vars) and slots[i] is not None:
+            if (
+                isinstance(slots, list)
+                and len(slots) == len(trainable_vars)
+                and slots[i] is not None
+            ):
                 s = slots[i]
                 derived = f"{w.path.replace('/', '_')}_"
                 row = _live_row(s, rules, sizes, rule="match")
