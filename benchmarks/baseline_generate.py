@@ -38,7 +38,7 @@ def main() -> None:
         outs = lm.generate(a.prompt, max_length=a.max_length)
         dt = time.perf_counter() - t0
         new = 0
-        for p, o in zip(a.prompt, outs):
+        for p, o in zip(a.prompt, outs, strict=True):
             completion = o[len(p):] if o.startswith(p) else o
             new += len(tok(completion)) if completion else 0
         calls.append({"seconds": dt, "new_tokens": int(new)})
