@@ -15,6 +15,13 @@ from typing import Any, Callable
 import keras
 
 
+def _all_finite(variables: list[Any]) -> bool:
+    """Whether every element of every variable is finite (one reduction per variable)."""
+    from keras import ops
+
+    return all(bool(ops.all(ops.isfinite(v.value))) for v in variables if "float" in str(v.dtype))
+
+
 class TrainCallback(keras.callbacks.Callback):
     def __init__(
         self,
@@ -65,7 +72,8 @@ class TrainCallback(keras.callbacks.Callback):
                 self._tb = tf.summary.create_file_writer(str(self.out_dir / "tensorboard"))
             except Exception as e:  # TensorBoard is a nicety, never a failure
                 self.log.warn(f"TensorBoard disabled: {e}")
-        if self.log.show_progress and self.main:
+        # a live bar on a terminal; plain lines every log_every steps in logs and pipes
+        if self.log.show_progress and self.main and self.log.err.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self._progress = Progress(
@@ -118,7 +126,7 @@ class TrainCallback(keras.callbacks.Callback):
             self._t_window = now
         self._window.append(loss)
         if not math.isfinite(loss):
-            self.diverged = str(loss)
+            self.diverged = f"loss became {loss}"
             self.model.stop_training = True
             return
         tps = self.tokens_per_step / (self._time_timed / self._steps_timed) if self._steps_timed else 0.0
@@ -159,7 +167,7 @@ class TrainCallback(keras.callbacks.Callback):
                 tf.summary.scalar("train/loss", rec["loss"])
                 tf.summary.scalar("train/learning_rate", lr)
                 tf.summary.scalar("train/tokens_per_second", tps)
-        if not self.log.show_progress or self._progress is None:
+        if self._progress is None:
             self.log.info(f"step {self.step}/{self.total}  loss {rec['loss']:.4f}  lr {lr:.2e}  {tps:,.0f} tok/s")
 
     def _lr(self) -> float:
@@ -192,8 +200,14 @@ class TrainCallback(keras.callbacks.Callback):
             self.log.info(msg)
         return ev["eval_loss"]
 
-    def save_now(self) -> Path:
+    def save_now(self) -> Path | None:
         self.model.jax_state_sync()
+        # the loss of step k was computed before update k: an update that overflowed shows
+        # only in the weights, and a checkpoint of them would be kept as "last good"
+        if not _all_finite(self.model.trainable_variables):
+            self.diverged = "the weights became NaN/inf"
+            self.model.stop_training = True
+            return None
         path = self._save(self.step, self._last_loss)
         self.last_saved = self.step
         msg = f"checkpoint step {self.step} → {path}"
