@@ -340,3 +340,25 @@ def test_plan_agrees_with_live(
     if family == "gemma":  # keras-hub's layout; 2 kv heads do not divide a model axis of 4 or 8
         assert pv["decoder_block_0/attention/key/kernel"]["spec"][0] is None
         assert pv["decoder_block_0/ffw_linear/kernel"]["spec"] == ["model", "batch"]
+
+
+def test_vision_preset_planned_as_text_backbone_and_device_memory(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "g3", """
+        model: {preset: "kaggle://keras/gemma3/keras/gemma3_instruct_4b/3", precision: bfloat16}
+        mesh: {shape: [2, 4], axes: [batch, model]}
+    """)  # fmt: skip
+    d = doc_of(cfg, "--layer", "decoder_block_0", "--device-memory", "16GiB")
+    assert d["model"]["backbone"] == "Gemma3Backbone"
+    assert d["totals"]["params"] == 3_880_099_328
+    assert any("vision" in n and "text backbone" in n for n in d["notes"])
+    v = by_path(d["variables"])
+    assert v["decoder_block_0/attention/key/kernel"]["shape"] == [4, 2560, 256]
+    assert v["decoder_block_0/attention/key/kernel"]["spec"] == ["model", "batch", None]
+    assert v["decoder_block_0/ffw_gating/kernel"]["shape"] == [2560, 10240]
+    assert v["decoder_block_0/attention/query_norm/scale"]["spec"] == [None]
+    t = d["totals"]
+    assert t["device_memory_bytes"] == 16 * 2**30 and t["fits"] is (
+        t["total_bytes_per_device"] <= 16 * 2**30
+    )
+    r = inspect(cfg, "--layer", "decoder_block_0", "--device-memory", "lots", code=2)
+    assert "--device-memory 'lots'" in r.stderr
