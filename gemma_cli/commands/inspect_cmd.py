@@ -187,8 +187,7 @@ def inspect(
 ) -> None:
     """Show how weights and optimizer state are sharded: spec, shard shape, bytes per device.
 
-    Plans any preset on the config's mesh without weights or devices; exit 2 if a sharded
-    dimension does not divide its mesh axis (the table shows it in red with the fix).
+    Plans any preset on the config's mesh without weights or devices. Exit 2 if a sharded dimension does not divide its mesh axis (shown in red, with the fix).
 
     Example: gemma inspect configs/imdb_7b_tpu.yaml --layer decoder_block_1 --optimizer
     """
