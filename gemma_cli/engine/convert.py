@@ -428,6 +428,9 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
     log.step(f"Saving preset to {out} ...")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    _umask = os.umask(0)
+    os.umask(_umask)
+    os.chmod(tmp, 0o777 & ~_umask)  # mkdtemp makes 0700; a preset dir is an ordinary dir
     summary = {
         "out": str(out),
         "source": source or str(src),

@@ -153,6 +153,9 @@ def _prepare_out(out: Path, force: bool) -> None:
 def _atomic_dir(out: Path, write: Any) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    _umask = os.umask(0)
+    os.umask(_umask)
+    os.chmod(tmp, 0o777 & ~_umask)  # mkdtemp makes 0700; a preset dir is an ordinary dir
     try:
         write(str(tmp))
         old = None
