@@ -107,15 +107,16 @@ def main() -> None:
         gemma_lm.fit(ds, epochs=1, steps_per_epoch=a.steps, verbose=0, callbacks=[Timer()])
     steps = np.diff(np.array(times))
     step_s = float(steps.mean()) if len(steps) else None
+    step_med = float(np.median(steps)) if len(steps) else None
     tokens = a.batch * a.seq
     print(
         json.dumps(
             {
                 "steps": len(times),
                 "step_seconds": step_s,
-                "step_seconds_median": float(np.median(steps)) if len(steps) else None,
-                "tokens_per_second": tokens / step_s if step_s else None,
-                "useful_tokens_per_second": tokens * useful_fraction / step_s if step_s else None,
+                "step_seconds_median": step_med,
+                "tokens_per_second": tokens / step_med if step_med else None,
+                "useful_tokens_per_second": tokens * useful_fraction / step_med if step_med else None,
                 "useful_fraction": useful_fraction,
                 "time_to_first_step": times[0] - t0 if times else None,
                 "import_seconds": t_import - T_PROCESS,
