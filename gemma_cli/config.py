@@ -503,6 +503,8 @@ def parse_config(text: str, where: str = "<config>", overrides: list[str] | tupl
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{where}:1: expected a mapping of sections (model, mesh, ...), got {type(data).__name__}"])
+    if isinstance(data.get("layout"), (str, list)):  # `layout: default` / a bare rule list
+        data["layout"] = {"rules": data["layout"]}
     lines = _line_map(text)
     override_locs: dict[_Loc, str] = {}
     for item in overrides:

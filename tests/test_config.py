@@ -113,6 +113,8 @@ def test_mesh_fill_and_device_mismatch() -> None:
 
 def test_layout_default_shorthand_and_bad_string() -> None:
     assert parse_config(GOOD + "layout: default\n").layout.is_default
+    cfg = parse_config(GOOD + "layout: default\n", overrides=["layout.indivisible=replicate"])
+    assert cfg.layout.is_default and cfg.layout.indivisible == "replicate"
     with pytest.raises(ConfigError, match="rules must be 'default'"):
         parse_config(GOOD + "layout: defualt\n")
 
