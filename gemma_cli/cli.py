@@ -108,7 +108,14 @@ def verb(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _register() -> None:
     # Each module adds its verbs to `app`; all are light (no heavy imports at module level).
-    from gemma_cli.commands import config_cmd, convert_cmd, finetune_cmd, generate_cmd, inspect_cmd, login_cmd  # noqa: F401
+    from gemma_cli.commands import (  # noqa: F401
+        config_cmd,
+        convert_cmd,
+        finetune_cmd,
+        generate_cmd,
+        inspect_cmd,
+        login_cmd,
+    )
 
 
 _register()

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from gemma_cli.cli import ConfigArg, DebugOpt, JsonOpt, OverridesArg, QuietOpt, app, boundary, make_output
+from gemma_cli.cli import (
+    ConfigArg,
+    DebugOpt,
+    JsonOpt,
+    OverridesArg,
+    QuietOpt,
+    app,
+    boundary,
+    make_output,
+)
 
 config_app = typer.Typer(
     help="Check and print run configs (no model is loaded).", no_args_is_help=True
@@ -26,7 +35,7 @@ def validate(
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
-        from gemma_cli.config import dump_config, load_config, to_yaml
+        from gemma_cli.config import load_config
 
         try:
             cfg = load_config(config, overrides or [])

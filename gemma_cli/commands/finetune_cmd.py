@@ -6,7 +6,16 @@ from typing import Annotated, Any
 
 import typer
 
-from gemma_cli.cli import ConfigArg, DebugOpt, JsonOpt, OverridesArg, QuietOpt, app, boundary, make_output
+from gemma_cli.cli import (
+    ConfigArg,
+    DebugOpt,
+    JsonOpt,
+    OverridesArg,
+    QuietOpt,
+    app,
+    boundary,
+    make_output,
+)
 
 
 @app.command("finetune")

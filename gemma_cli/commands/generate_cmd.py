@@ -120,9 +120,9 @@ def generate(
         runtime.setup()
         if json_ or jsonl:
             runtime.silence_keras_stdout()
-        from gemma_cli.engine.generate import Generator
-
         import time
+
+        from gemma_cli.engine.generate import Generator
 
         t0 = time.perf_counter()
         gen = Generator(cfg, kind, target if kind == "run" else "", out, batch_size)

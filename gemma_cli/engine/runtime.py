@@ -64,8 +64,8 @@ def _quiet_imports() -> None:
         sys.stderr.flush()
         os.dup2(devnull, fd)
         try:
-            import tensorflow  # noqa: F401
             import keras_hub  # noqa: F401
+            import tensorflow  # noqa: F401
         except ImportError:
             pass
     finally:

@@ -13,7 +13,6 @@ import json
 import math
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from gemma_cli.config import dump_config, to_yaml
@@ -186,14 +185,13 @@ def finetune(cfg: Any, log: Any, *, resume: bool = False, dry_run: bool = False)
     elif not dry_run and checkpoint.latest(out_dir) is not None:
         raise UsageError(
             f"{out_dir} already holds checkpoints of an earlier run",
-            hint=f"add --resume to continue it, or set train.output_dir=<new dir> (nothing was overwritten)",
+            hint="add --resume to continue it, or set train.output_dir=<new dir> (nothing was overwritten)",
         )
     if cfg.data is None:
         raise UsageError("data: the config has no data section; finetune needs one")
 
     ctx = prepare(cfg, log)
     causal_lm, distribution = ctx["causal_lm"], ctx["distribution"]
-    import keras
 
     from gemma_cli.engine import data as datalib
 
@@ -299,17 +297,17 @@ def finetune(cfg: Any, log: Any, *, resume: bool = False, dry_run: bool = False)
             causal_lm.fit(train_ds, epochs=1, steps_per_epoch=total - start, verbose=0, callbacks=[cb])
         finally:
             cb.close()
+    final_ckpt = None
+    if cb.diverged is None and cb.step > cb.last_saved:
+        with distribution.scope():
+            final_ckpt = cb.save_now()  # checks the weights are finite first
     if cb.diverged is not None:
         last = checkpoint.latest(out_dir)
         raise RuntimeFailure(
-            f"loss became {cb.diverged} at step {cb.step}; stopped",
+            f"{cb.diverged} at step {cb.step}; stopped",
             hint=(f"last good checkpoint: {last}" if last else "no checkpoint was written")
             + "; lower optimizer.learning_rate or set optimizer.clipnorm",
         )
-    final_ckpt = None
-    if cb.step > cb.last_saved:
-        with distribution.scope():
-            final_ckpt = cb.save_now()
     with distribution.scope():
         summary = cb.summary()
     causal_lm.preprocessor = preprocessor
