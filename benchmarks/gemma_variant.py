@@ -2,9 +2,11 @@
 
   BENCH_NO_PREFETCH=1 python benchmarks/gemma_variant.py finetune CONFIG --json
   BENCH_REMAT=full    python benchmarks/gemma_variant.py finetune CONFIG --json
+  BENCH_NO_TF=1       python benchmarks/gemma_variant.py inspect CONFIG --json
 
 BENCH_NO_PREFETCH makes tf.data's prefetch a no-op (the engine's to_dataset prefetches);
-BENCH_REMAT enters keras.RematScope(mode=...) before the model is built, so every layer
+BENCH_NO_TF=1 blocks `import tensorflow` (keras-hub then treats TF as absent; fine for plan-mode
+`gemma inspect`, which reads no data). BENCH_REMAT enters keras.RematScope(mode=...) before the model is built, so every layer
 recomputes its activations in the backward pass (gradient checkpointing).
 """
 
@@ -15,6 +17,8 @@ import sys
 
 
 def main() -> int:
+    if os.environ.get("BENCH_NO_TF"):
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # import → ImportError: keras-hub runs without TF
     from gemma_cli.engine import runtime
 
     runtime.setup()

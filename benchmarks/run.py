@@ -310,11 +310,24 @@ def sec_inspect(report: dict[str, Any]) -> None:
         report["summary"].append([f"`gemma inspect` {label}: time / peak RSS", f"{bl.fmt(r['wall'], ' s')} / {bl.fmt(r['maxrss_mb'], ' MB')}",
                                   "≤ 10 s / ≤ 2048 MB",
                                   "met" if r["ok"] and r["wall"] <= 10 and (r["maxrss_mb"] or 0) <= 2048 else ("MISSED" if r["ok"] else "failed")])
+        # the same plan with `import tensorflow` blocked (keras-hub imports TF whenever it is installed)
+        v = run(f"inspect {label}, TensorFlow blocked", [PY, str(HERE / "gemma_variant.py"), "inspect", *args, "--json"], 120, {"BENCH_NO_TF": "1"})
+        vd = v["doc"] or {}
+        same = (vd.get("totals") or {}).get("params") == params and len(vd.get("variables") or []) == len(d.get("variables") or [])
+        rows.append([f"{label}, TF blocked (proposed)", (vd.get("totals") or {}).get("params"), v["wall"], v["maxrss_mb"],
+                     ("ok, same plan" if same else "ok, plan DIFFERS") if v["ok"] else v.get("err", "failed")])
     report["sections"].append({
         "title": "5. `gemma inspect` plans (no weights allocated)",
         "headers": ["plan", "params", "wall s", "peak RSS MB", "status"],
         "rows": rows,
-        "notes": ["peak RSS is the child's maximum resident set (`/usr/bin/time %M`)." if TIME_BIN else "no /usr/bin/time: peak RSS not measured"],
+        "notes": ["peak RSS is the child's maximum resident set (`/usr/bin/time %M`)." if TIME_BIN else "no /usr/bin/time: peak RSS not measured",
+                  "why it is slow: `runtime.setup()` imports TensorFlow (`_quiet_imports`, `_tf_off_accelerators`), and keras-hub "
+                  "imports TensorFlow at import time whenever it is installed (`keras_hub/src/utils/tensor_utils.py`: "
+                  "`tf = try_import_tensorflow()`). A cProfile of `gemma inspect configs/imdb_7b_tpu.yaml` on this loaded "
+                  "machine: 34 s of 44 s in `runtime.setup` (28.6 s in `tensorflow/__init__`), 8 s in `jax.eval_shape` of the "
+                  "backbone. Plan mode reads no data, so TF is dead weight: the 'TF blocked' rows run "
+                  "`benchmarks/gemma_variant.py` with `sys.modules['tensorflow'] = None` (keras-hub then runs TF-free, as on "
+                  "the GPU machine) and produce the same plan."],
     })
 
 
