@@ -182,19 +182,28 @@ def token_arrays(texts: list[str], tokenizer: Any, sequence_length: int, packing
 
 
 def to_dataset(ids: Any, mask: Any, batch_size: int, seed: int, shuffle: bool, repeat: int, skip_batches: int = 0) -> Any:
-    """tf.data of ({token_ids, padding_mask}, labels, sample_weight), deterministic for a seed."""
+    """tf.data of ({token_ids, padding_mask}, labels, sample_weight), deterministic for a seed.
+
+    The order of all `repeat` epochs is drawn up front with numpy from `seed` (one permutation
+    per epoch) and `skip_batches` cuts it: every iterator over the dataset, on every host, in
+    a fresh or a resumed run, yields the same batches. (tf.data's `shuffle` draws a new order
+    for each iterator it serves, so a resumed run's batches depended on how many iterators
+    keras had opened before.)
+    """
+    import numpy as np
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((ids, mask))
-    if shuffle:
-        ds = ds.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat(repeat).batch(batch_size, drop_remainder=True)
+    n = len(ids)
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(n) if shuffle else np.arange(n) for _ in range(repeat)])
+    order = order[skip_batches * batch_size :].astype(np.int64)
+    ids_t, mask_t = tf.constant(ids), tf.constant(mask)
 
-    def split(i: Any, m: Any) -> Any:
+    def split(idx: Any) -> Any:
+        i, m = tf.gather(ids_t, idx), tf.gather(mask_t, idx)
         x = {"token_ids": i[:, :-1], "padding_mask": m[:, :-1]}
         return x, i[:, 1:], tf.cast(m[:, 1:], "float32")
 
+    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
     ds = ds.map(split, num_parallel_calls=tf.data.AUTOTUNE)
-    if skip_batches:
-        ds = ds.skip(skip_batches)
     return ds.prefetch(tf.data.AUTOTUNE)
