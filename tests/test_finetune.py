@@ -244,7 +244,7 @@ def test_json_run_prints_exactly_one_document(run_a):
     assert s["mesh"] == {"shape": [2, 4], "axes": ["batch", "model"], "devices": 8}
     assert s["checkpoint"] == str(run_a["out"] / "checkpoints" / f"step_{STEPS:08d}")
     assert Path(s["files"]["metrics"]).is_file() and Path(s["files"]["loss_curve"]).is_file()
-    assert [e["step"] for e in s["evals"]] == [12, 24]
+    assert [e["step"] for e in s["evals"]] == [0, 12, 24]  # 0: the baseline before any update
     # progress and the layout warning went to stderr
     assert "Warning:" in r.stderr and "replicated that dimension" in r.stderr
     print(f"\nrun A: {STEPS} steps in {run_a['seconds']:.1f}s, step {s['step_seconds'] * 1000:.0f} ms, "
@@ -260,7 +260,7 @@ def test_loss_falls_and_metrics_are_written(run_a):
     assert [ln["step"] for ln in train] == list(range(4, STEPS + 1, 4))
     assert train[0]["loss"] == pytest.approx(s["first_loss"]) and train[-1]["loss"] == pytest.approx(s["final_loss"])
     assert all(ln["learning_rate"] > 0 for ln in train[:-1])
-    assert [ln["step"] for ln in lines if "eval_loss" in ln] == [12, 24]
+    assert [ln["step"] for ln in lines if "eval_loss" in ln] == [0, 12, 24]
     ckpts = sorted(p.name for p in (run_a["out"] / "checkpoints").glob("step_*"))
     assert ckpts == [f"step_{n:08d}" for n in (12, 18, 24)]  # keep_checkpoints: 3
     assert (run_a["out"] / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS:08d}"
