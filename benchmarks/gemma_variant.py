@@ -6,14 +6,25 @@
 
 BENCH_NO_PREFETCH makes tf.data's prefetch a no-op (the engine's to_dataset prefetches);
 BENCH_NO_TF=1 blocks `import tensorflow` (keras-hub then treats TF as absent; fine for plan-mode
-`gemma inspect`, which reads no data). BENCH_REMAT enters keras.RematScope(mode=...) before the model is built, so every layer
-recomputes its activations in the backward pass (gradient checkpointing).
+`gemma inspect`, which reads no data). BENCH_REMAT builds the backbone inside keras.RematScope(mode=...) (gradient checkpointing); with
+keras 3.15 + keras-hub 0.32 fit then fails ('Unable to automatically build the model'): kept to
+reproduce that, not used by run.py.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+
+def _in_remat_scope(init, mode: str):  # noqa: ANN001, ANN202
+    def wrapped(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        import keras
+
+        with keras.RematScope(mode=mode):
+            init(self, *a, **k)
+
+    return wrapped
 
 
 def main() -> int:
@@ -28,9 +39,11 @@ def main() -> int:
         tf.data.Dataset.prefetch = lambda self, *a, **k: self  # type: ignore[method-assign]
     mode = os.environ.get("BENCH_REMAT")
     if mode:
-        import keras
+        import keras_hub
 
-        keras.RematScope(mode=mode).__enter__()
+        # only the backbone's layers: a global scope would also wrap the tokenizer (strings) and fail
+        for cls in (keras_hub.models.Gemma3Backbone, keras_hub.models.GemmaBackbone):
+            cls.__init__ = _in_remat_scope(cls.__init__, mode)
     from gemma_cli.cli import main as cli_main
 
     sys.argv[0] = "gemma"
