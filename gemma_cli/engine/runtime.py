@@ -106,12 +106,28 @@ def _init_distributed() -> None:
         )
     import keras
 
+    _native_stdout_to_stderr()  # before initialize: it already runs a collective
     keras.distribution.initialize(
         job_addresses=coord,
         num_processes=int(os.environ["GEMMA_NUM_PROCESSES"]),
         process_id=int(os.environ["GEMMA_PROCESS_ID"]),
     )
     _state["distributed"] = True
+
+
+def _native_stdout_to_stderr() -> None:
+    """Point fd 1 at stderr and keep Python's sys.stdout on the real stdout.
+
+    Gloo (CPU collectives) prints `[Gloo] Rank 0 is connected to ...` from C++ to fd 1 whenever
+    it opens a communicator, which broke `--json` (one JSON document on stdout) on multi-host.
+    """
+    try:
+        sys.stdout.flush()
+        real = os.dup(1)
+        os.dup2(2, 1)
+    except (AttributeError, OSError, ValueError):
+        return
+    sys.stdout = os.fdopen(real, "w", buffering=1, encoding="utf-8", closefd=True)
 
 
 def process_index() -> int:
