@@ -352,19 +352,51 @@ def test_tfds_imdb_reviews_through_mock_data(tmp_path, tiny_gemma3):
     assert "16 records → 16 sequences" in r.stderr  # take: 16 of the 32 mock examples
 
 
+@pytest.fixture(scope="module")
+def prepared_tfds(tmp_path_factory) -> Path:
+    """A tiny generator-based tfds dataset `gemma_tiny_text` (train/test; text, label), prepared
+    offline into a data_dir: unlike mock_data, a prepared dataset knows its splits."""
+    import tensorflow_datasets as tfds
+
+    class GemmaTinyText(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(16), "test": self._generate_examples(8)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {"text": CORPUS[i % len(CORPUS)], "label": i % 2}
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    GemmaTinyText(data_dir=str(data_dir)).download_and_prepare()
+    return data_dir
+
+
 @pytest.mark.parametrize(
     "data, words",
     [
         ({"name": "no_such_dataset_xyz"}, ["data.name", "no_such_dataset_xyz"]),
-        ({"name": "imdb_reviews", "split": "validation"}, ["data.split", "'validation'", "test", "train", "unsupervised"]),
-        ({"name": "imdb_reviews", "field": "body"}, ["data.field", "'body'", "'label'", "'text'"]),
+        ({"name": "gemma_tiny_text", "split": "validation"}, ["data.split", "'validation'", "splits: test, train"]),
+        ({"name": "gemma_tiny_text", "field": "body"}, ["data.field", "'body'", "features: ['label', 'text']"]),
+        ({"name": "imdb_reviews", "field": "body", "mock": True}, ["data.field", "'body'", "'label'", "'text'"]),
     ],
-    ids=["dataset", "split", "field"],
+    ids=["dataset", "split", "field", "field-imdb-mock"],
 )
-def test_tfds_missing_dataset_split_field(tmp_path, tiny_gemma3, data, words):
+def test_tfds_missing_dataset_split_field(tmp_path, tiny_gemma3, prepared_tfds, data, words):
+    import contextlib
+
     import tensorflow_datasets as tfds
 
-    with tfds.testing.mock_data(num_examples=8):
+    data = dict(data)
+    mock = data.pop("mock", False)
+    if data["name"] == "gemma_tiny_text":
+        data["data_dir"] = str(prepared_tfds)
+    with tfds.testing.mock_data(num_examples=8) if mock else contextlib.nullcontext():
         r = gemma("finetune", config(tmp_path, tiny_gemma3, data=data), "-q")
     line = assert_one_error_line(r)
     for w in words:
