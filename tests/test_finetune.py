@@ -178,7 +178,7 @@ def test_weights_and_adamw_state_have_the_family_layout(tmp_path, tiny_presets, 
     assert set(slots) == {v.path for v in lm.trainable_weights}
     for path, (m, s) in slots.items():
         assert spec_of(m) == spec_of(s) == spec_of(weights[path]), path
-    assert weights["token_embedding/embeddings"].value.sharding.mesh.shape == dict(zip(("batch", "model"), mesh))
+    assert weights["token_embedding/embeddings"].value.sharding.mesh.shape == dict(zip(("batch", "model"), mesh, strict=True))
 
 
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from test_finetune import corpus_file, gemma
 
 pytestmark = pytest.mark.multihost
@@ -129,7 +128,6 @@ def test_two_processes_train_like_one(mh_config, tmp_path, monkeypatch):
     assert diff <= 1e-4 and ediff <= 1e-4
     # and the adapters agree
     import numpy as np
-
     from test_finetune import lora_arrays
 
     a = lora_arrays(out0 / "checkpoints" / f"step_{STEPS:08d}")
