@@ -205,7 +205,8 @@ def inspect(
                     raise UsageError(f"{what} {rx!r}: regex does not compile: {e}") from None
         from gemma_cli.engine import runtime
 
-        runtime.setup()
+        # a plan reads shapes only: no tf.data, so skip TensorFlow's multi-second import
+        runtime.setup(without_tensorflow=not live)
         if json_:
             runtime.silence_keras_stdout()
         from gemma_cli.engine import sharding

@@ -16,10 +16,16 @@ from typing import Any
 _state: dict[str, Any] = {"setup": False, "distributed": False}
 
 
-def setup(cpu_devices: int | None = None) -> None:
-    """Prepare the environment; must run before keras/jax/tensorflow are imported."""
+def setup(cpu_devices: int | None = None, without_tensorflow: bool = False) -> None:
+    """Prepare the environment; must run before keras/jax/tensorflow are imported.
+
+    `without_tensorflow=True` (weight-free plans) makes `import tensorflow` fail in this
+    process, so keras-hub loads without it: 4× faster start, a third of the memory.
+    """
     if _state["setup"]:
         return
+    if without_tensorflow and "tensorflow" not in sys.modules:
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # import → ImportError
     os.environ.setdefault("KERAS_BACKEND", "jax")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
