@@ -19,9 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 # Plan-mode `gemma inspect` blocks TensorFlow when it is the first to set up the engine; in one
 # pytest process later tests need TensorFlow, so load it first.
-import tensorflow  # noqa: E402, F401
-
 import pytest  # noqa: E402
+import tensorflow  # noqa: E402, F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
