@@ -68,20 +68,12 @@ class Generator:
         from gemma_cli.engine import model as modellib
 
         self.cfg, self.log = cfg, log
-        bb_cfg = modellib.backbone_config(cfg.model.preset)
-        cls = modellib.backbone_class(bb_cfg)
-        shape = cfg.mesh.resolve(meshlib.device_count())
-        self.batch_axis = shape[cfg.mesh.axes.index(cfg.mesh.batch_axis)]
-        lora = cfg.model.lora if kind == "run" else None
-        rules = meshlib.resolve_rules(cfg, cls, shape)
-        variables = modellib.abstract_variables(
-            bb_cfg, cfg.model.precision, lora.rank if lora else 0, lora.target_layers if lora else None
-        )
-        plan = meshlib.plan_variables(variables, rules, shape, tuple(cfg.mesh.axes), cfg.layout.indivisible)
-        meshlib.raise_for(plan)
-        for w in plan.warnings:
+        layout = meshlib.layout_for(cfg, with_lora=kind == "run")
+        shape = layout.mesh_shape
+        self.batch_axis = layout.batch_axis_size
+        for w in layout.plan.warnings:
             log.debug_line(w)
-        self.distribution = meshlib.build_distribution(meshlib.build_mesh(cfg.mesh), plan, cfg.mesh.batch_axis)
+        self.distribution = layout.distribution
         log.step(f"Loading {cfg.model.preset} on mesh {dict(zip(cfg.mesh.axes, shape, strict=True))}")
         with self.distribution.scope():
             self.lm = modellib.load_causal_lm(cfg.model.preset, cfg.model.precision)

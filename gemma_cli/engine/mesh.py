@@ -284,3 +284,40 @@ def build_distribution(device_mesh: Any, plan: Plan, batch_axis: str) -> Any:
     # the whole batch and the global batch was num_processes x data.batch_size, duplicated.
     # A no-op in a single process.
     return keras.distribution.ModelParallel(layout_map=lm, batch_dim_name=batch_axis, auto_shard_dataset=True)
+
+
+@dataclass
+class Layout:
+    """A checked plan and the ModelParallel distribution built from it."""
+
+    plan: Plan
+    distribution: Any
+    backbone_class: str
+    mesh_shape: tuple[int, ...]
+    devices: int
+    batch_axis: str
+
+    @property
+    def batch_axis_size(self) -> int:
+        return self.mesh_shape[list(self.plan.mesh_axes).index(self.batch_axis)]
+
+
+def layout_for(cfg: Any, *, with_lora: bool = True) -> Layout:
+    """Plan the config's model on its mesh without weights, refuse what cannot be laid out,
+    and build the distribution: the one path `finetune` and `generate` share."""
+    from gemma_cli.engine import model as modellib
+
+    bb_cfg = modellib.backbone_config(cfg.model.preset)
+    cls = modellib.backbone_class(bb_cfg)
+    n_dev = device_count()
+    shape = cfg.mesh.resolve(n_dev)
+    lora = cfg.model.lora if with_lora else None
+    variables = modellib.abstract_variables(
+        bb_cfg, cfg.model.precision, lora.rank if lora else 0, lora.target_layers if lora else None
+    )
+    plan = plan_variables(
+        variables, resolve_rules(cfg, cls, shape), shape, tuple(cfg.mesh.axes), cfg.layout.indivisible
+    )
+    raise_for(plan)
+    distribution = build_distribution(build_mesh(cfg.mesh), plan, cfg.mesh.batch_axis)
+    return Layout(plan, distribution, cls, shape, n_dev, cfg.mesh.batch_axis)

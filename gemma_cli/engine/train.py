@@ -31,8 +31,6 @@ def prepare(cfg: Any, log: Any) -> dict[str, Any]:
     from gemma_cli.engine import mesh as meshlib
     from gemma_cli.engine import model as modellib
 
-    bb_cfg = modellib.backbone_config(cfg.model.preset)
-    cls = modellib.backbone_class(bb_cfg)
     n_dev = meshlib.device_count()
     shape = cfg.mesh.resolve(n_dev)
     batch_n = shape[cfg.mesh.axes.index(cfg.mesh.batch_axis)]
@@ -41,18 +39,11 @@ def prepare(cfg: Any, log: Any) -> dict[str, Any]:
             f"data.batch_size: {cfg.data.batch_size} is not divisible by the '{cfg.mesh.batch_axis}' mesh axis "
             f"({batch_n} on this machine's {n_dev} devices); use a multiple of {batch_n}"
         )
-    log.step(f"Planning {cls} on mesh {dict(zip(cfg.mesh.axes, shape, strict=True))} ({n_dev} devices)")
-    rules = meshlib.resolve_rules(cfg, cls, shape)
-    lora = cfg.model.lora
-    variables = modellib.abstract_variables(
-        bb_cfg, cfg.model.precision, lora.rank if lora else 0, lora.target_layers if lora else None
-    )
-    plan = meshlib.plan_variables(variables, rules, shape, tuple(cfg.mesh.axes), cfg.layout.indivisible)
-    meshlib.raise_for(plan)
+    log.step(f"Planning {cfg.model.preset} on mesh {dict(zip(cfg.mesh.axes, shape, strict=True))} ({n_dev} devices)")
+    layout = meshlib.layout_for(cfg)
+    plan, distribution, cls = layout.plan, layout.distribution, layout.backbone_class
     for w in plan.warnings:
         log.warn(w)
-    device_mesh = meshlib.build_mesh(cfg.mesh)
-    distribution = meshlib.build_distribution(device_mesh, plan, cfg.mesh.batch_axis)
     # train.seed drives every random init (LoRA kernels, a resized head) as well as the data
     # order: two runs of one config start from the same weights, on every host alike
     import keras
