@@ -24,13 +24,11 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from gemma_cli.engine.files import atomic_dir
 from gemma_cli.errors import RuntimeFailure, UsageError
 
 MARKER = "gemma_convert.json"
@@ -426,11 +424,6 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
     params = int(backbone.count_params())
 
     log.step(f"Saving preset to {out} ...")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    _umask = os.umask(0)
-    os.umask(_umask)
-    os.chmod(tmp, 0o777 & ~_umask)  # mkdtemp makes 0700; a preset dir is an ordinary dir
     summary = {
         "out": str(out),
         "source": source or str(src),
@@ -445,19 +438,11 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
         "dtype": dtype,
         "converted_by": "gemma convert gguf",
     }
-    try:
+    def write(tmp: Path) -> None:
         causal_lm.save_to_preset(str(tmp))
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
-            os.rename(out, old / out.name)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_dir(out, write)
     seconds = round(time.monotonic() - t0, 2)
     log.info(f"Converted {n_vocab:,}-token Gemma 3 with {params:,} params in {seconds:.1f} s → {out}")
     return {**_public(summary), "seconds": seconds, "reused": False}

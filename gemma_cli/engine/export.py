@@ -19,13 +19,11 @@ Example:
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from gemma_cli.engine.files import atomic_dir
 from gemma_cli.errors import RuntimeFailure, UsageError
 
 FORMATS = ("hf", "preset")
@@ -150,26 +148,6 @@ def _prepare_out(out: Path, force: bool) -> None:
             raise UsageError(f"{out}: exists and is not empty", "pass --force to replace it or choose another --out")
 
 
-def _atomic_dir(out: Path, write: Any) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    _umask = os.umask(0)
-    os.umask(_umask)
-    os.chmod(tmp, 0o777 & ~_umask)  # mkdtemp makes 0700; a preset dir is an ordinary dir
-    try:
-        write(str(tmp))
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
-            os.rename(out, old / out.name)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def export(path: str, out: str | Path, fmt: str = "hf", *, log: Any = None, force: bool = False) -> dict[str, Any]:
     """Load `path`, merge LoRA, write `out` in `fmt` ("hf" or "preset"). Returns a summary.
 
@@ -218,7 +196,7 @@ def export_model(causal_lm: Any, out: str | Path, fmt: str = "hf", *, log: Any =
         def write(d: str) -> None:
             causal_lm.save_to_preset(d)
 
-    _atomic_dir(out, write)
+    atomic_dir(out, lambda tmp: write(str(tmp)))
     params = int(causal_lm.backbone.count_params())
     seconds = round(time.monotonic() - t0, 2)
     log.info(f"Exported {params:,} params ({n_merged} LoRA kernels merged) in {seconds:.1f} s → {out}")
