@@ -156,10 +156,14 @@ def test_kaggle_from_file_stores_0600_where_kagglehub_reads(home: Path, tmp_path
     assert mode(dest) == 0o600 and mode(dest.parent) == 0o700
     assert [p.name for p in dest.parent.iterdir()] == ["kaggle.json"]  # no temp file left
 
-    from kagglehub.config import get_kaggle_credentials
-
-    creds = get_kaggle_credentials()
-    assert creds is not None and (creds.username, creds.key) == (K_USER, K_KEY)
+    # kagglehub reads the same file (fresh process: kagglehub fixes its paths at import time,
+    # and an earlier test in this process may have imported it under the real HOME)
+    code = (
+        "from kagglehub.config import get_kaggle_credentials as g; c = g(); "
+        "print(c.username if c else None, c.key if c else None)"
+    )
+    got = subprocess.run([sys.executable, "-c", code], env={**os.environ}, capture_output=True, text=True, timeout=60)
+    assert got.stdout.split() == [K_USER, K_KEY], got.stderr[-500:]
 
 
 def test_kaggle_honours_kaggle_config_dir_and_env_source(home: Path, tmp_path: Path,
