@@ -4,6 +4,10 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CPU_DEVICES ?= 8
+# every `make demo` trains into a new run dir: nothing of an earlier run is overwritten
+DEMO_DIR    := runs/gemma3_270m_demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_RUN     = train.output_dir=$(DEMO_DIR)
+DEMO_PROMPTS = -p "How do I check the sharding before training?" -p "How do I resume an interrupted run?"
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help install test test-fast lint demo bench preset clean
@@ -32,11 +36,12 @@ lint: install ## Ruff
 	$(BIN)/ruff check gemma_cli tests benchmarks
 
 demo: preset ## The main job offline: real Gemma 3 270M, generate → LoRA fine-tune → generate
-	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma generate configs/gemma3_270m_demo.yaml \
-	  -p "Instruction:\nWhat does gemma inspect show?\n\nResponse:\n" -p "The capital of France is"
-	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma finetune configs/gemma3_270m_demo.yaml
-	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma generate runs/gemma3_270m_demo \
-	  -p "Instruction:\nWhat does gemma inspect show?\n\nResponse:\n" -p "The capital of France is"
+	@echo "== 1/3 the real Gemma 3 270M before fine-tuning =="
+	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma generate configs/gemma3_270m_demo.yaml --template $(DEMO_PROMPTS)
+	@echo "== 2/3 LoRA fine-tune on data/demo_gemma_cli.jsonl, mesh (2, 4) over 8 simulated CPU devices =="
+	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma finetune configs/gemma3_270m_demo.yaml $(DEMO_RUN)
+	@echo "== 3/3 the fine-tuned run =="
+	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma generate $(DEMO_DIR) --template $(DEMO_PROMPTS)
 
 bench: preset ## Speed report → benchmarks/report.md and benchmarks/report.json
 	$(BIN)/python benchmarks/run.py
