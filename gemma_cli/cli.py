@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -99,11 +99,6 @@ def boundary(out: Output) -> Iterator[None]:
 
 def make_output(json_mode: bool = False, quiet: bool = False, debug: bool = False) -> Output:
     return Output(json_mode=json_mode, quiet=quiet, debug=debug)
-
-
-def verb(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Marker kept for readability; verbs call `boundary(out)` themselves."""
-    return fn
 
 
 def _register() -> None:

@@ -120,7 +120,7 @@ def _tfds_texts(cfg: Any, split: str, take: int | None) -> list[str]:
     return _render(records, cfg, f"{cfg.name}[{split}]")
 
 
-def load_texts(cfg: Any, role: str = "train") -> tuple[list[str], list[str]]:
+def load_texts(cfg: Any) -> tuple[list[str], list[str]]:
     """(train texts, eval texts) for the data config."""
     if cfg.source == "tfds":
         train = _tfds_texts(cfg, cfg.split, cfg.take)

@@ -53,13 +53,8 @@ def load_for_export(path: str, log: Any = None) -> Any:
         log.step(f"Loading preset {p} ...")
         return _load_preset(str(p))
     if p.is_dir():
-        try:
-            from gemma_cli.engine.model import load_model
-        except ImportError:
-            raise UsageError(
-                f"{p}: not a keras-hub preset directory, and loading fine-tune runs is not "
-                "available in this build (gemma_cli.engine.model.load_model is missing)"
-            ) from None
+        from gemma_cli.engine.model import load_model
+
         log.step(f"Loading fine-tune run {p} ...")
         return load_model(str(p), log=log)
     if p.exists():
@@ -86,13 +81,6 @@ def _load_preset(preset: str) -> Any:
         raise RuntimeFailure(f"cannot load {preset}: {type(e).__name__}: {e}") from None
 
 
-def lora_layers(backbone: Any) -> list[Any]:
-    return [
-        lyr for lyr in backbone._flatten_layers(include_self=False)
-        if getattr(lyr, "lora_enabled", False)
-    ]
-
-
 def merge_lora(causal_lm: Any, log: Any = None) -> tuple[Any, int]:
     """Return (a CausalLM whose kernels hold base + LoRA delta and which has no LoRA, count).
 
@@ -104,6 +92,8 @@ def merge_lora(causal_lm: Any, log: Any = None) -> tuple[Any, int]:
     import numpy as np
 
     backbone = causal_lm.backbone
+    from gemma_cli.engine.model import lora_layers
+
     layers = lora_layers(backbone)
     if not layers:
         return causal_lm, 0

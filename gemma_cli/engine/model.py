@@ -156,13 +156,6 @@ def param_counts(causal_lm: Any) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------ runs and targets ---
-def is_run_dir(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / "config.yaml").exists() and (p / "checkpoints").exists() or (
-        p.is_dir() and (p / "config.yaml").exists() and not (p / "config.json").exists()
-    )
-
-
 def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Any:
     from gemma_cli.config import load_config
 
