@@ -321,13 +321,10 @@ def sec_inspect(report: dict[str, Any]) -> None:
         "headers": ["plan", "params", "wall s", "peak RSS MB", "status"],
         "rows": rows,
         "notes": ["peak RSS is the child's maximum resident set (`/usr/bin/time %M`)." if TIME_BIN else "no /usr/bin/time: peak RSS not measured",
-                  "why it is slow: `runtime.setup()` imports TensorFlow (`_quiet_imports`, `_tf_off_accelerators`), and keras-hub "
-                  "imports TensorFlow at import time whenever it is installed (`keras_hub/src/utils/tensor_utils.py`: "
-                  "`tf = try_import_tensorflow()`). A cProfile of `gemma inspect configs/imdb_7b_tpu.yaml` on this loaded "
-                  "machine: 34 s of 44 s in `runtime.setup` (28.6 s in `tensorflow/__init__`), 8 s in `jax.eval_shape` of the "
-                  "backbone. Plan mode reads no data, so TF is dead weight: the 'TF blocked' rows run "
-                  "`benchmarks/gemma_variant.py` with `sys.modules['tensorflow'] = None` (keras-hub then runs TF-free, as on "
-                  "the GPU machine) and produce the same plan."],
+                  "plan mode runs without TensorFlow (`runtime.setup(without_tensorflow=True)` from `gemma inspect` "
+                  "without --live: keras-hub then loads TF-free); before that change TensorFlow's import was most of the "
+                  "time (12.0 s / 885 MB for the 27B plan in an earlier run of this bench). The 'TF blocked' rows run "
+                  "`benchmarks/gemma_variant.py` with `sys.modules['tensorflow'] = None` as a cross-check: same plan."],
     })
 
 
@@ -491,33 +488,27 @@ def sec_gpu(report: dict[str, Any]) -> None:
 
 
 NOTES = [
-    "CLI start-up: `gemma --help` imports no framework, but the Typer/Rich stack costs several interpreter starts: "
-    "`rich_markup_mode=\"rich\"` makes Typer import `typer.rich_utils` (rich.markdown, markdown_it) to format help, and "
-    "`typer._adapters` imports pydantic whenever it is installed; `config validate` adds gemma_cli.config's pydantic "
-    "models. Proposals for the lead (cli.py, not done here): `rich_markup_mode=None` or a lazily built help; keep "
-    "`gemma_cli.auth` out of CLI import (login_cmd imports it at module level).",
-    "`gemma inspect`: the time is TensorFlow's import (see section 5). Proposal for the lead (runtime.py/inspect_cmd.py, "
-    "not done here): a `runtime.setup(need_tf=False)` for plan mode that sets `sys.modules['tensorflow'] = None` before "
-    "keras/keras-hub are imported and skips `_tf_off_accelerators`; the 'TF blocked' rows are that change's figures.",
-    "Step time vs keras-hub: both compile the same keras-hub train step on the same mesh and batches; gemma adds "
-    "per-step Python in its callback (loss bookkeeping, with log_every 1 as here a metrics.jsonl line, 3 TensorBoard "
-    "scalars and an eager learning-rate read per step) and a map() in its tf.data pipeline. The ≤ 1.03 target is NOT "
-    "demonstrated: the per-run spread (0.10-0.21 s/step for both sides) is far wider than 3%, and the two full runs "
-    "gave 1.11 and 1.30. An in-process swap of gemma's dataset/optimizer for the baseline's showed no measurable "
-    "difference (0.21-0.29 s either way, under load). Next step for a quiet machine: the same A/B with log_every 10 "
-    "and TensorBoard off, to price the callback.",
+    "CLI start-up: `gemma --help` imports no framework (asserted by a test). Typer's help is formatted by plain click "
+    "(`rich_markup_mode=None`): rich-markdown help cost ~0.2 s of import (typer.rich_utils, rich.markdown, "
+    "markdown_it). `config validate` adds pydantic and the schema, imported only inside the verbs.",
+    "`gemma inspect`: plan mode skips TensorFlow (see section 5); what remains is keras/keras-hub import and "
+    "`jax.eval_shape` of the backbone.",
+    "Step time vs keras-hub: both compile the same keras-hub train step on the same mesh and batches. gemma's callback "
+    "reads the loss every step (a host sync that keeps the NaN guard and per-step progress exact; the baseline, "
+    "verbose=0 with no callback, dispatches steps asynchronously), and with log_every 1 as here writes a metrics line, "
+    "3 TensorBoard scalars and an eager learning-rate read per step. Compare section 2's ratio and per-run spread with "
+    "the 1.03 target; `train.steps_per_execution` > 1 amortises the per-step sync.",
     "Rematerialisation: NOT done. keras 3.15 has `keras.RematScope(mode='full'|'larger_than'|...)`, but with keras-hub "
     "0.32 neither way of applying it ran: a process-wide scope also wraps the Gemma3Tokenizer (string inputs) and fails "
     "with a TypeError; a scope around Gemma3Backbone construction only (benchmarks/gemma_variant.py, BENCH_REMAT=full) "
     "fails in fit with 'Unable to automatically build the model'. keras-hub's Gemma backbones have no remat switch of "
     "their own. A working route would be jax.checkpoint around each decoder block's call (an engine change, not made).",
-    "No-prefetch and bfloat16 on CPU: single runs within the noise band of the section-2 runs (see the per-run spread "
-    "there); neither is a measurable win or loss on this CPU, so the engine keeps its prefetch and float32 stays the CPU "
-    "default; bfloat16 is the accelerator recommendation (GPU: 1.89× faster steps). steps_per_execution 4 is the one "
-    "CPU win measured (fewer host round trips per step); keep it available, default 1 (per-step progress/metrics).",
-    "Noise: 3 other engineers shared the 2 cores (load average in the Machine table); identical configurations varied "
-    "by up to 2× between runs (baseline runs in section 2; gemma packing-off vs the baseline in section 3 run the same "
-    "shapes). Ratios within ±20% here are not evidence of a difference; rerun `make bench` on a quiet machine.",
+    "Optimizations table: each variant is ONE run, compared with section 2's median; a change smaller than section 2's "
+    "per-run spread is not evidence. Decisions: the engine keeps its prefetch; float32 stays the CPU default and "
+    "bfloat16 is the accelerator recommendation (GPU: 1.89× faster steps); steps_per_execution stays 1 by default "
+    "(per-step progress/metrics) and is available in the config.",
+    "Noise: the machine's load average is in the Machine table; other work on the 2 cores moves single runs by up to 2×. "
+    "Rerun `make bench` on a quiet machine before reading a ±10% difference.",
 ]
 
 
