@@ -143,14 +143,10 @@ def _read(p: str) -> str:
 # -------------------------------------------------------------------------------- data ---
 def corpora() -> tuple[Path, Path]:
     """fixed.jsonl: every text longer than a sequence; varied.jsonl: long-tailed lengths."""
-    from_corpus = [
-        "the quick brown fox jumps over the lazy dog",
-        "gemma fine tunes models from yaml run configs",
-        "a mesh has a batch axis and a model axis",
-        "layout rules map variable paths to mesh axes",
-        "low rank adapters train few parameters",
-        "the loss falls when the model learns the corpus",
-    ]
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny import CORPUS
+
+    from_corpus = CORPUS[:6]
     words = " ".join(from_corpus).split()
     rng = random.Random(0)
     OUT.mkdir(parents=True, exist_ok=True)

@@ -21,20 +21,14 @@ from typing import Any
 
 import pytest
 import yaml
+from tiny import CORPUS as TINY_CORPUS
 from typer.testing import CliRunner
 
 from gemma_cli.cli import app
 
 STEPS = 24  # run A: the uninterrupted reference
 
-CORPUS = [
-    "the quick brown fox jumps over the lazy dog",
-    "gemma fine tunes models from yaml run configs",
-    "a mesh has a batch axis and a model axis",
-    "layout rules map variable paths to mesh axes",
-    "low rank adapters train few parameters",
-    "the loss falls when the model learns the corpus",
-]
+CORPUS = TINY_CORPUS[:6]  # plain sentences of the tiny tokenizer's own corpus
 
 
 # ------------------------------------------------------------------------------ helpers ---
