@@ -1,1 +1,1 @@
-"""The verbs of the CLI, one module per verb group; each registers itself on `cli.app`."""
+"""The verbs of the CLI, one module per verb group; `gemma_cli.cli` registers them on the app."""

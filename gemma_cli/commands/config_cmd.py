@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from gemma_cli.cli import (
+from gemma_cli.commands.common import (
     ConfigArg,
     DebugOpt,
     JsonOpt,
     OverridesArg,
     QuietOpt,
-    app,
     boundary,
     make_output,
 )
@@ -18,7 +17,6 @@ from gemma_cli.cli import (
 config_app = typer.Typer(
     help="Check and print run configs (no model is loaded).", no_args_is_help=True
 )
-app.add_typer(config_app, name="config")
 
 
 @config_app.command("validate")

@@ -1,4 +1,4 @@
-"""`gemma convert gguf`, `gemma export` and `gemma upload`.
+"""`gemma convert gguf`: a llama.cpp GGUF → a keras-hub preset (the real Gemma offline).
 
 Engine modules (`gemma_cli.engine.convert`, `gemma_cli.engine.export`) are imported inside
 the command bodies: importing this file loads no keras, jax or tensorflow.
@@ -12,16 +12,14 @@ from typing import Annotated, Any
 
 import typer
 
-from gemma_cli.cli import DebugOpt, JsonOpt, QuietOpt, app, boundary, make_output
+from gemma_cli.commands.common import DebugOpt, ForceOpt, JsonOpt, QuietOpt, boundary, make_output
 from gemma_cli.errors import UsageError
 from gemma_cli.output import human_count
 
 convert_app = typer.Typer(
     help="Convert model files into keras-hub presets (a real Gemma offline).", no_args_is_help=True
 )
-app.add_typer(convert_app, name="convert")
 
-ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the work and replace --out.")]
 
 
 def _convert_line(s: dict[str, Any]) -> str:
@@ -90,61 +88,3 @@ def gguf(
                 raise UsageError("the `gguf` package is not installed", conv.GGUF_HINT)
         summary = conv.convert_gguf(gguf_path, target, log=out, force=force, dtype=dtype, source=source)
         out.result(summary, human=lambda c: c.print(_convert_line(summary), markup=False))
-
-
-@app.command("export")
-def export(
-    source: Annotated[
-        str, typer.Argument(help="A fine-tune run directory or a keras-hub preset.", show_default=False,
-                            metavar="RUN_OR_PRESET")
-    ],
-    out_dir: Annotated[str, typer.Option("--out", "-o", help="Directory to write.", show_default=False)],
-    fmt: Annotated[
-        str, typer.Option("--format", "-f", help="hf (safetensors for transformers) or preset (keras-hub).")
-    ] = "hf",
-    force: ForceOpt = False,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Merge LoRA into the kernels and write a Hugging Face model or a keras-hub preset.
-
-    Example: gemma export runs/gemma3_270m_demo --format hf --out exported/gemma3_270m_hf
-    """
-    out = make_output(json_, quiet, debug)
-    with boundary(out):
-        from gemma_cli.engine import export as ex
-
-        if fmt not in ex.FORMATS:
-            raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(ex.FORMATS)}")
-        summary = ex.export(source, out_dir, fmt, log=out, force=force)
-        out.result(
-            summary,
-            human=lambda c: c.print(
-                f"{summary['out']}: {summary['format']} export of {summary['backbone']}, "
-                f"{summary['params']:,} params, {summary['lora_merged']} LoRA kernels merged "
-                f"({summary['seconds']:.1f} s)", markup=False),
-        )
-
-
-@app.command("upload")
-def upload(
-    directory: Annotated[str, typer.Argument(help="A keras-hub preset directory.", show_default=False,
-                                             metavar="DIR")],
-    uri: Annotated[
-        str, typer.Argument(help="kaggle://USER/MODEL/keras/VARIATION or hf://USER/MODEL", show_default=False)
-    ],
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Upload a preset directory to Kaggle Models or the Hugging Face Hub.
-
-    Example: gemma upload exported/gemma3_270m_preset hf://me/gemma3-270m-imdb
-    """
-    out = make_output(json_, quiet, debug)
-    with boundary(out):
-        from gemma_cli.engine import export as ex
-
-        summary = ex.upload(directory, uri, log=out)
-        out.result(summary, human=lambda c: c.print(f"uploaded {summary['dir']} → {summary['uri']}", markup=False))

@@ -6,19 +6,17 @@ from typing import Annotated, Any
 
 import typer
 
-from gemma_cli.cli import (
+from gemma_cli.commands.common import (
     ConfigArg,
     DebugOpt,
     JsonOpt,
     OverridesArg,
     QuietOpt,
-    app,
     boundary,
     make_output,
 )
 
 
-@app.command("finetune")
 def finetune(
     config: ConfigArg,
     overrides: OverridesArg = None,

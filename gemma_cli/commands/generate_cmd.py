@@ -9,7 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
-from gemma_cli.cli import DebugOpt, JsonOpt, OverridesArg, QuietOpt, app, boundary, make_output
+from gemma_cli.commands.common import (
+    DebugOpt,
+    JsonOpt,
+    OverridesArg,
+    QuietOpt,
+    boundary,
+    make_output,
+)
 from gemma_cli.errors import UsageError
 
 
@@ -46,7 +53,6 @@ def read_prompts(prompts: list[str], prompt_file: str | None, stdin_text: str | 
     return out
 
 
-@app.command("generate")
 def generate(
     target: Annotated[
         str, typer.Argument(help="A run config (YAML), a finetune output_dir, or a preset (dir or name).", show_default=False)

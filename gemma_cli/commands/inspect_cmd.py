@@ -11,13 +11,12 @@ from typing import Annotated, Any
 
 import typer
 
-from gemma_cli.cli import (
+from gemma_cli.commands.common import (
     ConfigArg,
     DebugOpt,
     JsonOpt,
     OverridesArg,
     QuietOpt,
-    app,
     boundary,
     make_output,
 )
@@ -151,7 +150,6 @@ def render(doc: dict[str, Any], console: Any) -> None:
         console.print(line)
 
 
-@app.command("inspect")
 def inspect(
     config: ConfigArg,
     overrides: OverridesArg = None,

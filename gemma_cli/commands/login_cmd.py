@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from gemma_cli import auth
-from gemma_cli.cli import DebugOpt, JsonOpt, QuietOpt, app, boundary, make_output
+from gemma_cli.commands.common import DebugOpt, JsonOpt, QuietOpt, boundary, make_output
 from gemma_cli.errors import RuntimeFailure, UsageError
 from gemma_cli.output import Output, table
 
@@ -25,7 +25,6 @@ login_app = typer.Typer(
     "stdin or a file, never from the command line, and never printed.",
     no_args_is_help=True,
 )
-app.add_typer(login_app, name="login")
 
 
 class Service(str, Enum):
@@ -216,7 +215,6 @@ def _status_table(rows: list[dict[str, Any]], check: bool) -> Any:
     return table(None, cols, body)
 
 
-@app.command("logout")
 def logout(
     service: Annotated[Service, typer.Argument(help="kaggle or hf.", show_default=False)],
     json_: JsonOpt = False,

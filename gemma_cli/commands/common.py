@@ -1,0 +1,71 @@
+"""What every verb shares: the option types, the output factory and the error boundary.
+
+Command modules import from here, never from `gemma_cli.cli`; `cli.py` imports the command
+modules and registers their functions on the app (one direction, as the `hf` CLI does).
+Nothing here imports keras, keras_hub, jax, tensorflow or tensorflow_datasets.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+
+from gemma_cli.errors import GemmaError
+from gemma_cli.output import Output
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+DebugOpt = Annotated[
+    bool, typer.Option("--debug", help="Show tracebacks and debug output.", envvar="GEMMA_DEBUG")
+]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="key=value overrides typed by the schema, e.g. optimizer.learning_rate=1e-4 mesh.shape=[1,8]",
+        show_default=False,
+    ),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the work and replace --out.")]
+ConfigArg = Annotated[str, typer.Argument(help="Run config (YAML); - reads stdin.", show_default=False)]
+
+
+@contextmanager
+def boundary(out: Output) -> Iterator[None]:
+    """The error boundary of a verb: known errors → one line + exit code, no traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except GemmaError as e:
+        if out.debug:
+            traceback.print_exc()
+        out.error(e.line())
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        # a closed pipe (`gemma ... | head`) is not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except OSError:
+            pass
+        raise typer.Exit(0) from None
+    except Exception as e:  # an unexpected failure: one line unless --debug
+        if out.debug:
+            traceback.print_exc()
+            out.error(f"{type(e).__name__}: {e}")
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            out.error(f"{type(e).__name__}: {first[:500]} (run again with --debug for the traceback)")
+        raise typer.Exit(1) from None
+
+
+def make_output(json_mode: bool = False, quiet: bool = False, debug: bool = False) -> Output:
+    return Output(json_mode=json_mode, quiet=quiet, debug=debug)
