@@ -19,7 +19,7 @@ import time
 
 T_PROCESS = time.time()
 
-# gemma_cli/engine/mesh.py _GEMMA3_RULES, on a mesh whose axes are (batch, model).
+# gemma_cli/engine/families/gemma3.py RULES, on a mesh whose axes are (batch, model).
 RULES = [
     ("token_embedding/embeddings", ("model", "batch")),
     ("decoder_block.*attention.*(query|key|value).kernel", ("model", "batch", None)),

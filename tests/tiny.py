@@ -2,7 +2,7 @@
 
 `make_tiny_preset(dir, family)` writes a real keras-hub preset directory (config.json,
 tokenizer, weights) that every `gemma` verb loads exactly like a downloaded one. Families:
-gemma (Gemma 1), gemma2, gemma3. The heavy imports happen inside the function so that test
+gemma (Gemma 1), gemma2, gemma3; their tiny sizes live with each family (engine/families/). The heavy imports happen inside the function so that test
 modules can import this file cheaply.
 """
 
@@ -50,42 +50,11 @@ def tiny_proto(vocab_size: int = 128) -> bytes:
 
 
 def tiny_backbone_config(family: str, vocab_size: int) -> dict:
-    common = dict(
-        vocabulary_size=vocab_size,
-        num_layers=2,
-        num_query_heads=4,
-        num_key_value_heads=2,
-        hidden_dim=32,
-        intermediate_dim=64,
-        head_dim=8,
-    )
-    if family == "gemma":
-        return {**common, "intermediate_dim": 128}
-    if family == "gemma2":
-        return {
-            **common,
-            "intermediate_dim": 128,
-            "query_head_dim_normalize": True,
-            "use_post_ffw_norm": True,
-            "use_post_attention_norm": True,
-            "final_logit_soft_cap": 30.0,
-            "attention_logit_soft_cap": 50.0,
-            "sliding_window_size": 16,
-            "use_sliding_window_attention": True,
-        }
-    if family == "gemma3":
-        return {
-            **common,
-            "image_size": 896,
-            "query_head_dim_normalize": True,
-            "use_query_key_norm": True,
-            "use_post_ffw_norm": True,
-            "use_post_attention_norm": True,
-            "sliding_window_size": 16,
-            "use_sliding_window_attention": True,
-            "vision_encoder": None,
-        }
-    raise ValueError(family)
+    """The tiny backbone kwargs of `family`, from its module in gemma_cli/engine/families/."""
+    from gemma_cli.engine import families
+
+    _, cfg = families.tiny_config(family)
+    return {**cfg, "vocabulary_size": vocab_size}
 
 
 def make_tiny_preset(out_dir: str | Path, family: str = "gemma3", seed: int = 0, vocab_size: int = 128) -> Path:

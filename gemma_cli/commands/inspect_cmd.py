@@ -207,12 +207,12 @@ def inspect(
         runtime.setup(without_tensorflow=not live)
         if json_:
             runtime.silence_keras_stdout()
-        from gemma_cli.engine import sharding
+        from gemma_cli.engine import inspect_report
 
         with out.status(
             f"{'Loading' if live else 'Planning'} {cfg.model.preset} on mesh {cfg.mesh.shape} ..."
         ):
-            doc = sharding.describe(
+            doc = inspect_report.describe(
                 cfg, live=live, layer=layer, match=match, optimizer=optimizer, device_memory=mem
             )
         if not json_:

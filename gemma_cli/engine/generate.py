@@ -64,7 +64,7 @@ class Generator:
 
         runtime.setup()
         from gemma_cli.engine import checkpoint
-        from gemma_cli.engine import mesh as meshlib
+        from gemma_cli.engine import layout as meshlib
         from gemma_cli.engine import model as modellib
 
         self.cfg, self.log = cfg, log

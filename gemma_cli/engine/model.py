@@ -36,12 +36,9 @@ def backbone_config(preset: str) -> dict[str, Any]:
             hint = "run `make preset` to create it" if "gemma3_270m" in preset else "give a keras-hub preset directory"
             raise UsageError(f"model.preset: {preset}: no keras-hub preset there (no config.json)", hint=hint)
         return json.loads(path.read_text())
-    try:
-        from gemma_cli.engine import architectures
+    from gemma_cli.engine import families
 
-        known = architectures.get(preset)
-    except ImportError:
-        known = None
+    known = families.get_preset(preset)
     if known is not None:
         return known
     _check_credentials(preset)

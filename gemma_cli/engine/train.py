@@ -28,7 +28,7 @@ def _digest(cfg: Any) -> str:
 def prepare(cfg: Any, log: Any) -> dict[str, Any]:
     """Everything up to a sharded model: returns a dict of live objects (and the plan)."""
     runtime.setup()
-    from gemma_cli.engine import mesh as meshlib
+    from gemma_cli.engine import layout as meshlib
     from gemma_cli.engine import model as modellib
 
     n_dev = meshlib.device_count()

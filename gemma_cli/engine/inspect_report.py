@@ -40,7 +40,7 @@ import math
 import re
 from typing import Any
 
-from gemma_cli.engine import mesh as mesh_lib
+from gemma_cli.engine import layout as mesh_lib
 from gemma_cli.errors import UsageError
 
 # keras 3 default optimizer names (the prefix of their variables' paths)
@@ -101,11 +101,11 @@ def layer_of(path: str) -> str:
 
 
 def _backbone_config(preset: str) -> dict[str, Any]:
-    from gemma_cli.engine import architectures, model
+    from gemma_cli.engine import families, model
 
     if model.is_local(preset) or "://" in preset:
         return model.backbone_config(preset)
-    if architectures.get(preset) is not None:
+    if families.get_preset(preset) is not None:
         return model.backbone_config(preset)
     # A bare name we do not ship: keras-hub may know it (then its config.json downloads).
     known: list[str] = []
@@ -118,7 +118,7 @@ def _backbone_config(preset: str) -> dict[str, Any]:
         return model.backbone_config(preset)
     if preset not in known:
         close = difflib.get_close_matches(
-            preset, sorted(set(known) | set(architectures.names())), n=3, cutoff=0.6
+            preset, sorted(set(known) | set(families.preset_names())), n=3, cutoff=0.6
         )
         hint = (
             f"did you mean {', '.join(close)}?"
@@ -335,7 +335,7 @@ def describe(
         >>> doc = describe(load_config("configs/imdb_7b_tpu.yaml"), layer="decoder_block_1")
         >>> doc["variables"][0]["spec"]
     """
-    from gemma_cli.engine import architectures, model
+    from gemma_cli.engine import families, model
 
     preset = cfg.model.preset
     bb = _backbone_config(preset)
@@ -355,7 +355,7 @@ def describe(
     plan = mesh_lib.plan_variables(abstract, rules, shape, axes, cfg.layout.indivisible)
     sizes = dict(zip(axes, shape, strict=True))
     notes: list[str] = []
-    if architectures.is_vision(preset):
+    if families.is_vision(preset):
         notes.append(
             f"{preset} is a vision+text model: planned as its text backbone (vision_encoder None); the vision tower (~0.42B params) is not shown"
         )

@@ -1,7 +1,8 @@
 """Device mesh, layout rules and the ModelParallel distribution, with divisibility checks.
 
-The rules are the config's `layout.rules`, or the model family's defaults: keras-hub's own
-`get_layout_map` for Gemma 1/2 and Llama, ours for Gemma 3 (keras-hub ships none). Matching
+The rules are the config's `layout.rules`, or the model family's defaults
+(`engine/families/`: keras-hub's own `get_layout_map` for Gemma 1/2 and Llama, ours for
+Gemma 3, which keras-hub ships none for). Matching
 mirrors `keras.distribution.LayoutMap` exactly: an exact path first, else `re.fullmatch` of
 every pattern, and two matching patterns are an error. Everything here but `build_mesh` and
 `build_distribution` works on plain data, so `inspect` can plan a 27B model on a 16-device
@@ -16,22 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gemma_cli.errors import UsageError
-
-# Family → our default rules, in the shape keras-hub uses for Gemma 1/2: the big matrices are
-# split over the model axis and (FSDP-style) over the batch axis; norms stay replicated.
-_GEMMA3_RULES: list[tuple[str, tuple[str | None, ...]]] = [
-    ("token_embedding/embeddings", ("model", "batch")),
-    ("decoder_block.*attention.*(query|key|value).kernel", ("model", "batch", None)),
-    ("decoder_block.*attention_output.kernel", ("model", None, "batch")),
-    ("decoder_block.*ffw_gating.*kernel", ("batch", "model")),
-    ("decoder_block.*ffw_linear.kernel", ("model", "batch")),
-]
-
-_KERAS_HUB_LAYOUTS = {
-    "GemmaBackbone": "GemmaBackbone",
-    "LlamaBackbone": "LlamaBackbone",
-    "Llama3Backbone": "LlamaBackbone",
-}
 
 
 @dataclass(frozen=True)
@@ -92,45 +77,17 @@ class Plan:
 
 
 # --------------------------------------------------------------------------------- rules ---
-def default_rules(
-    backbone_class: str, mesh_shape: tuple[int, ...], mesh_axes: tuple[str, ...], batch_axis: str, model_axis: str
-) -> list[Rule]:
-    """The family's default rules, renamed onto this mesh's batch/model axes."""
-    if backbone_class in _KERAS_HUB_LAYOUTS:
-        return _keras_hub_rules(_KERAS_HUB_LAYOUTS[backbone_class], mesh_shape, mesh_axes, batch_axis, model_axis)
-    if backbone_class == "Gemma3Backbone":
-        names = {"model": model_axis, "batch": batch_axis}
-        return [
-            Rule(p, tuple(names[a] if a else None for a in axes), "gemma built-in rules for Gemma 3")
-            for p, axes in _GEMMA3_RULES
-        ]
-    raise UsageError(
-        f"no default layout for {backbone_class}",
-        hint="give layout.rules in the config as a list of {pattern, axes}",
-    )
+def default_rules(backbone_class: str, mesh_axes: tuple[str, ...], batch_axis: str, model_axis: str) -> list[Rule]:
+    """The family's default rules (`engine/families/`), on this mesh's batch/model axes."""
+    from gemma_cli.engine import families
 
-
-def _keras_hub_rules(
-    cls_name: str, mesh_shape: tuple[int, ...], mesh_axes: tuple[str, ...], batch_axis: str, model_axis: str
-) -> list[Rule]:
-    import numpy as np
-
-    from gemma_cli.engine import runtime
-
-    runtime.setup()
-    import keras
-    import keras_hub
-
-    cls = getattr(keras_hub.models, cls_name)
-    # A mesh over placeholder devices: the layout map is only regex → axes, no device is used.
-    mesh = keras.distribution.DeviceMesh(
-        shape=tuple(mesh_shape), axis_names=list(mesh_axes), devices=np.arange(math.prod(mesh_shape))
-    )
-    lm = cls.get_layout_map(mesh, model_parallel_dim_name=model_axis, data_parallel_dim_name=batch_axis)
-    return [
-        Rule(pattern, tuple(layout.axes), f"keras-hub {cls_name}.get_layout_map")
-        for pattern, layout in lm._layout_map.items()  # noqa: SLF001 — LayoutMap has no public items()
-    ]
+    fam = families.for_backbone(backbone_class)
+    if fam is None:
+        raise UsageError(
+            f"no default layout for {backbone_class}",
+            hint="give layout.rules in the config as a list of {pattern, axes}",
+        )
+    return [Rule(p, axes, fam.layout_source) for p, axes in fam.layout_rules(model_axis, batch_axis)]
 
 
 def config_rules(layout_cfg: Any) -> list[Rule] | None:
@@ -143,7 +100,7 @@ def resolve_rules(cfg: Any, backbone_class: str, mesh_shape: tuple[int, ...]) ->
     rules = config_rules(cfg.layout)
     if rules is not None:
         return rules
-    return default_rules(backbone_class, mesh_shape, tuple(cfg.mesh.axes), cfg.mesh.batch_axis, cfg.mesh.model_axis)
+    return default_rules(backbone_class, tuple(cfg.mesh.axes), cfg.mesh.batch_axis, cfg.mesh.model_axis)
 
 
 # ---------------------------------------------------------------------------------- plan ---

@@ -1,0 +1,237 @@
+"""Model families: everything gemma knows about one architecture, in one module each.
+
+A family module (`gemma.py` for Gemma 1/2, `gemma3.py`, `llama3.py`, ...) defines one
+`Family` with:
+
+- `presets`: the architecture table — each well-known preset's serialized keras-hub backbone
+  config and the parameter count keras-hub publishes for it (plan any of them offline);
+- `layout_rules`: the default layout rules (regex → mesh axes) on a mesh's model/batch axes;
+- `lora_targets`: the layers that get LoRA adapters by default;
+- `chat`: the turn format (special-token pieces and role names) for chat data and `--chat`;
+- `hf_model_types`: the Hugging Face `model_type`s whose checkpoints load into this family;
+- `tiny`: tiny backbone configs for tests (vocab ~128, 2 layers).
+
+Adding a family is one module here (plus its tests) and one line in `FAMILIES` below. This
+package is plain data and light functions: it imports keras/keras_hub only inside the keras-hub
+rule readers.
+
+Example:
+    >>> from gemma_cli.engine import families
+    >>> families.for_backbone("Gemma3Backbone").name
+    'gemma3'
+    >>> families.get_preset("gemma_7b_en")["config"]["num_layers"]
+    28
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Axes = tuple[str | None, ...]
+RuleSpec = tuple[str, Axes]
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a family writes a conversation.
+
+    Args:
+        start_turn: str. The special piece opening a turn (`<start_of_turn>`).
+        end_turn: str. The special piece closing a turn (`<end_of_turn>`).
+        roles: dict. Our role names → the family's (`assistant` → `model`).
+        system: str. `fold`: a system message is prepended to the first user turn (Gemma).
+    """
+
+    start_turn: str
+    end_turn: str
+    roles: dict[str, str]
+    system: str = "fold"
+
+
+GEMMA_CHAT = ChatFormat(
+    start_turn="<start_of_turn>",
+    end_turn="<end_of_turn>",
+    roles={"user": "user", "assistant": "model", "model": "model"},
+    system="fold",
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One row of the architecture table: a backbone config and its published size."""
+
+    config: dict[str, Any]
+    params: int
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family (see the module docstring)."""
+
+    name: str
+    backbone_classes: tuple[str, ...]
+    module: str  # keras-hub module of the backbone class (for serialized configs)
+    layer_name: str  # the backbone layer's name in serialized configs
+    layout_rules: Callable[[str, str], list[RuleSpec]]
+    layout_source: str
+    lora_targets: tuple[str, ...] = ("query", "value")
+    chat: ChatFormat | None = GEMMA_CHAT
+    hf_model_types: tuple[str, ...] = ()
+    presets: dict[str, Preset] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    vision_presets: frozenset[str] = frozenset()  # names whose vision tower the plan leaves out
+    tiny: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def backbone_class(self) -> str:
+        return self.backbone_classes[0]
+
+    def serialized(self, config: dict[str, Any], dtype: str = "bfloat16") -> dict[str, Any]:
+        """`{"module", "class_name", "config", "registered_name"}` as a preset's config.json."""
+        inner: dict[str, Any] = {
+            "name": self.layer_name,
+            "trainable": True,
+            "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": dtype}, "registered_name": None},
+        }
+        inner.update(copy.deepcopy(config))
+        cls = self.backbone_class
+        return {"module": self.module, "class_name": cls, "config": inner, "registered_name": f"keras_hub>{cls}"}
+
+
+def keras_hub_rules(cls_name: str) -> Callable[[str, str], list[RuleSpec]]:
+    """Rules read off keras-hub's own `<cls>.get_layout_map` (regex → axes), no device used."""
+
+    def rules(model_axis: str, batch_axis: str) -> list[RuleSpec]:
+        import numpy as np
+
+        from gemma_cli.engine import runtime
+
+        runtime.setup()
+        import keras
+        import keras_hub
+
+        cls = getattr(keras_hub.models, cls_name)
+        # a placeholder 2-axis mesh: get_layout_map only names axes
+        mesh = keras.distribution.DeviceMesh(shape=(1, 1), axis_names=[batch_axis, model_axis], devices=np.arange(1))
+        lm = cls.get_layout_map(mesh, model_parallel_dim_name=model_axis, data_parallel_dim_name=batch_axis)
+        return [(pattern, tuple(layout.axes)) for pattern, layout in lm._layout_map.items()]  # noqa: SLF001
+
+    return rules
+
+
+def named_rules(table: list[RuleSpec]) -> Callable[[str, str], list[RuleSpec]]:
+    """Rules written with the axis names `model`/`batch`, renamed onto a mesh's axes."""
+
+    def rules(model_axis: str, batch_axis: str) -> list[RuleSpec]:
+        names = {"model": model_axis, "batch": batch_axis}
+        return [(p, tuple(names[a] if a else None for a in axes)) for p, axes in table]
+
+    return rules
+
+
+# ------------------------------------------------------------------------- registry ---
+def _families() -> list[Family]:
+    from gemma_cli.engine.families import gemma, gemma3, llama3
+
+    return [gemma.FAMILY, gemma3.FAMILY, llama3.FAMILY]
+
+
+FAMILIES: list[Family] = []
+
+
+def all_families() -> list[Family]:
+    if not FAMILIES:
+        FAMILIES.extend(_families())
+    return FAMILIES
+
+
+def by_name(name: str) -> Family:
+    for f in all_families():
+        if f.name == name:
+            return f
+    raise KeyError(name)
+
+
+def for_backbone(class_name: str) -> Family | None:
+    """The family of a keras-hub backbone class name (`Gemma3Backbone`), or None."""
+    for f in all_families():
+        if class_name in f.backbone_classes:
+            return f
+    return None
+
+
+def for_hf_model_type(model_type: str) -> Family | None:
+    for f in all_families():
+        if model_type in f.hf_model_types:
+            return f
+    return None
+
+
+# ------------------------------------------------------------------ architecture table ---
+_KAGGLE = re.compile(r"kaggle://keras/[A-Za-z0-9_.\-]+/keras/(?P<name>[A-Za-z0-9_.\-]+?)(?:/\d+)?/?")
+
+
+def canonical(preset: str) -> str | None:
+    """The known name behind `preset` (`kaggle://keras/gemma/keras/gemma_7b_en/2` → `gemma_7b_en`)."""
+    name = preset.strip()
+    m = _KAGGLE.fullmatch(name)
+    if m:
+        name = m.group("name")
+    for f in all_families():
+        if name in f.presets or name in f.aliases:
+            return name
+    return None
+
+
+def _lookup(preset: str) -> tuple[Family, str, Preset] | None:
+    name = canonical(preset)
+    if name is None:
+        return None
+    for f in all_families():
+        if name in f.presets or name in f.aliases:
+            row = f.aliases.get(name, name)
+            return f, name, f.presets[row]
+    return None
+
+
+def preset_names() -> list[str]:
+    """Every preset name the table knows (bare names; kaggle:// forms map onto them)."""
+    return sorted({n for f in all_families() for n in (*f.presets, *f.aliases)})
+
+
+def get_preset(preset: str) -> dict[str, Any] | None:
+    """The serialized backbone config of a known preset (a fresh copy), or None.
+
+    Args:
+        preset: str. A keras-hub preset name (`gemma_7b_en`) or its
+            `kaggle://keras/<model>/keras/<name>[/<version>]` handle.
+    """
+    hit = _lookup(preset)
+    if hit is None:
+        return None
+    fam, _, row = hit
+    return fam.serialized(row.config)
+
+
+def published_params(preset: str) -> int | None:
+    """The parameter count keras-hub publishes for the (text) backbone of `preset`."""
+    hit = _lookup(preset)
+    return hit[2].params if hit else None
+
+
+def is_vision(preset: str) -> bool:
+    """Whether the real preset carries a vision tower (planned as its text backbone)."""
+    hit = _lookup(preset)
+    return bool(hit and hit[1] in hit[0].vision_presets)
+
+
+def tiny_config(name: str) -> tuple[Family, dict[str, Any]]:
+    """(family, backbone kwargs) of a tiny test model: `gemma`, `gemma2`, `gemma3`, ..."""
+    for f in all_families():
+        if name in f.tiny:
+            return f, copy.deepcopy(f.tiny[name])
+    raise KeyError(f"no tiny config {name!r}")

@@ -1,0 +1,104 @@
+"""Gemma 3 (keras-hub `Gemma3Backbone`), text backbones.
+
+`intermediate_dim` is HF's `intermediate_size` as is; 270m and 1b use a 512-token window and
+no RoPE scaling, 4b and up scale global RoPE by 8. The 4b/12b/27b presets are vision+text
+models; they are planned as their text backbone (`vision_encoder: None`, as the `*_text`
+presets), which is what fine-tuning shards; the vision tower (~0.42B parameters) is left out.
+
+keras-hub ships no `get_layout_map` for Gemma 3; the default rules below have the shape
+keras-hub uses for Gemma 1/2: the big matrices split over the model axis and over the batch
+axis (FSDP-style); norms replicated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gemma_cli.engine.families import Family, Preset, named_rules
+from gemma_cli.engine.families.gemma import dims
+
+BASE: dict[str, Any] = {
+    "vocabulary_size": 262144,
+    "image_size": 896,
+    "query_head_dim_normalize": True,
+    "use_query_key_norm": True,
+    "use_post_ffw_norm": True,
+    "use_post_attention_norm": True,
+    "attention_logit_soft_cap": None,
+    "final_logit_soft_cap": None,
+    "use_sliding_window_attention": True,
+    "sliding_window_size": 1024,
+    "local_rope_scaling_factor": 1.0,
+    "global_rope_scaling_factor": 8.0,
+    "vision_encoder": None,
+    "use_bidirectional_attention": False,
+    "layer_norm_epsilon": 1e-06,
+    "dropout": 0,
+    "is_embedding_model": False,
+    "pooling_intermediate_dim": None,
+    "embedding_dim": None,
+}
+_SMALL = {"sliding_window_size": 512, "global_rope_scaling_factor": 1.0}
+
+RULES = [
+    ("token_embedding/embeddings", ("model", "batch")),
+    ("decoder_block.*attention.*(query|key|value).kernel", ("model", "batch", None)),
+    ("decoder_block.*attention_output.kernel", ("model", None, "batch")),
+    ("decoder_block.*ffw_gating.*kernel", ("batch", "model")),
+    ("decoder_block.*ffw_linear.kernel", ("model", "batch")),
+]
+
+FAMILY = Family(
+    name="gemma3",
+    backbone_classes=("Gemma3Backbone",),
+    module="keras_hub.src.models.gemma3.gemma3_backbone",
+    layer_name="gemma3_backbone",
+    layout_rules=named_rules(RULES),
+    layout_source="gemma built-in rules for Gemma 3",
+    hf_model_types=("gemma3", "gemma3_text"),
+    presets={
+        "gemma3_270m": Preset({**BASE, **dims(18, 4, 1, 640, 2048, 256), **_SMALL}, 268_098_176),
+        "gemma3_1b": Preset({**BASE, **dims(26, 4, 1, 1152, 6912, 256), **_SMALL}, 999_885_952),
+        "gemma3_4b_text": Preset({**BASE, **dims(34, 8, 4, 2560, 10240, 256)}, 3_880_099_328),
+        "gemma3_12b_text": Preset({**BASE, **dims(48, 16, 8, 3840, 15360, 256)}, 11_765_788_416),
+        # 27B: query_pre_attn_scalar 168 (= hidden / heads) != head_dim 128
+        "gemma3_27b_text": Preset(
+            {**BASE, **dims(62, 32, 16, 5376, 21504, 128), "query_head_dim_normalize": False}, 27_009_002_240
+        ),
+    },
+    aliases={
+        "gemma3_instruct_270m": "gemma3_270m",
+        "function_gemma_instruct_270m": "gemma3_270m",
+        "gemma3_instruct_1b": "gemma3_1b",
+        "gemma3_instruct_4b_text": "gemma3_4b_text",
+        "gemma3_instruct_12b_text": "gemma3_12b_text",
+        "gemma3_instruct_27b_text": "gemma3_27b_text",
+        "gemma3_4b": "gemma3_4b_text",
+        "gemma3_instruct_4b": "gemma3_4b_text",
+        "gemma3_12b": "gemma3_12b_text",
+        "gemma3_instruct_12b": "gemma3_12b_text",
+        "gemma3_27b": "gemma3_27b_text",
+        "gemma3_instruct_27b": "gemma3_27b_text",
+    },
+    vision_presets=frozenset(
+        {"gemma3_4b", "gemma3_instruct_4b", "gemma3_12b", "gemma3_instruct_12b", "gemma3_27b", "gemma3_instruct_27b"}
+    ),
+    tiny={
+        "gemma3": dict(
+            num_layers=2,
+            num_query_heads=4,
+            num_key_value_heads=2,
+            hidden_dim=32,
+            intermediate_dim=64,
+            head_dim=8,
+            image_size=896,
+            query_head_dim_normalize=True,
+            use_query_key_norm=True,
+            use_post_ffw_norm=True,
+            use_post_attention_norm=True,
+            sliding_window_size=16,
+            use_sliding_window_attention=True,
+            vision_encoder=None,
+        ),
+    },
+)
