@@ -70,9 +70,12 @@ class Output:
             sys.stderr.write(f"{prefix}{line}\n")
         sys.stderr.flush()
 
-    @property
-    def show_progress(self) -> bool:
-        return not self.quiet
+    def progress(self, total: int, start: int = 0, label: str = "train") -> Any:
+        """A progress display (the engine's `report.Progress`): a live Rich bar on a terminal;
+        elsewhere (logs, pipes) nothing live, and the engine prints a line now and then."""
+        if self.quiet or not self.err.is_terminal:
+            return _Lines(self)
+        return _Bar(self.err, total, start, label)
 
     # ---- stdout --------------------------------------------------------------------------
     def result(self, data: Any, human: Callable[[Console], None] | None = None) -> None:
@@ -104,6 +107,65 @@ class Output:
             return
         with self.err.status(message):
             yield
+
+
+class _Lines:
+    """No live display: notes become ordinary stderr lines."""
+
+    live = False
+
+    def __init__(self, out: Output):
+        self._out = out
+
+    def update(self, completed: int, **fields: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        self._out.info(message)
+
+    def close(self) -> None:
+        pass
+
+
+class _Bar:
+    """A Rich progress bar on stderr: step, loss, tokens/s, elapsed, ETA."""
+
+    live = True
+
+    def __init__(self, console: Console, total: int, start: int, label: str):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._p = Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[tps]} tok/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            refresh_per_second=4,
+        )
+        self._p.start()
+        self._task = self._p.add_task(label, total=total, completed=start, loss="-", tps="-")
+
+    def update(self, completed: int, **fields: str) -> None:
+        self._p.update(self._task, completed=completed, **fields)
+
+    def note(self, message: str) -> None:
+        self._p.console.print(message, markup=False)
+
+    def close(self) -> None:
+        self._p.stop()
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]], **kw: Any) -> Table:

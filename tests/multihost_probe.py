@@ -26,18 +26,18 @@ def main(config_path: str) -> None:
 
     from gemma_cli.config import load_config
     from gemma_cli.engine import data as datalib
-    from gemma_cli.engine.train import prepare
-    from gemma_cli.output import Output
+    from gemma_cli.engine.report import NullReporter
+    from gemma_cli.engine.train.trainer import Trainer
 
     cfg = load_config(config_path)
-    ctx = prepare(cfg, Output(quiet=True))
+    m = Trainer(cfg, NullReporter()).setup_model()
     texts, _ = datalib.load_texts(cfg.data)
-    tok = ctx["causal_lm"].preprocessor.tokenizer
+    tok = m.preprocessor.tokenizer
     ids, mask = datalib.token_arrays(texts, tok, cfg.data.sequence_length, cfg.data.packing)
     ds = datalib.to_dataset(ids, mask, cfg.data.batch_size, cfg.train.seed, cfg.data.shuffle, 1)
     expected = [x["token_ids"].tolist() for x, _, _ in ds.take(2).as_numpy_iterator()]
     batches = []
-    with ctx["distribution"].scope():
+    with m.distribution.scope():
         it = JAXEpochIterator(x=ds, steps_per_epoch=2)._get_iterator()  # noqa: SLF001
         for _ in range(2):
             x, _, _ = next(it)

@@ -111,7 +111,7 @@ def test_truncated_gemma3_gguf_is_refused(tmp_path):
 
 def test_export_and_upload_bad_input(tmp_path, monkeypatch):
     r = runner.invoke(app, ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "e")])
-    _one_error_line(r, "no such run or preset")
+    _one_error_line(r, "no such file or directory", "a fine-tune run directory or a preset")
     r = runner.invoke(app, ["export", str(tmp_path), "--format", "onnx", "--out", str(tmp_path / "e")])
     _one_error_line(r, "--format onnx")
     preset = tmp_path / "p"
@@ -217,14 +217,19 @@ def test_merge_lora_export_preset_via_cli(tiny3, tmp_path, monkeypatch):
     import keras
     import keras_hub
 
-    import gemma_cli.engine.model as model_mod
+    import gemma_cli.engine.runs as runs_mod
 
     lm, expected = _tiny_lora_model(tiny3)
     ids = [2, 10, 20, 30, 40, 50]
     want = _logits(lm, ids)
+    # a run directory as finetune leaves it; the run loader hands back the in-memory model
     run = tmp_path / "run"
-    run.mkdir()
-    monkeypatch.setattr(model_mod, "load_model", lambda path, log=None: lm, raising=False)
+    ckpt = run / "checkpoints" / "step_00000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    (run / "checkpoints" / "latest").write_text("step_00000001\n")
+    (run / "config.yaml").write_text(f"model:\n  preset: {tiny3}\n  lora:\n    rank: 2\n")
+    monkeypatch.setattr(runs_mod, "load", lambda cfg, checkpoint=None, **kw: lm)
     out = tmp_path / "merged"
     r = runner.invoke(app, ["export", str(run), "--format", "preset", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.stderr

@@ -139,14 +139,15 @@ EXPECTED = {
 
 def _prepared(tmp: Path, preset: Path, mesh: list[int], lora: int | None) -> tuple[Any, Any]:
     from gemma_cli.config import load_config
-    from gemma_cli.engine.train import compile_model, prepare
-    from gemma_cli.output import Output
+    from gemma_cli.engine.optim import compile_model
+    from gemma_cli.engine.report import NullReporter
+    from gemma_cli.engine.train.trainer import Trainer
 
     cfg = load_config(str(config(tmp, preset, mesh=mesh, lora=lora, layout={"indivisible": "replicate"})))
-    ctx = prepare(cfg, Output(quiet=True))
-    with ctx["distribution"].scope():
-        opt = compile_model(ctx["causal_lm"], cfg, 10)
-    return ctx["causal_lm"], opt
+    m = Trainer(cfg, NullReporter()).setup_model()
+    with m.distribution.scope():
+        opt = compile_model(m.causal_lm, cfg, 10)
+    return m.causal_lm, opt
 
 
 def _slots(opt: Any) -> dict[str, tuple[Any, Any]]:
@@ -269,7 +270,7 @@ def _sigterm_after_first_checkpoint(out_dir: Path, timeout: float = 600) -> thre
         while time.time() < deadline:
             if (out_dir / "checkpoints" / "latest").exists():
                 handler = signal.getsignal(signal.SIGTERM)
-                if type(getattr(handler, "__self__", None)).__name__ == "_Stop":
+                if type(getattr(handler, "__self__", None)).__name__ == "StopOnSignal":
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
             time.sleep(0.01)

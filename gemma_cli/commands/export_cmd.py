@@ -34,7 +34,10 @@ def export(
 
         if fmt not in ex.FORMATS:
             raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(ex.FORMATS)}")
-        summary = ex.export(source, out_dir, fmt, log=out, force=force)
+        from gemma_cli import targets
+
+        tgt = targets.resolve(source)
+        summary = ex.export(tgt.config, tgt.checkpoint, out_dir, fmt, log=out, force=force, source=source)
         out.result(
             summary,
             human=lambda c: c.print(

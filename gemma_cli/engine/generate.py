@@ -54,34 +54,28 @@ class Generator:
 
     Args:
         cfg: RunConfig. Preset, mesh and the generate section.
-        kind: str. "config", "run" (load the latest checkpoint) or "preset".
-        target: str. What the user named (a run dir for kind "run").
-        log: Output. Progress and timings go here (stderr).
+        reporter: Reporter. Progress and timings (stderr).
+        checkpoint: Path | None. A fine-tune run's checkpoint to load (LoRA or full weights).
+        batch_size: int | None. Prompts per batch, rounded up to the batch axis.
     """
 
-    def __init__(self, cfg: Any, kind: str, target: str, log: Any, batch_size: int | None = None):
+    def __init__(self, cfg: Any, reporter: Any, checkpoint: Any = None, batch_size: int | None = None):
         from gemma_cli.engine import runtime
 
         runtime.setup()
-        from gemma_cli.engine import checkpoint
-        from gemma_cli.engine import layout as meshlib
-        from gemma_cli.engine import model as modellib
+        from gemma_cli.engine import layout as layoutlib
+        from gemma_cli.engine import runs
 
-        self.cfg, self.log = cfg, log
-        layout = meshlib.layout_for(cfg, with_lora=kind == "run")
+        self.cfg, self.log = cfg, reporter
+        layout = layoutlib.layout_for(cfg, with_lora=checkpoint is not None)
         shape = layout.mesh_shape
         self.batch_axis = layout.batch_axis_size
         for w in layout.plan.warnings:
-            log.debug_line(w)
+            reporter.debug_line(w)
         self.distribution = layout.distribution
-        log.step(f"Loading {cfg.model.preset} on mesh {dict(zip(cfg.mesh.axes, shape, strict=True))}")
+        reporter.step(f"Loading {cfg.model.preset} on mesh {dict(zip(cfg.mesh.axes, shape, strict=True))}")
+        self.lm = runs.load(cfg, checkpoint, reporter=reporter, distribution=self.distribution)
         with self.distribution.scope():
-            self.lm = modellib.load_causal_lm(cfg.model.preset, cfg.model.precision)
-            if kind == "run":
-                modellib.apply_lora_and_quantize(self.lm, cfg.model)
-                ckpt = checkpoint.latest(cfg.output_dir if not target else target)
-                log.step(f"Loading fine-tuned weights from {ckpt}")
-                checkpoint.restore(ckpt, self.lm, None)
             self.lm.compile(sampler=make_sampler(cfg.generate))
         want = batch_size or max(self.batch_axis, 1)
         self.batch_size = math.ceil(want / self.batch_axis) * self.batch_axis

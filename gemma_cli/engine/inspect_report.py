@@ -38,6 +38,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from gemma_cli.engine import layout as mesh_lib
@@ -264,44 +265,50 @@ def _problems(plan: mesh_lib.Plan) -> list[dict[str, Any]]:
     return out
 
 
-def _select(
-    rows: list[dict[str, Any]], layer: str | None, match: str | None, key: str = "path"
-) -> list[dict[str, Any]]:
-    out = rows
-    if layer is not None:
-        names = {layer_of(r[key]) for r in rows}
-        if layer in names:
-            out = [r for r in out if layer_of(r[key]) == layer]
-        else:
-            rx = re.compile(layer)
-            out = [r for r in out if rx.fullmatch(layer_of(r[key]))]
-    if match is not None:
-        rx = re.compile(match)
-        out = [r for r in out if rx.search(r[key])]
-    return out
+@dataclass(frozen=True)
+class Selection:
+    """Which rows a report shows: a top-level layer (exact name, else a regex fully matching
+    layer names) and/or a regex searched in the variable path. `names` are the words the
+    caller's user typed for the two (the CLI passes its option names) for error messages.
+    """
 
+    layer: str | None = None
+    match: str | None = None
+    names: tuple[str, str] = ("layer", "match")
 
-def _check_selectors(paths: list[str], layer: str | None, match: str | None) -> None:
-    names = sorted(
-        {layer_of(p) for p in paths},
-        key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)],
-    )
-    for what, rx in (("--layer", layer), ("--match", match)):
-        if rx is None:
-            continue
-        try:
-            re.compile(rx)
-        except re.error as e:
-            raise UsageError(f"{what} {rx!r}: regex does not compile: {e}") from None
-    if layer is not None and layer not in names and not any(re.fullmatch(layer, n) for n in names):
-        shown = ", ".join(
-            names[:4] + (["..."] if len(names) > 5 else []) + names[-1:]
-            if len(names) > 5
-            else names
+    def check(self, paths: list[str]) -> None:
+        """Refuse a selector that does not compile or names no layer, before any work."""
+        layers = sorted(
+            {layer_of(p) for p in paths},
+            key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)],
         )
-        close = difflib.get_close_matches(layer, names, n=1)
-        hint = f"did you mean {close[0]}?" if close else f"layers: {shown}"
-        raise UsageError(f"--layer {layer!r} matches no layer of the model", hint=hint)
+        for what, rx in zip(self.names, (self.layer, self.match), strict=True):
+            if rx is None:
+                continue
+            try:
+                re.compile(rx)
+            except re.error as e:
+                raise UsageError(f"{what} {rx!r}: regex does not compile: {e}") from None
+        layer = self.layer
+        if layer is not None and layer not in layers and not any(re.fullmatch(layer, n) for n in layers):
+            shown = ", ".join(layers[:4] + ["..."] + layers[-1:] if len(layers) > 5 else layers)
+            close = difflib.get_close_matches(layer, layers, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"layers: {shown}"
+            raise UsageError(f"{self.names[0]} {layer!r} matches no layer of the model", hint=hint)
+
+    def rows(self, rows: list[dict[str, Any]], key: str = "path") -> list[dict[str, Any]]:
+        out = rows
+        if self.layer is not None:
+            names = {layer_of(r[key]) for r in rows}
+            if self.layer in names:
+                out = [r for r in out if layer_of(r[key]) == self.layer]
+            else:
+                rx = re.compile(self.layer)
+                out = [r for r in out if rx.fullmatch(layer_of(r[key]))]
+        if self.match is not None:
+            rx = re.compile(self.match)
+            out = [r for r in out if rx.search(r[key])]
+        return out
 
 
 # ------------------------------------------------------------------------------- main ---
@@ -309,8 +316,7 @@ def describe(
     cfg: Any,
     *,
     live: bool = False,
-    layer: str | None = None,
-    match: str | None = None,
+    select: Selection | None = None,
     optimizer: bool = False,
     device_memory: int | None = None,
 ) -> dict[str, Any]:
@@ -320,9 +326,8 @@ def describe(
         cfg: RunConfig. The validated run config.
         live: bool. Build the real distribution and model and read the specs back from the
             arrays (needs the weights and the devices). Defaults to False (plan, no weights).
-        layer: str | None. Only variables of this top-level layer (an exact name such as
-            `decoder_block_1`, else a regex fully matching layer names). Defaults to all.
-        match: str | None. Only variables whose path contains a match of this regex.
+        select: Selection | None. Only some variables (a layer such as `decoder_block_1`,
+            a path regex). Defaults to all.
         optimizer: bool. Also list the optimizer state rows. Totals always count it.
         device_memory: int | None. Bytes per device to compare against (plan mode; live mode
             reads the devices' `bytes_limit` when jax reports it).
@@ -332,7 +337,7 @@ def describe(
         unused_rules, notes, model.
 
     Example:
-        >>> doc = describe(load_config("configs/imdb_7b_tpu.yaml"), layer="decoder_block_1")
+        >>> doc = describe(load_config("configs/imdb_7b_tpu.yaml"), select=Selection(layer="decoder_block_1"))
         >>> doc["variables"][0]["spec"]
     """
     from gemma_cli.engine import families, model
@@ -348,7 +353,8 @@ def describe(
             f"model.lora.target_layers: {lora_targets} matched no layer",
             hint="use layer names such as query, value, key, attention_output",
         )
-    _check_selectors([p for p, _, _ in abstract], layer, match)
+    select = select or Selection()
+    select.check([p for p, _, _ in abstract])
     shape = _mesh_shape(cfg)
     axes = tuple(cfg.mesh.axes)
     rules = mesh_lib.resolve_rules(cfg, cls, shape)
@@ -417,8 +423,8 @@ def describe(
             "optimizer": cfg.optimizer.name,
             "mode": "live" if live else "plan",
         },
-        "variables": _select(weights, layer, match),
-        "optimizer_variables": _select(opt_rows, layer, match, key="variable") if optimizer else [],
+        "variables": select.rows(weights),
+        "optimizer_variables": select.rows(opt_rows, key="variable") if optimizer else [],
         "totals": totals,
         "problems": _problems(plan),
         "unused_rules": [
@@ -448,37 +454,11 @@ def _live_row(
     return _row(var.path, shape, str(var.dtype), spec, _shard_shape(shape, spec, sizes), rule)
 
 
-def _compile(causal_lm: Any, cfg: Any) -> Any:
-    """Compile with the configured optimizer (the trainer's own code when present) and build it."""
-    try:
-        from gemma_cli.engine.train import compile_model
-    except ImportError:
-        compile_model = None
-    if compile_model is not None:
-        return compile_model(causal_lm, cfg, cfg.train.max_steps or 1000)
-    import keras
-
-    o = cfg.optimizer
-    kw: dict[str, Any] = {"learning_rate": o.learning_rate}
-    if o.gradient_accumulation_steps > 1:
-        kw["gradient_accumulation_steps"] = o.gradient_accumulation_steps
-    opt = {
-        "adamw": lambda: keras.optimizers.AdamW(weight_decay=o.weight_decay, **kw),
-        "adam": lambda: keras.optimizers.Adam(**kw),
-        "sgd": lambda: keras.optimizers.SGD(**kw),
-        "adafactor": lambda: keras.optimizers.Adafactor(**kw),
-    }[o.name]()
-    causal_lm.compile(
-        optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
-    opt.build(causal_lm.trainable_variables)
-    return opt
-
-
 def _live(
     cfg: Any, plan: mesh_lib.Plan, rules: list[mesh_lib.Rule], sizes: dict[str, int]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], int | None]:
     from gemma_cli.engine import model
+    from gemma_cli.engine.optim import compile_model
 
     device_mesh = mesh_lib.build_mesh(cfg.mesh)
     if tuple(device_mesh.shape) != plan.mesh_shape:
@@ -489,7 +469,7 @@ def _live(
     with distribution.scope():
         causal_lm = model.load_causal_lm(cfg.model.preset, cfg.model.precision)
         model.apply_lora_and_quantize(causal_lm, cfg.model)
-        opt = _compile(causal_lm, cfg)
+        opt = compile_model(causal_lm, cfg, cfg.train.max_steps or 1000)
     backbone = causal_lm.backbone
     weights = [_live_row(v, rules, sizes) for v in backbone.weights]
     trainable_vars = list(

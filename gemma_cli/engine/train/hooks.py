@@ -1,0 +1,331 @@
+"""The training loop's hooks: small keras callbacks, one job each, sharing a `RunState`.
+
+- `StepTracker`: counts steps; at sync points reads keras' running mean into per-step losses.
+- `DivergenceGuard`: a non-finite loss stops the run.
+- `ProgressView`: the reporter's progress display, and a line per log window without one.
+- `MetricsLog`: `metrics.jsonl` and TensorBoard scalars, one record per `train.log_every`.
+- `Evaluation`: the eval loss at step 0 (the baseline), every `train.eval_every`, and at the end.
+- `Checkpointing`: a checkpoint every `train.checkpoint_every` (and on demand at the end).
+- `StopOnSignal`: SIGTERM/SIGINT finish the step, then stop (a second Ctrl-C aborts).
+- `loss_plot`: `loss.png` from the history, at the end.
+
+`HookList` runs them in order after every step with the raw (on-device) logs: nothing is
+copied to the host unless a hook needs a value, so the device is synchronised only at log,
+eval, checkpoint and stop points rather than every step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from gemma_cli.engine.report import Reporter
+from gemma_cli.engine.train.state import RunState
+
+
+class HookList(keras.callbacks.CallbackList):
+    """keras' CallbackList, but per-step hooks get the logs as they are (no host copy)."""
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        for cb in self.callbacks:
+            cb.on_train_batch_end(batch, logs=logs)
+
+
+class Schedule:
+    """Which steps are sync points, from the train config."""
+
+    def __init__(self, train_cfg: Any, total: int, has_eval: bool):
+        self.t, self.total, self.has_eval = train_cfg, total, has_eval
+
+    def log(self, step: int) -> bool:
+        return step % self.t.log_every == 0 or step == self.total
+
+    def eval(self, step: int) -> bool:
+        return bool(self.has_eval and self.t.eval_every and step % self.t.eval_every == 0)
+
+    def checkpoint(self, step: int) -> bool:
+        return bool(self.t.checkpoint_every and step % self.t.checkpoint_every == 0 and step < self.total)
+
+
+class StepTracker(keras.callbacks.Callback):
+    def __init__(self, state: RunState, schedule: Schedule, stopper: StopOnSignal):
+        super().__init__()
+        self.state, self.schedule, self.stopper = state, schedule, stopper
+        self.synced = False  # whether this step's loss was read
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        st = self.state
+        st.step = st.start + batch + 1
+        s = st.step
+        self.synced = False
+        if self.stopper.signal and not st.stop_signal:
+            st.stop_signal = self.stopper.signal  # this step is the last one
+        if (
+            st.time_to_first_step is None
+            or self.schedule.log(s)
+            or self.schedule.eval(s)
+            or self.schedule.checkpoint(s)
+            or st.stop_signal
+        ):
+            mean = float((logs or {}).get("loss", math.nan))  # the one host sync
+            st.record_sync(mean, time.time())
+            self.synced = True
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    def __init__(self, state: RunState, tracker: StepTracker):
+        super().__init__()
+        self.state, self.tracker = state, tracker
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if self.tracker.synced and not math.isfinite(self.state.last_loss):
+            self.state.diverged = f"loss became {self.state.last_loss}"
+            self.model.stop_training = True
+
+
+class ProgressView(keras.callbacks.Callback):
+    def __init__(self, state: RunState, reporter: Reporter, tracker: StepTracker, schedule: Schedule, show: bool):
+        super().__init__()
+        self.state, self.reporter, self.tracker, self.schedule, self.show = state, reporter, tracker, schedule, show
+        self.bar: Any = None
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        if self.show:
+            self.bar = self.reporter.progress(self.state.total, self.state.start)
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if self.bar is None or self.state.diverged:
+            return
+        st = self.state
+        if self.bar.live:
+            fields = {"tps": f"{st.tokens_per_second:,.0f}"} if self.tracker.synced else {}
+            if self.tracker.synced:
+                fields["loss"] = f"{st.last_loss:.4f}"
+            self.bar.update(st.step, **fields)
+
+    def note(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.note(message)
+        else:
+            self.reporter.info(message)
+
+    def log_line(self, rec: dict[str, Any]) -> None:
+        if self.bar is not None and not self.bar.live:
+            self.reporter.info(
+                f"step {rec['step']}/{self.state.total}  loss {rec['loss']:.4f}  lr {rec['learning_rate']:.2e}  "
+                f"{rec['tokens_per_second']:,.0f} tok/s"
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class MetricsLog(keras.callbacks.Callback):
+    """metrics.jsonl (appended, flushed per line) and TensorBoard scalars (main process only)."""
+
+    def __init__(self, state: RunState, out_dir: Path, schedule: Schedule, view: ProgressView, write: bool, reporter: Reporter):
+        super().__init__()
+        self.state, self.out_dir, self.schedule, self.view, self.write = state, Path(out_dir), schedule, view, write
+        self.reporter = reporter
+        self._f: Any = None
+        self._tb: Any = None
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        if not self.write:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self.state.files["metrics"] = str(self.out_dir / "metrics.jsonl")
+        self.state.files["tensorboard"] = str(self.out_dir / "tensorboard")
+        try:
+            from gemma_cli.engine.train.tensorboard import ScalarWriter
+
+            self._tb = ScalarWriter(self.out_dir / "tensorboard")
+        except Exception as e:  # TensorBoard is a nicety, never a failure
+            self.reporter.warn(f"TensorBoard disabled: {e}")
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        st = self.state
+        if st.diverged or not self.schedule.log(st.step):
+            return
+        tps = st.tokens_per_second
+        rec = {
+            "step": st.step,
+            "loss": st.take_window(),
+            "last_loss": st.last_loss,
+            "learning_rate": learning_rate(self.model),
+            "tokens_per_second": round(tps, 1),
+            "useful_tokens_per_second": round(tps * st.useful_tokens_per_step / max(st.tokens_per_step, 1), 1),
+            "elapsed": round(time.time() - st.t0, 3),
+        }
+        st.history.append(rec)
+        self.emit(rec, {"train/loss": rec["loss"], "train/learning_rate": rec["learning_rate"], "train/tokens_per_second": tps})
+        self.view.log_line(rec)
+
+    def emit(self, rec: dict[str, Any], scalars: dict[str, float]) -> None:
+        if self._f is not None:
+            self._f.write(json.dumps(rec) + "\n")
+            self._f.flush()
+        if self._tb is not None:
+            self._tb.scalars(rec["step"], scalars)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def learning_rate(model: Any) -> float:
+    opt = model.optimizer
+    try:
+        lr = opt.learning_rate
+        return float(lr(opt.iterations) if callable(lr) else lr)
+    except Exception:  # noqa: BLE001 — a report value, never a failure
+        return float("nan")
+
+
+class Evaluation(keras.callbacks.Callback):
+    def __init__(self, state: RunState, eval_data: Any, schedule: Schedule, metrics: MetricsLog, view: ProgressView):
+        super().__init__()
+        self.state, self.data, self.schedule, self.metrics, self.view = state, eval_data, schedule, metrics, view
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        if self.data is not None and self.state.start == 0:
+            self.run()  # the baseline: eval loss before any update
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if not self.state.diverged and self.schedule.eval(self.state.step):
+            self.run()
+
+    def run(self) -> float:
+        st = self.state
+        self.model.jax_state_sync()
+        res = self.model.evaluate(self.data, verbose=0, return_dict=True)
+        st.metrics_reset()  # evaluate() reset the train metrics
+        ev = {
+            "step": st.step,
+            "eval_loss": float(res["loss"]),
+            "eval_accuracy": float(res.get("sparse_categorical_accuracy", float("nan"))),
+        }
+        st.evals.append(ev)
+        self.metrics.emit(ev, {"eval/loss": ev["eval_loss"]})
+        self.view.note(f"eval at step {st.step}: loss {ev['eval_loss']:.4f}")
+        st.t_sync = time.time()  # evaluation time is not step time
+        return ev["eval_loss"]
+
+    def final(self) -> float | None:
+        """The eval loss at the last step (evaluating once more if needed)."""
+        if self.data is None:
+            return None
+        if not self.state.evals or self.state.evals[-1]["step"] != self.state.step:
+            self.run()
+        return self.state.evals[-1]["eval_loss"]
+
+
+def all_finite(variables: list[Any]) -> bool:
+    """Whether every element of every float variable is finite (one reduction per variable)."""
+    from keras import ops
+
+    return all(bool(ops.all(ops.isfinite(v.value))) for v in variables if "float" in str(v.dtype))
+
+
+class Checkpointing(keras.callbacks.Callback):
+    """Writes through `save(step, loss) -> Path` after checking the weights are finite."""
+
+    def __init__(self, state: RunState, schedule: Schedule, save: Callable[[int, float], Path], view: ProgressView):
+        super().__init__()
+        self.state, self.schedule, self._save, self.view = state, schedule, save, view
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if not self.state.diverged and self.schedule.checkpoint(self.state.step):
+            self.save_now()
+
+    def save_now(self) -> Path | None:
+        st = self.state
+        self.model.jax_state_sync()
+        # the loss of step k was computed before update k: an update that overflowed shows
+        # only in the weights, and a checkpoint of them would be kept as "last good"
+        if not all_finite(self.model.trainable_variables):
+            st.diverged = "the weights became NaN/inf"
+            self.model.stop_training = True
+            return None
+        path = self._save(st.step, st.last_loss)
+        st.last_saved = st.step
+        self.view.note(f"checkpoint step {st.step} → {path}")
+        st.t_sync = time.time()
+        return path
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """SIGTERM/SIGINT → finish the step, then stop; a second Ctrl-C aborts at once.
+
+    Also a context manager installing the handlers for the duration of training.
+    """
+
+    def __init__(self, state: RunState, reporter: Reporter):
+        super().__init__()
+        self.state, self.reporter = state, reporter
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if self.state.stop_signal and not self.model.stop_training:
+            self.reporter.warn(f"{self.state.stop_signal}: stopping after step {self.state.step}, saving a checkpoint")
+            self.model.stop_training = True
+
+
+def loss_plot(state: RunState, out_dir: Path, title: str) -> str | None:
+    """Write `loss.png` (train loss per log window, eval loss) atomically; None without matplotlib."""
+    if not state.history:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([h["step"] for h in state.history], [h["loss"] for h in state.history], label="train loss")
+    if state.evals:
+        ax.plot([e["step"] for e in state.evals], [e["eval_loss"] for e in state.evals], "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(out_dir) / "loss.png"
+    tmp = Path(out_dir) / ".loss.png.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return str(path)

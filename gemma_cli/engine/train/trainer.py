@@ -1,0 +1,363 @@
+"""The fine-tuning recipe: named setup steps over typed run state, then `fit()`.
+
+    Trainer(cfg, reporter).run()
+      check_output_dir()   refuse to overwrite an earlier run; find the checkpoint to resume
+      setup_model()        mesh → checked layout → model born sharded (+ LoRA, quantization)
+      setup_data()         token batches for fit, eval batches, step counts
+      setup_optimizer()    compile with the schedule; restore optimizer state on --resume
+      setup_hooks()        progress, metrics + TensorBoard, eval, checkpoints, guards
+      train()              fit; final checkpoint; summary.json
+
+Raises `Interrupted` (exit 130) after SIGTERM/SIGINT with the resume command, and
+`RuntimeFailure` when the loss or the weights diverge, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gemma_cli.config import dump_config, to_yaml
+from gemma_cli.engine import checkpoint, runtime
+from gemma_cli.engine.report import Reporter
+from gemma_cli.errors import Interrupted, RuntimeFailure, UsageError
+
+
+def config_digest(cfg: Any) -> str:
+    """A short hash of the resolved config (a resumed run warns when it changed)."""
+    d = dump_config(cfg)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ModelSetup:
+    causal_lm: Any
+    preprocessor: Any
+    distribution: Any
+    plan: Any
+    mesh_shape: tuple[int, ...]
+    devices: int
+    batch_axis_size: int
+    params: dict[str, int]
+
+
+@dataclass
+class DataSetup:
+    train: Any
+    eval: Any
+    steps_per_epoch: int
+    total_steps: int  # micro-batches fit runs in all (max_steps × accumulation, or epochs)
+    start_step: int
+    train_sequences: int
+    eval_sequences: int
+    tokens_per_step: int
+    useful_tokens_per_step: float
+
+
+class Trainer:
+    """One fine-tune run of a config.
+
+    Args:
+        cfg: RunConfig. The validated run config.
+        reporter: Reporter. Where progress goes (the CLI's Output).
+        resume: bool. Continue from the latest checkpoint in `cfg.output_dir`.
+        dry_run: bool. Stop after reading the first batch; train nothing.
+    """
+
+    def __init__(self, cfg: Any, reporter: Reporter, *, resume: bool = False, dry_run: bool = False):
+        self.cfg, self.reporter, self.resume, self.dry_run = cfg, reporter, resume, dry_run
+        self.out_dir: Path = cfg.output_dir
+        self.resume_from: Path | None = None
+        self.main = True
+        self.model: ModelSetup | None = None
+        self.data: DataSetup | None = None
+        self.optimizer: Any = None
+        self.state: Any = None
+        self.hooks: dict[str, Any] = {}
+        self.t_start = time.time()
+
+    # ----------------------------------------------------------------------- steps ---
+    def check_output_dir(self) -> None:
+        cfg, out_dir = self.cfg, self.out_dir
+        if self.resume:
+            self.resume_from = checkpoint.latest(out_dir)
+            if self.resume_from is None:
+                raise UsageError(f"--resume: no checkpoint in {out_dir}/checkpoints", hint="run without --resume to start")
+            st = checkpoint.read_state(self.resume_from)
+            if st.get("config_digest") and st["config_digest"] != config_digest(cfg):
+                self.reporter.warn(f"the config differs from the one {self.resume_from.name} was trained with")
+        elif not self.dry_run and checkpoint.latest(out_dir) is not None:
+            raise UsageError(
+                f"{out_dir} already holds checkpoints of an earlier run",
+                hint="add --resume to continue it, or set train.output_dir=<new dir> (nothing was overwritten)",
+            )
+        if cfg.data is None:
+            raise UsageError("data: the config has no data section; finetune needs one")
+
+    def setup_model(self) -> ModelSetup:
+        cfg, log = self.cfg, self.reporter
+        runtime.setup()
+        from gemma_cli.engine import layout as layoutlib
+        from gemma_cli.engine import model as modellib
+        from gemma_cli.engine import runs
+
+        self.main = runtime.is_main_process()
+        n_dev = layoutlib.device_count()
+        shape = cfg.mesh.resolve(n_dev)
+        log.step(f"Planning {cfg.model.preset} on mesh {dict(zip(cfg.mesh.axes, shape, strict=True))} ({n_dev} devices)")
+        layout = layoutlib.layout_for(cfg)
+        for w in layout.plan.warnings:
+            log.warn(w)
+        import keras
+
+        # train.seed drives every random init (LoRA kernels, a resized head) as well as the
+        # data order: two runs of one config start from the same weights, on every host alike
+        keras.utils.set_random_seed(cfg.train.seed)
+        log.step(f"Loading {cfg.model.preset} ({cfg.model.precision}) sharded over the mesh")
+        lm = runs.load(cfg, reporter=log, distribution=layout.distribution, adapters=True)
+        counts = modellib.param_counts(lm)
+        log.info(
+            f"  parameters: {counts['total']:,} total, {counts['trainable']:,} trainable "
+            f"({100 * counts['trainable'] / max(counts['total'], 1):.3f}%)"
+        )
+        self.model = ModelSetup(
+            causal_lm=lm,
+            preprocessor=lm.preprocessor,
+            distribution=layout.distribution,
+            plan=layout.plan,
+            mesh_shape=shape,
+            devices=n_dev,
+            batch_axis_size=layout.batch_axis_size,
+            params=counts,
+        )
+        return self.model
+
+    def setup_data(self) -> DataSetup:
+        from gemma_cli.engine import data as datalib
+
+        cfg, log, m = self.cfg, self.reporter, self.model
+        assert m is not None
+        d = cfg.data
+        tokenizer = m.preprocessor.tokenizer
+        log.step("Reading data")
+        # max_steps counts optimizer updates; fit counts micro-batches
+        accum = cfg.optimizer.gradient_accumulation_steps
+        train_texts, eval_texts = datalib.load_texts(d)
+        train_ids, train_mask = datalib.token_arrays(train_texts, tokenizer, d.sequence_length, d.packing)
+        per_epoch = len(train_ids) // d.batch_size
+        if per_epoch == 0:
+            raise UsageError(f"data.batch_size: {d.batch_size} is more than the {len(train_ids)} training sequences")
+        total = cfg.train.max_steps * accum if cfg.train.max_steps else cfg.train.epochs * per_epoch
+        start = 0
+        if self.resume_from is not None:
+            start = int(checkpoint.read_state(self.resume_from)["step"])
+            if start >= total:
+                raise UsageError(f"--resume: {self.resume_from.name} is already at step {start} of {total}; nothing to do")
+        train = datalib.to_dataset(
+            train_ids, train_mask, d.batch_size, cfg.train.seed, d.shuffle, math.ceil(total / per_epoch), skip_batches=start
+        )
+        evals, n_eval = None, 0
+        if eval_texts:
+            eids, emask = datalib.token_arrays(eval_texts, tokenizer, d.sequence_length, d.packing)
+            n_eval = len(eids)
+            bn = m.batch_axis_size
+            eb = min(d.batch_size, n_eval // bn * bn)
+            if eb < 1:
+                raise UsageError(f"data: {n_eval} eval sequences, fewer than the '{cfg.mesh.batch_axis}' axis ({bn})")
+            evals = datalib.to_dataset(eids, emask, eb, 0, False, 1)
+        useful = float(train_mask[:, 1:].sum()) / max(len(train_mask), 1) * d.batch_size
+        log.info(
+            f"  {len(train_texts)} records → {len(train_ids)} sequences of {d.sequence_length} tokens"
+            f"{' (packed)' if d.packing else ''}; {per_epoch} steps/epoch; "
+            f"{n_eval} eval sequences; training {total - start} steps" + (f" from step {start}" if start else "")
+        )
+        self.data = DataSetup(
+            train=train,
+            eval=evals,
+            steps_per_epoch=per_epoch,
+            total_steps=total,
+            start_step=start,
+            train_sequences=len(train_ids),
+            eval_sequences=n_eval,
+            tokens_per_step=d.batch_size * d.sequence_length,
+            useful_tokens_per_step=useful,
+        )
+        return self.data
+
+    def setup_optimizer(self) -> Any:
+        from gemma_cli.engine.optim import compile_model
+
+        m, d = self.model, self.data
+        assert m is not None and d is not None
+        with m.distribution.scope():
+            self.optimizer = compile_model(m.causal_lm, self.cfg, d.total_steps // self.cfg.optimizer.gradient_accumulation_steps)
+            if self.resume_from is not None:
+                self.reporter.step(f"Resuming from {self.resume_from}")
+                checkpoint.restore(self.resume_from, m.causal_lm, self.optimizer)
+        return self.optimizer
+
+    def setup_hooks(self) -> list[Any]:
+        from gemma_cli.engine.train import hooks as H
+        from gemma_cli.engine.train.state import RunState
+
+        cfg, m, d = self.cfg, self.model, self.data
+        assert m is not None and d is not None
+        self.state = st = RunState(
+            start=d.start_step,
+            total=d.total_steps,
+            tokens_per_step=d.tokens_per_step,
+            useful_tokens_per_step=d.useful_tokens_per_step,
+        )
+        schedule = H.Schedule(cfg.train, d.total_steps, d.eval is not None)
+        stopper = H.StopOnSignal(st, self.reporter)
+        tracker = H.StepTracker(st, schedule, stopper)
+        view = H.ProgressView(st, self.reporter, tracker, schedule, show=self.main)
+        metrics = H.MetricsLog(st, self.out_dir, schedule, view, self.main, self.reporter)
+        ev = H.Evaluation(st, d.eval, schedule, metrics, view)
+        ck = H.Checkpointing(st, schedule, self._save, view)
+        self.hooks = {
+            "tracker": tracker,
+            "guard": H.DivergenceGuard(st, tracker),
+            "view": view,
+            "metrics": metrics,
+            "eval": ev,
+            "checkpoint": ck,
+            "stop": stopper,
+        }
+        return list(self.hooks.values())
+
+    def _save(self, step: int, loss: float) -> Path:
+        m, d = self.model, self.data
+        assert m is not None and d is not None
+        state = {"loss": loss, "config_digest": config_digest(self.cfg), "data_position": step, "total_steps": d.total_steps}
+        return checkpoint.save(
+            self.out_dir,
+            step,
+            m.causal_lm,
+            m.causal_lm.optimizer,
+            state,
+            self.cfg.train.keep_checkpoints,
+            write=self.main,
+            preprocessor=m.preprocessor,
+        )
+
+    # ------------------------------------------------------------------------- run ---
+    def run(self) -> dict[str, Any]:
+        self.check_output_dir()
+        self.setup_model()
+        self.setup_data()
+        if self.dry_run:
+            return self.dry_run_summary()
+        self.setup_optimizer()
+        self.write_config()
+        return self.train()
+
+    def write_config(self) -> None:
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(
+                f"# resolved config of this run; rerun with: gemma finetune {self.out_dir}/config.yaml\n"
+                + to_yaml(dump_config(self.cfg))
+            )
+
+    def train(self) -> dict[str, Any]:
+        from gemma_cli.engine.train import hooks as H
+
+        cfg, m, d = self.cfg, self.model, self.data
+        assert m is not None and d is not None
+        hooks = self.setup_hooks()
+        st = self.state
+        self.reporter.step(f"Training {d.total_steps - d.start_step} steps (batch {cfg.data.batch_size} × {cfg.data.sequence_length} tokens)")
+        lm = m.causal_lm
+        # the batches are already tokenized: fit must not run the preprocessor again
+        lm.preprocessor = None
+        callbacks = H.HookList(hooks, add_history=True, add_progbar=False, model=lm)
+        try:
+            with self.hooks["stop"], m.distribution.scope():
+                try:
+                    lm.fit(d.train, epochs=1, steps_per_epoch=d.total_steps - d.start_step, verbose=0, callbacks=callbacks)
+                finally:
+                    self.hooks["view"].close()
+                    self.hooks["metrics"].close()
+            final_ckpt = None
+            if st.diverged is None and st.step > st.last_saved:
+                with m.distribution.scope():
+                    final_ckpt = self.hooks["checkpoint"].save_now()  # checks the weights are finite first
+            if st.diverged is not None:
+                last = checkpoint.latest(self.out_dir)
+                raise RuntimeFailure(
+                    f"{st.diverged} at step {st.step}; stopped",
+                    hint=(f"last good checkpoint: {last}" if last else "no checkpoint was written")
+                    + "; lower optimizer.learning_rate or set optimizer.clipnorm",
+                )
+            with m.distribution.scope():
+                eval_loss = self.hooks["eval"].final()
+        finally:
+            lm.preprocessor = m.preprocessor
+        if st.stop_signal:
+            raise Interrupted(
+                f"{st.stop_signal} at step {st.step}/{st.total}: checkpoint saved to {final_ckpt or checkpoint.latest(self.out_dir)}",
+                hint=f"resume with: gemma finetune {cfg.source_path or '<config>'} --resume",
+            )
+        summary = self.summary(eval_loss)
+        if self.main:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    # --------------------------------------------------------------------- results ---
+    def _common(self) -> dict[str, Any]:
+        m = self.model
+        assert m is not None
+        return {
+            "preset": self.cfg.model.preset,
+            "mesh": {"shape": list(m.mesh_shape), "axes": list(self.cfg.mesh.axes), "devices": m.devices},
+            "params": m.params,
+        }
+
+    def dry_run_summary(self) -> dict[str, Any]:
+        m, d = self.model, self.data
+        assert m is not None and d is not None
+        x, y, _ = next(iter(d.train))
+        return {
+            "dry_run": True,
+            **self._common(),
+            "bytes_per_device": sum(v.bytes_per_device for v in m.plan.variables),
+            "batch": {k: list(v.shape) for k, v in x.items()} | {"labels": list(y.shape)},
+            "steps": d.total_steps,
+            "steps_per_epoch": d.steps_per_epoch,
+            "train_sequences": d.train_sequences,
+            "eval_sequences": d.eval_sequences,
+            "warnings": m.plan.warnings,
+        }
+
+    def summary(self, eval_loss: float | None) -> dict[str, Any]:
+        from gemma_cli.engine.train.hooks import loss_plot
+
+        st = self.state
+        files = {"metrics": str(self.out_dir / "metrics.jsonl"), "tensorboard": str(self.out_dir / "tensorboard")}
+        if self.main:
+            png = loss_plot(st, self.out_dir, self.cfg.name or "run")
+            if png:
+                files["loss_curve"] = png
+        return {
+            "steps": st.step,
+            "total_steps": st.total,
+            "first_loss": st.history[0]["loss"] if st.history else None,
+            "final_loss": st.history[-1]["loss"] if st.history else st.last_loss,
+            "eval_loss": eval_loss,
+            "evals": st.evals,
+            "step_seconds": st.step_seconds,
+            "tokens_per_second": st.tokens_per_second or None,
+            "time_to_first_step": st.time_to_first_step,
+            "files": files,
+            **self._common(),
+            "output_dir": str(self.out_dir),
+            "checkpoint": str(checkpoint.latest(self.out_dir)),
+            "resumed_from": self.data.start_step or None if self.data else None,
+            "wall_seconds": round(time.time() - self.t_start, 2),
+        }
