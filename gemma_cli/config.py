@@ -95,6 +95,14 @@ class MeshConfig(_Strict):
             raise ValueError(f"axis names must be unique, got {v}")
         return v
 
+    def batch_problem(self, batch_size: int, shape: tuple[int, ...]) -> str | None:
+        """Why `batch_size` cannot split over the batch axis of `shape` (None if it can; a
+        -1 entry is unknown until the device count is)."""
+        n = shape[self.axes.index(self.batch_axis)]
+        if n > 0 and batch_size % n:
+            return f"{batch_size} is not divisible by the '{self.batch_axis}' mesh axis ({n}); use a multiple of {n}"
+        return None
+
     def resolve(self, n_devices: int) -> tuple[int, ...]:
         """The concrete shape for `n_devices` devices; raises UsageError if it cannot fit."""
         known = 1
@@ -398,15 +406,9 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
         if sum(x is not None for x in (d.eval_split, d.eval_paths, d.eval_holdout)) > 1:
             problems.append((("data",), "give at most one of eval_split, eval_paths, eval_holdout"))
         if m.batch_axis in m.axes and len(m.shape) == len(m.axes):
-            n = m.shape[m.axes.index(m.batch_axis)]
-            if n > 0 and d.batch_size % n:
-                problems.append(
-                    (
-                        ("data", "batch_size"),
-                        f"{d.batch_size} is not divisible by the '{m.batch_axis}' mesh axis ({n}); "
-                        f"use a multiple of {n}",
-                    )
-                )
+            bad = m.batch_problem(d.batch_size, tuple(m.shape))
+            if bad:
+                problems.append((("data", "batch_size"), bad))
     t = cfg.train
     if t.eval_every and d is not None and not (d.eval_split or d.eval_paths or d.eval_holdout):
         problems.append((("train", "eval_every"), "set but data has no eval_split, eval_paths or eval_holdout"))

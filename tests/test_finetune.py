@@ -408,6 +408,9 @@ def test_batch_size_must_divide_by_the_batch_axis(tmp_path, tiny_gemma3):
     cfg = config(tmp_path, tiny_gemma3, data={"batch_size": 6})
     line = assert_one_error_line(gemma("finetune", cfg, "-q"))
     assert "data.batch_size" in line and "6 is not divisible by the 'batch' mesh axis (4)" in line
+    # a batch axis of -1 is known only once the devices are counted: checked before the model loads
+    line = assert_one_error_line(gemma("finetune", cfg, "mesh.shape=[-1,2]", "-q"))
+    assert "data.batch_size: 6 is not divisible by the 'batch' mesh axis (4)" in line and "8 devices" in line
 
 
 def test_indivisible_layout_is_an_error_naming_variable_dim_rule_and_fix(tmp_path, tiny_gemma3):
