@@ -19,8 +19,10 @@ from gemma_cli.commands import (
     export_cmd,
     finetune_cmd,
     generate_cmd,
+    init_cmd,
     inspect_cmd,
     login_cmd,
+    runs_cmd,
 )
 from gemma_cli.commands.common import boundary, make_output  # noqa: F401  (re-exported for scripts)
 
@@ -55,11 +57,13 @@ def _root(
 
 
 # ---- the verbs, in the order `gemma --help` lists them -------------------------------------
+app.command("init")(init_cmd.init)
 app.command("finetune")(finetune_cmd.finetune)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("generate")(generate_cmd.generate)
 app.command("export")(export_cmd.export)
 app.command("upload")(export_cmd.upload)
+app.add_typer(runs_cmd.runs_app, name="runs")
 app.add_typer(config_cmd.config_app, name="config")
 app.add_typer(convert_cmd.convert_app, name="convert")
 app.add_typer(login_cmd.login_app, name="login")

@@ -212,24 +212,32 @@ def tiny3(tmp_path_factory):
     return make_tiny_preset(tmp_path_factory.mktemp("tiny") / "g3", "gemma3")
 
 
-def test_merge_lora_export_preset_via_cli(tiny3, tmp_path, monkeypatch):
+def test_merge_lora_export_preset_via_cli(tiny3, tmp_path):
     """`gemma export RUN --format preset`: exported kernels = base + delta, same logits."""
     import keras
     import keras_hub
 
-    import gemma_cli.engine.runs as runs_mod
-
-    lm, expected = _tiny_lora_model(tiny3)
+    lm, _ = _tiny_lora_model(tiny3)
+    layers = [lyr for lyr in lm.backbone._flatten_layers(include_self=False) if getattr(lyr, "lora_enabled", False)]
+    for lyr in layers:  # a run's alpha is one number (model.lora.alpha): scale 2 everywhere
+        lyr.lora_alpha = 8.0
+    expected = {
+        lyr._kernel.path: keras.ops.convert_to_numpy(lyr._kernel)
+        + 2.0 * np.matmul(keras.ops.convert_to_numpy(lyr.lora_kernel_a), keras.ops.convert_to_numpy(lyr.lora_kernel_b))
+        for lyr in layers
+    }
     ids = [2, 10, 20, 30, 40, 50]
     want = _logits(lm, ids)
-    # a run directory as finetune leaves it; the run loader hands back the in-memory model
+    # a fine-tune run directory as `gemma finetune` leaves it: config.yaml + a LoRA checkpoint
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "step_00000001"
     ckpt.mkdir(parents=True)
-    (ckpt / "state.json").write_text("{}")
+    lm.backbone.save_lora_weights(str(ckpt / "adapter.lora.h5"))
+    (ckpt / "state.json").write_text('{"step": 1}')
     (run / "checkpoints" / "latest").write_text("step_00000001\n")
-    (run / "config.yaml").write_text(f"model:\n  preset: {tiny3}\n  lora:\n    rank: 2\n")
-    monkeypatch.setattr(runs_mod, "load", lambda cfg, checkpoint=None, **kw: lm)
+    (run / "config.yaml").write_text(
+        f"model: {{preset: {json.dumps(str(tiny3))}, precision: float32, lora: {{rank: 4, alpha: 8}}}}\n"
+    )
     out = tmp_path / "merged"
     r = runner.invoke(app, ["export", str(run), "--format", "preset", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.stderr

@@ -262,8 +262,10 @@ def test_loss_falls_and_metrics_are_written(run_a):
 
 
 # ---------------------------------------------------------------------------- 3. resume ---
-def _sigterm_after_first_checkpoint(out_dir: Path, timeout: float = 600) -> threading.Thread:
-    """SIGTERM this process once the run wrote its first checkpoint and the stop handler is in."""
+def _sigterm_after_first_checkpoint(out_dir: Path, seen: dict[str, Any], timeout: float = 600) -> threading.Thread:
+    """SIGTERM this process once the run wrote its first checkpoint and the stop handler is in;
+    what `gemma runs` reads of the run just before goes to `seen["running"]`."""
+    from gemma_cli import rundir
 
     def watch() -> None:
         deadline = time.time() + timeout
@@ -271,6 +273,7 @@ def _sigterm_after_first_checkpoint(out_dir: Path, timeout: float = 600) -> thre
             if (out_dir / "checkpoints" / "latest").exists():
                 handler = signal.getsignal(signal.SIGTERM)
                 if type(getattr(handler, "__self__", None)).__name__ == "StopOnSignal":
+                    seen["running"] = rundir.read_run(out_dir)
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
             time.sleep(0.01)
@@ -280,13 +283,21 @@ def _sigterm_after_first_checkpoint(out_dir: Path, timeout: float = 600) -> thre
     return t
 
 
+def _runs_row(parent: Path, name: str) -> dict[str, Any]:
+    """The row `gemma runs PARENT --json` prints for run `name`."""
+    r = gemma("runs", parent, "--json")
+    assert r.exit_code == 0, r.stderr
+    return next(x for x in json.loads(r.stdout)["runs"] if x["name"] == name)
+
+
 def test_interrupted_then_resumed_equals_uninterrupted(run_a, tiny_presets):
     import numpy as np
 
     tmp = run_a["tmp"]
     cfg_b = _run_config(tmp, tiny_presets["gemma3"], "b")
     out_b = tmp / "b"
-    watcher = _sigterm_after_first_checkpoint(out_b)
+    seen: dict[str, Any] = {}
+    watcher = _sigterm_after_first_checkpoint(out_b, seen)
     r = gemma("finetune", cfg_b, "-q")
     watcher.join(timeout=5)
     # the stop path: exit 130, one line with where it saved and the --resume command
@@ -296,11 +307,19 @@ def test_interrupted_then_resumed_equals_uninterrupted(run_a, tiny_presets):
     k = json.loads((out_b / "checkpoints" / latest / "state.json").read_text())["step"]
     assert 6 <= k < STEPS and f"step_{k:08d}" in line
     assert not (out_b / "checkpoints" / f"step_{STEPS:08d}").exists()
+    # what `gemma runs` says of it: running while it trained, interrupted with the signal now
+    assert seen["running"].status == "running" and seen["running"].reason is None
+    row = _runs_row(tmp, "b")
+    assert (row["status"], row["reason"]) == ("interrupted", f"SIGTERM at step {k}")
+    assert (row["steps"], row["total_steps"], row["checkpoint_step"]) == (k, STEPS, k)
 
     r2 = gemma("finetune", cfg_b, "--resume", "--json")
     assert r2.exit_code == 0, (r2.stderr, r2.exception)
     s_b, s_a = json.loads(r2.stdout), json.loads(run_a["result"].stdout)
     assert s_b["resumed_from"] == k and s_b["steps"] == STEPS
+    row = _runs_row(tmp, "b")
+    assert (row["status"], row["steps"], row["checkpoint_step"]) == ("finished", STEPS, STEPS)
+    assert row["eval_loss"] == pytest.approx(s_b["eval_loss"])
 
     a = lora_arrays(run_a["out"] / "checkpoints" / f"step_{STEPS:08d}")
     b = lora_arrays(out_b / "checkpoints" / f"step_{STEPS:08d}")
@@ -464,6 +483,10 @@ def test_nan_loss_exits_1_keeping_the_last_good_checkpoint(tmp_path, tiny_gemma3
     assert not bad, bad[:3]
     step = int(good.name.split("_")[1])
     assert f"at step {step + 1}" in line
+    # `gemma runs` lists it as diverged, with what went non-finite and the last good checkpoint
+    row = _runs_row(tmp_path, "out")
+    assert row["status"] == "diverged" and ("nan" in row["reason"] or "NaN" in row["reason"]), row
+    assert row["checkpoint"] == str(good) and row["steps"] == step + 1
 
 
 # ----------------------------------------------------------------------------- 7. dry run ---

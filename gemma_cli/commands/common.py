@@ -32,7 +32,28 @@ OverridesArg = Annotated[
     ),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the work and replace --out.")]
-ConfigArg = Annotated[str, typer.Argument(help="Run config (YAML); - reads stdin.", show_default=False)]
+ConfigArg = Annotated[
+    str | None,
+    typer.Argument(help="Run config (YAML); - reads stdin. Required.", show_default=False, metavar="CONFIG"),
+]
+_DEFAULTS = "Omitted: $GEMMA_CONFIG, else ./gemma.yaml, else the most recent run under runs/."
+TargetConfigArg = Annotated[
+    str | None,
+    typer.Argument(
+        help=f"Run config (YAML; - reads stdin) or a fine-tune run directory. {_DEFAULTS}",
+        show_default=False,
+        metavar="CONFIG|RUN",
+    ),
+]
+TargetArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="A run config (YAML), a fine-tune run directory, or a preset (dir or name). "
+        + _DEFAULTS.replace("run under runs/.", "run under runs/ (its latest checkpoint)."),
+        show_default=False,
+        metavar="CONFIG|RUN|PRESET",
+    ),
+]
 
 
 @contextmanager

@@ -5,11 +5,11 @@ from __future__ import annotations
 import typer
 
 from gemma_cli.commands.common import (
-    ConfigArg,
     DebugOpt,
     JsonOpt,
     OverridesArg,
     QuietOpt,
+    TargetConfigArg,
     boundary,
     make_output,
 )
@@ -21,7 +21,7 @@ config_app = typer.Typer(
 
 @config_app.command("validate")
 def validate(
-    config: ConfigArg,
+    config: TargetConfigArg = None,
     overrides: OverridesArg = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -29,30 +29,38 @@ def validate(
 ) -> None:
     """Validate a run config: every problem with its file:line, exit 2 if any.
 
+    Without CONFIG: $GEMMA_CONFIG, ./gemma.yaml, or the most recent run's config.yaml.
+
     Example: gemma config validate configs/imdb_7b_tpu.yaml train.max_steps=10
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
-        from gemma_cli.config import load_config
+        from rich.text import Text
 
+        from gemma_cli import targets
+
+        shown = config
         try:
-            cfg = load_config(config, overrides or [])
+            if targets.split_overrides(config, overrides)[0] is None:
+                shown = targets.default_source()  # named in the --json document when invalid
+            cfg = targets.resolve(config, overrides, verb="config", log=out).config
         except Exception as e:  # report --json errors as a document too
             from gemma_cli.errors import ConfigError
 
             if json_ and isinstance(e, ConfigError):
-                out.result({"valid": False, "config": config, "problems": e.problems})
+                out.result({"valid": False, "config": shown, "problems": e.problems})
                 raise typer.Exit(2) from None
             raise
+        shown = cfg.source_path or shown or "<stdin>"
         out.result(
-            {"valid": True, "config": config, "name": cfg.name, "preset": cfg.model.preset},
-            human=lambda c: c.print(f"[green]✓[/] {config} is valid ({cfg.model.preset})"),
+            {"valid": True, "config": shown, "name": cfg.name, "preset": cfg.model.preset},
+            human=lambda c: c.print(Text("✓ ", style="green") + Text(f"{shown} is valid ({cfg.model.preset})")),
         )
 
 
 @config_app.command("show")
 def show(
-    config: ConfigArg,
+    config: TargetConfigArg = None,
     overrides: OverridesArg = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -60,11 +68,14 @@ def show(
 ) -> None:
     """Print the merged, resolved config (YAML; --json for scripts).
 
+    Without CONFIG: $GEMMA_CONFIG, ./gemma.yaml, or the most recent run's config.yaml.
+
     Example: gemma config show configs/imdb_7b_tpu.yaml optimizer.learning_rate=1e-4
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
-        from gemma_cli.config import dump_config, load_config, to_yaml
+        from gemma_cli import targets
+        from gemma_cli.config import dump_config, to_yaml
 
-        data = dump_config(load_config(config, overrides or []))
+        data = dump_config(targets.resolve(config, overrides, verb="config", log=out).config)
         out.result(data, human=lambda c: out.text(to_yaml(data)))

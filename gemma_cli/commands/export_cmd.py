@@ -11,11 +11,17 @@ from gemma_cli.errors import UsageError
 
 
 def export(
-    source: Annotated[
-        str, typer.Argument(help="A fine-tune run directory or a keras-hub preset.", show_default=False,
-                            metavar="RUN_OR_PRESET")
-    ],
     out_dir: Annotated[str, typer.Option("--out", "-o", help="Directory to write.", show_default=False)],
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="A fine-tune run directory (its latest checkpoint), a keras-hub preset, or a run "
+            "config (its preset). Omitted: $GEMMA_CONFIG, ./gemma.yaml (or the run it trained), "
+            "else the most recent run under runs/ with a checkpoint.",
+            show_default=False,
+            metavar="RUN|PRESET|CONFIG",
+        ),
+    ] = None,
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="hf (safetensors for transformers) or preset (keras-hub).")
     ] = "hf",
@@ -26,7 +32,11 @@ def export(
 ) -> None:
     """Merge LoRA into the kernels and write a Hugging Face model or a keras-hub preset.
 
-    Example: gemma export runs/gemma3_270m_demo --format hf --out exported/gemma3_270m_hf
+    Examples:
+
+      gemma export runs/gemma3_270m_demo --format hf --out exported/gemma3_270m_hf
+
+      gemma export --out exported/latest   (the most recent run under runs/)
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
@@ -36,8 +46,12 @@ def export(
             raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(ex.FORMATS)}")
         from gemma_cli import targets
 
-        tgt = targets.resolve(source)
-        summary = ex.export(tgt.config, tgt.checkpoint, out_dir, fmt, log=out, force=force, source=source)
+        tgt = targets.resolve(source, [], verb="export", log=out)
+        summary = {
+            **ex.export(tgt.config, tgt.checkpoint, out_dir, fmt, log=out, force=force, source=tgt.source),
+            "checkpoint": str(tgt.checkpoint) if tgt.checkpoint else None,
+            "chosen_because": tgt.chosen_because,
+        }
         out.result(
             summary,
             human=lambda c: c.print(

@@ -18,7 +18,7 @@ from gemma_cli.commands.common import (
 
 
 def finetune(
-    config: ConfigArg,
+    config: ConfigArg = None,
     overrides: OverridesArg = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in train.output_dir.")] = False,
     dry_run: Annotated[
@@ -38,15 +38,18 @@ def finetune(
 
       gemma finetune configs/imdb_7b_tpu.yaml
 
+      gemma finetune gemma.yaml          (the config `gemma init` wrote; CONFIG is never looked up)
+
       gemma finetune configs/gemma3_270m_demo.yaml train.max_steps=10 --json
 
       GEMMA_CPU_DEVICES=8 gemma finetune configs/gemma3_270m_demo.yaml --dry-run
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
+        from gemma_cli import targets
         from gemma_cli.config import load_config
 
-        cfg = load_config(config, overrides or [])
+        cfg = load_config(targets.finetune_config(config), overrides or [])
         from gemma_cli.engine import runtime
 
         runtime.setup()

@@ -14,6 +14,7 @@ from gemma_cli.commands.common import (
     JsonOpt,
     OverridesArg,
     QuietOpt,
+    TargetArg,
     boundary,
     make_output,
 )
@@ -54,9 +55,7 @@ def read_prompts(prompts: list[str], prompt_file: str | None, stdin_text: str | 
 
 
 def generate(
-    target: Annotated[
-        str, typer.Argument(help="A run config (YAML), a finetune output_dir, or a preset (dir or name).", show_default=False)
-    ],
+    target: TargetArg = None,
     overrides: OverridesArg = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
     prompt_file: Annotated[str | None, typer.Option("--prompt-file", help="One prompt per line, or JSONL with 'prompt'.")] = None,
@@ -80,11 +79,15 @@ def generate(
     """Generate text from a preset, a run config or a fine-tuned run.
 
     Prompts come from -p (repeatable), --prompt-file, or stdin (one per line, or JSONL with a
-    "prompt" field). Completions go to stdout; timings to stderr.
+    "prompt" field). Completions go to stdout; timings to stderr. Without a target:
+    $GEMMA_CONFIG, ./gemma.yaml (or the run it trained), or the most recent run under runs/
+    with a checkpoint.
 
     Examples:
 
       gemma generate runs/gemma3_270m_demo -p "What does gemma inspect show?" --template
+
+      gemma generate -p "What does gemma inspect show?" --template
 
       echo "The capital of France is" | gemma generate configs/gemma3_270m_demo.yaml --json
 
@@ -111,8 +114,8 @@ def generate(
         if not prompt and not prompt_file and not sys.stdin.isatty():
             stdin_text = sys.stdin.read()
         prompts = read_prompts(prompt or [], prompt_file, stdin_text)
-        tgt = targets.resolve(target, items)
-        cfg, kind = tgt.config, tgt.kind
+        tgt = targets.resolve(target, items, verb="generate", log=out)
+        cfg = tgt.config
         if template:
             if cfg.data is None or not cfg.data.template:
                 raise UsageError("--template: the config has no data.template")
@@ -146,8 +149,10 @@ def generate(
             f"{gen.compiles} compilation(s)); load {t_load:.1f}s"
         )
         doc = {
-            "target": target,
-            "kind": kind,
+            "target": tgt.source,
+            "kind": tgt.kind,
+            "checkpoint": str(tgt.checkpoint) if tgt.checkpoint else None,
+            "chosen_because": tgt.chosen_because,
             "preset": cfg.model.preset,
             "sampler": cfg.generate.sampler,
             "max_length": cfg.generate.max_length,

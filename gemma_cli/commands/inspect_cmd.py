@@ -12,11 +12,11 @@ from typing import Annotated, Any
 import typer
 
 from gemma_cli.commands.common import (
-    ConfigArg,
     DebugOpt,
     JsonOpt,
     OverridesArg,
     QuietOpt,
+    TargetArg,
     boundary,
     make_output,
 )
@@ -63,6 +63,7 @@ def render(doc: dict[str, Any], console: Any) -> None:
         console = Console(highlight=False, soft_wrap=True, width=max(console.width, 220))
 
     bad = {p["variable"]: p["level"] for p in doc["problems"] if p["variable"]}
+    live = doc["model"]["mode"] == "live"
     m = doc["mesh"]
     mesh_txt = " × ".join(f"{a}={s}" for a, s in zip(m["axes"], m["shape"], strict=False))
     layers: dict[str, list[dict[str, Any]]] = {}
@@ -74,9 +75,9 @@ def render(doc: dict[str, Any], console: Any) -> None:
 
     def add(t: Table, r: dict[str, Any], path: str, key: str) -> None:
         level = bad.get(r[key])
-        style = "red" if level == "error" else "yellow" if level == "warning" else None
+        style = "red" if level in ("error", "mismatch") else "yellow" if level == "warning" else None
         rule = r["rule"] if r["rule"] is not None else "— (no rule: replicated)"
-        t.add_row(
+        cells = [
             Text(path, style=style),
             _shape(r["shape"]),
             r["dtype"],
@@ -84,12 +85,22 @@ def render(doc: dict[str, Any], console: Any) -> None:
                 _spec(r["spec"]),
                 style=style or ("dim" if all(a is None for a in r["spec"]) else None),
             ),
+        ]
+        if live:  # the plan next to what the arrays say
+            ps = r.get("plan_spec")
+            same = ps == r["spec"]
+            cells.append(Text("= live" if same else (_spec(ps) if ps is not None else "— (not planned)"),
+                              style="dim" if same else "red"))
+        cells += [
             _shape(r["shard_shape"]),
             human_bytes(r["bytes_per_device"]),
             Text(rule, style="dim" if r["rule"] is None else None),
-        )
+        ]
+        t.add_row(*cells)
 
     cols = ["path", "shape", "dtype", "PartitionSpec", "shard/device", "bytes/device", "rule"]
+    if live:
+        cols.insert(4, "plan")
     for name in list(layers) + [n for n in opt_by_layer if n not in layers]:
         below = (
             f"; {doc['model']['optimizer']} state below the line" if opt_by_layer.get(name) else ""
@@ -141,8 +152,13 @@ def render(doc: dict[str, Any], console: Any) -> None:
         lines.append(
             f"[yellow]rule matches no variable:[/] {u['pattern']!r} → {u['axes']} ({u['source']})"
         )
+    if live:
+        ck = mdl.get("checkpoint")
+        lines.append(f"live: {'checkpoint ' + ck + ' loaded' if ck else 'no checkpoint loaded'}; "
+                     + ("[green]every variable as planned[/]" if not tot.get("mismatches")
+                        else f"[red]{tot['mismatches']} variable(s) differ from the plan[/]"))
     for p in doc["problems"]:
-        color = "red" if p["level"] == "error" else "yellow"
+        color = "red" if p["level"] in ("error", "mismatch") else "yellow"
         lines.append(f"[{color}]{p['level']}:[/] {p['message']}")
     for n in doc["notes"]:
         lines.append(f"[dim]note: {n}[/]")
@@ -151,7 +167,7 @@ def render(doc: dict[str, Any], console: Any) -> None:
 
 
 def inspect(
-    config: ConfigArg,
+    config: TargetArg = None,
     overrides: OverridesArg = None,
     layer: Annotated[
         str | None,
@@ -170,7 +186,9 @@ def inspect(
     live: Annotated[
         bool,
         typer.Option(
-            "--live", help="Load the model on the real mesh and read the specs from the arrays."
+            "--live",
+            help="Load the model on this machine's mesh (a run: with its latest checkpoint), "
+            "read the specs from the arrays and flag any that differ from the plan.",
         ),
     ] = False,
     device_memory: Annotated[
@@ -185,15 +203,22 @@ def inspect(
 ) -> None:
     """Show how weights and optimizer state are sharded: spec, shard shape, bytes per device.
 
-    Plans any preset on the config's mesh without weights or devices. Exit 2 if a sharded dimension does not divide its mesh axis (shown in red, with the fix).
+    Plans any preset on the config's mesh without weights or devices. Exit 2 if a sharded dimension does not divide its mesh axis (shown in red, with the fix); with --live, exit 1 if a live variable is not laid out as planned.
 
-    Example: gemma inspect configs/imdb_7b_tpu.yaml --layer decoder_block_1 --optimizer
+    Without CONFIG: $GEMMA_CONFIG, ./gemma.yaml, or the most recent run under runs/.
+
+    Examples:
+
+      gemma inspect configs/imdb_7b_tpu.yaml --layer decoder_block_1 --optimizer
+
+      gemma inspect --layer decoder_block_1 --live
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
-        from gemma_cli.config import load_config
+        from gemma_cli import targets
 
-        cfg = load_config(config, overrides or [])
+        target = targets.resolve(config, overrides, verb="inspect", log=out)
+        cfg = target.config
         mem = parse_size(device_memory) if device_memory else None
         for what, rx in (("--layer", layer), ("--match", match)):
             if rx is not None:
@@ -213,7 +238,15 @@ def inspect(
             f"{'Loading' if live else 'Planning'} {cfg.model.preset} on mesh {cfg.mesh.shape} ..."
         ):
             select = inspect_report.Selection(layer, match, names=("--layer", "--match"))
-            doc = inspect_report.describe(cfg, live=live, select=select, optimizer=optimizer, device_memory=mem)
+            doc = inspect_report.describe(
+                cfg,
+                live=live,
+                select=select,
+                optimizer=optimizer,
+                device_memory=mem,
+                checkpoint=target.checkpoint,
+            )
+        doc["target"] = target.to_dict()
         if not json_:
             for p in doc["problems"]:
                 if p["level"] == "warning":
@@ -221,3 +254,5 @@ def inspect(
         out.result(doc, human=lambda c: render(doc, c))
         if any(p["level"] == "error" for p in doc["problems"]):
             raise typer.Exit(2)
+        if any(p["level"] == "mismatch" for p in doc["problems"]):
+            raise typer.Exit(1)  # the arrays are not laid out as planned: ours to fix, not the user's

@@ -13,7 +13,7 @@
 
 Example:
     >>> from gemma_cli.engine.export import export
-    >>> t = targets.resolve("runs/gemma3_270m_demo")
+    >>> t = targets.resolve("runs/gemma3_270m_demo", verb="export")
     >>> export(t.config, t.checkpoint, "exported/hf", fmt="hf", log=out)
 """
 

@@ -39,6 +39,7 @@ import difflib
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gemma_cli.engine import layout as mesh_lib
@@ -319,6 +320,7 @@ def describe(
     select: Selection | None = None,
     optimizer: bool = False,
     device_memory: int | None = None,
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
     """Sharding tables and memory totals for a run config (see the module docstring).
 
@@ -331,10 +333,14 @@ def describe(
         optimizer: bool. Also list the optimizer state rows. Totals always count it.
         device_memory: int | None. Bytes per device to compare against (plan mode; live mode
             reads the devices' `bytes_limit` when jax reports it).
+        checkpoint: Path | None. Live mode: a fine-tune checkpoint of this config's run to
+            load (weights and optimizer state) before the specs are read. Defaults to None.
 
     Returns:
         dict. Plain data: mesh, variables, optimizer_variables, totals, problems,
-        unused_rules, notes, model.
+        unused_rules, notes, model. In live mode every row also carries `plan_spec` (what
+        the plan says) and each row whose live spec differs is a problem of level
+        `mismatch`.
 
     Example:
         >>> doc = describe(load_config("configs/imdb_7b_tpu.yaml"), select=Selection(layer="decoder_block_1"))
@@ -370,19 +376,21 @@ def describe(
             f"model.quantize={cfg.model.quantize}: the plan shows unquantized weights; use --live for the quantized layout"
         )
 
+    weights = [
+        _row(v.path, v.shape, v.dtype, v.spec, v.shard_shape, v.rule) for v in plan.variables
+    ]
+    trainable = _trainable_plan([w["path"] for w in weights], lora_rank)
+    opt_rows = _plan_optimizer(
+        cfg.optimizer, [w for w in weights if w["path"] in trainable], rules, sizes
+    )
+    mismatches: list[dict[str, Any]] = []
     if live:
         mesh_lib.raise_for(plan)
-        weights, opt_rows, trainable, dev_mem = _live(cfg, plan, rules, sizes)
+        planned, planned_opt = weights, opt_rows
+        weights, opt_rows, trainable, dev_mem = _live(cfg, plan, rules, sizes, checkpoint)
+        mismatches = _against_plan(planned, weights, planned_opt, opt_rows)
         if dev_mem is not None:
             device_memory = dev_mem
-    else:
-        weights = [
-            _row(v.path, v.shape, v.dtype, v.spec, v.shard_shape, v.rule) for v in plan.variables
-        ]
-        trainable = _trainable_plan([w["path"] for w in weights], lora_rank)
-        opt_rows = _plan_optimizer(
-            cfg.optimizer, [w for w in weights if w["path"] in trainable], rules, sizes
-        )
 
     data = cfg.data
     batch = data.batch_size if data else 2
@@ -409,6 +417,7 @@ def describe(
         "total_bytes_per_device": total,
         "device_memory_bytes": device_memory,
         "fits": None if not device_memory else total <= device_memory,
+        "mismatches": len(mismatches) if live else None,
         "batch_size": batch,
         "batch_per_device": per_dev_batch,
         "sequence_length": seq,
@@ -422,11 +431,12 @@ def describe(
             "lora_rank": lora_rank,
             "optimizer": cfg.optimizer.name,
             "mode": "live" if live else "plan",
+            "checkpoint": str(checkpoint) if live and checkpoint is not None else None,
         },
         "variables": select.rows(weights),
         "optimizer_variables": select.rows(opt_rows, key="variable") if optimizer else [],
         "totals": totals,
-        "problems": _problems(plan),
+        "problems": _problems(plan) + mismatches,
         "unused_rules": [
             {"pattern": r.pattern, "axes": list(r.axes), "source": r.source}
             for r in plan.unused_rules
@@ -454,8 +464,47 @@ def _live_row(
     return _row(var.path, shape, str(var.dtype), spec, _shard_shape(shape, spec, sizes), rule)
 
 
+def _p(spec: Any) -> str:
+    return "P(" + ", ".join(repr(tuple(a)) if isinstance(a, list) else repr(a) for a in spec) + ")"
+
+
+def _against_plan(
+    planned: list[dict[str, Any]],
+    weights: list[dict[str, Any]],
+    planned_opt: list[dict[str, Any]],
+    opt_rows: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Set `plan_spec` on every live row; a `mismatch` problem per row the plan did not foresee."""
+    out: list[dict[str, Any]] = []
+    by_path = {r["path"]: r for r in planned}
+    for r in weights:
+        want = by_path.pop(r["path"], None)
+        r["plan_spec"] = want["spec"] if want else None
+        if want is None:
+            out.append({"level": "mismatch", "variable": r["path"],
+                        "message": f"{r['path']}: live variable {_p(r['spec'])} is not in the plan"})
+        elif want["spec"] != r["spec"]:
+            out.append({"level": "mismatch", "variable": r["path"],
+                        "message": f"{r['path']}: live {_p(r['spec'])} but the plan says {_p(want['spec'])}"})
+    for path, want in by_path.items():
+        out.append({"level": "mismatch", "variable": path,
+                    "message": f"{path}: planned {_p(want['spec'])} but the live model has no such variable"})
+    by_slot = {(r["variable"], r["slot"]): r for r in planned_opt}
+    for r in opt_rows:
+        want = by_slot.get((r["variable"], r["slot"]))
+        r["plan_spec"] = want["spec"] if want else None
+        if want is not None and want["spec"] != r["spec"]:
+            out.append({"level": "mismatch", "variable": r["variable"],
+                        "message": f"{r['variable']} · {r['slot']}: live {_p(r['spec'])} but the plan says {_p(want['spec'])}"})
+    return out
+
+
 def _live(
-    cfg: Any, plan: mesh_lib.Plan, rules: list[mesh_lib.Rule], sizes: dict[str, int]
+    cfg: Any,
+    plan: mesh_lib.Plan,
+    rules: list[mesh_lib.Rule],
+    sizes: dict[str, int],
+    checkpoint: Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], int | None]:
     from gemma_cli.engine import model
     from gemma_cli.engine.optim import compile_model
@@ -470,6 +519,10 @@ def _live(
         causal_lm = model.load_causal_lm(cfg.model.preset, cfg.model.precision)
         model.apply_lora_and_quantize(causal_lm, cfg.model)
         opt = compile_model(causal_lm, cfg, cfg.train.max_steps or 1000)
+        if checkpoint is not None:  # the run's weights and optimizer state, as a resume loads them
+            from gemma_cli.engine import checkpoint as ckpt_lib
+
+            ckpt_lib.restore(Path(checkpoint), causal_lm, opt)
     backbone = causal_lm.backbone
     weights = [_live_row(v, rules, sizes) for v in backbone.weights]
     trainable_vars = list(

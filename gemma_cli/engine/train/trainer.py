@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli.config import dump_config, to_yaml
-from gemma_cli.engine import checkpoint, runtime
+from gemma_cli.engine import checkpoint, runtime, status_file
 from gemma_cli.engine.report import Reporter
 from gemma_cli.errors import Interrupted, RuntimeFailure, UsageError
 
@@ -267,6 +267,10 @@ class Trainer:
                 f"# resolved config of this run; rerun with: gemma finetune {self.out_dir}/config.yaml\n"
                 + to_yaml(dump_config(self.cfg))
             )
+            d = self.data
+            assert d is not None
+            status_file.started(self.out_dir, step=d.start_step, total_steps=d.total_steps,
+                                resumed=self.resume_from is not None)
 
     def train(self) -> dict[str, Any]:
         from gemma_cli.engine.train import hooks as H
@@ -292,6 +296,8 @@ class Trainer:
                 with m.distribution.scope():
                     final_ckpt = self.hooks["checkpoint"].save_now()  # checks the weights are finite first
             if st.diverged is not None:
+                if self.main:
+                    status_file.ended(self.out_dir, "diverged", step=st.step, reason=st.diverged)
                 last = checkpoint.latest(self.out_dir)
                 raise RuntimeFailure(
                     f"{st.diverged} at step {st.step}; stopped",
@@ -303,6 +309,8 @@ class Trainer:
         finally:
             lm.preprocessor = m.preprocessor
         if st.stop_signal:
+            if self.main:
+                status_file.ended(self.out_dir, "interrupted", step=st.step, reason=f"{st.stop_signal} at step {st.step}")
             raise Interrupted(
                 f"{st.stop_signal} at step {st.step}/{st.total}: checkpoint saved to {final_ckpt or checkpoint.latest(self.out_dir)}",
                 hint=f"resume with: gemma finetune {cfg.source_path or '<config>'} --resume",
@@ -310,6 +318,7 @@ class Trainer:
         summary = self.summary(eval_loss)
         if self.main:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            status_file.ended(self.out_dir, "finished", step=st.step)
         return summary
 
     # --------------------------------------------------------------------- results ---

@@ -1,0 +1,75 @@
+"""What this machine offers a run config: its devices, and a mesh the model divides evenly on.
+
+`gemma init` asks here (and nowhere else needs it): the device count and platform come from
+jax (`GEMMA_CPU_DEVICES` simulates CPU devices, as everywhere), and `mesh_for` plans the
+preset's architecture (no weights) on each (batch, model) split of the devices, widest model
+axis first, and keeps the first one the family's default layout divides without error.
+
+Example:
+    >>> devices, platform = describe()
+    >>> mesh_for("gemma_7b_en", devices, precision="bfloat16", lora_rank=4)
+    MeshChoice(shape=(1, 8), tried=[], planned=True, note=None)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gemma_cli.errors import RuntimeFailure
+
+
+@dataclass
+class MeshChoice:
+    """The chosen (batch, model) shape and why.
+
+    Args:
+        shape: tuple[int, int]. Devices on the batch and the model axis.
+        tried: list[str]. Wider model axes that did not divide, with the first reason each.
+        planned: bool. Whether the architecture could be planned here (False: not checked).
+        note: str | None. Why it could not be planned, or what gives.
+        indivisible: str. `error`, or `replicate` when no split divides evenly.
+    """
+
+    shape: tuple[int, int]
+    tried: list[str] = field(default_factory=list)
+    planned: bool = True
+    note: str | None = None
+    indivisible: str = "error"
+
+
+def describe() -> tuple[int, str]:
+    """(number of devices, platform: cpu | gpu | tpu) of this process's jax backend."""
+    from gemma_cli.engine import runtime
+
+    runtime.setup(without_tensorflow=True)  # counting devices needs jax only
+    import jax
+
+    return jax.device_count(), jax.devices()[0].platform
+
+
+def mesh_for(preset: str, devices: int, *, precision: str, lora_rank: int) -> MeshChoice:
+    """The widest model axis (a divisor of `devices`) the default layout divides evenly."""
+    from gemma_cli.engine import inspect_report, model
+    from gemma_cli.engine import layout as lay
+
+    try:
+        bb = inspect_report._backbone_config(preset)  # noqa: SLF001 — with "did you mean"
+    except RuntimeFailure as e:  # the preset is remote and the network is not there
+        return MeshChoice((1, devices), planned=False, note=e.message)
+    cls = model.backbone_class(bb)
+    variables = model.abstract_variables(bb, precision, lora_rank, None)
+    axes = ("batch", "model")
+    tried: list[str] = []
+    for m in sorted((d for d in range(1, devices + 1) if devices % d == 0), reverse=True):
+        shape = (devices // m, m)
+        rules = lay.default_rules(cls, axes, "batch", "model")
+        plan = lay.plan_variables(variables, rules, shape, axes, "error")
+        if not plan.errors:
+            return MeshChoice(shape, tried)
+        tried.append(f"{list(shape)}: {plan.errors[0].split(';')[0]}")
+    return MeshChoice(
+        (1, devices),
+        tried,
+        note="no split of the devices divides evenly: indivisible dimensions are replicated",
+        indivisible="replicate",
+    )
