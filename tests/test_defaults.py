@@ -266,3 +266,44 @@ def test_init_on_1_device(cwd: Path, tiny_gemma3: Path) -> None:
     assert cfg["mesh"]["shape"] == [1, 1] and cfg["data"]["batch_size"] == 2 and cfg["data"]["field"] == "text"
     r = gemma("config", "validate", "--json")  # what init wrote validates here as well
     assert r.exit_code == 0 and json.loads(r.stdout)["valid"] is True
+
+
+def test_live_rows_against_the_plan_flag_each_difference() -> None:
+    from rich.console import Console
+
+    from gemma_cli.commands.inspect_cmd import render
+    from gemma_cli.engine.inspect_report import _against_plan
+
+    def row(path: str, spec: list[Any]) -> dict[str, Any]:
+        return {"path": path, "shape": [4, 8], "dtype": "float32", "spec": spec, "shard_shape": [4, 8],
+                "bytes_per_device": 128, "rule": None}
+
+    planned = [row("a/kernel", ["model", None]), row("b/kernel", [None, None]), row("gone/kernel", [None, None])]
+    live = [row("a/kernel", [None, None]), row("b/kernel", [None, None]), row("new/kernel", [None, "model"])]
+    opt_plan = [{**row("x", ["model", None]), "variable": "a/kernel", "slot": "momentum"}]
+    opt_live = [{**row("x", [None, None]), "variable": "a/kernel", "slot": "momentum"}]
+    problems = _against_plan(planned, live, opt_plan, opt_live)
+    assert [(p["level"], p["variable"]) for p in problems] == [
+        ("mismatch", "a/kernel"), ("mismatch", "new/kernel"), ("mismatch", "gone/kernel"), ("mismatch", "a/kernel"),
+    ]
+    assert problems[0]["message"] == "a/kernel: live P(None, None) but the plan says P('model', None)"
+    assert [r["plan_spec"] for r in live] == [["model", None], [None, None], None]
+    assert "a/kernel · momentum: live P(None, None)" in problems[3]["message"]
+
+    doc = {
+        "mesh": {"shape": [1, 8], "axes": ["batch", "model"], "devices": 8},
+        "model": {"preset": "p", "backbone": "B", "precision": "float32", "lora_rank": 0, "optimizer": "adamw",
+                  "mode": "live", "checkpoint": "runs/x/checkpoints/step_00000002"},
+        "variables": live, "optimizer_variables": [], "problems": problems, "unused_rules": [], "notes": [],
+        "totals": {"params": 96, "trainable_params": 96, "variables": 3, "weights_bytes_per_device": 384,
+                   "gradients_bytes_per_device": 384, "optimizer_bytes_per_device": 0, "optimizer_variables": 0,
+                   "activations_bytes_per_device": 0, "batch_per_device": 1, "sequence_length": 8,
+                   "total_bytes_per_device": 768, "device_memory_bytes": None, "fits": None,
+                   "unmatched_variables": 3, "mismatches": len(problems)},
+    }
+    console = Console(record=True, width=200, force_terminal=True)
+    render(doc, console)
+    text = console.export_text()
+    assert "plan" in text and "P('model', None)" in text and "= live" in text and "— (not planned)" in text
+    assert "checkpoint runs/x/checkpoints/step_00000002 loaded; 4 variable(s) differ from the plan" in text
+    assert "mismatch: a/kernel: live P(None, None) but the plan says P('model', None)" in text
