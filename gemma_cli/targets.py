@@ -160,7 +160,8 @@ def _named(arg: str, overrides: list[str], verb: str, because: str = COMMAND_LIN
         words = " or ".join(_KIND_WORDS[k] for k in accepts)
         raise UsageError(f"{arg}: {_KIND_WORDS[kind]}; `gemma {verb}` takes {words}")
     if kind == "config":
-        return Target(load_config(arg, overrides), "config", arg, chosen_because=because)
+        cfg = load_config(arg if arg == "-" else str(p), overrides)
+        return Target(cfg, "config", arg, chosen_because=because)
     if kind == "run":
         return _run_target(p, overrides, verb, because, arg)
     return Target(preset_config(arg, overrides), "preset", arg, chosen_because=because)
