@@ -73,3 +73,11 @@ def test_render_reports_failures_and_tables() -> None:
 def test_render_without_failures() -> None:
     md = bl.render({"machine": {}, "sections": [], "failures": []})
     assert "None: every measurement ran." in md
+
+
+def test_segments_bench_packs_whole_texts_first_fit() -> None:
+    from segments_bench import pack
+
+    rows, segs = pack([[1, 2, 3], [4, 5, 6], [7, 8], [9, 9, 9, 9, 9, 9]], 5, 0)
+    assert rows == [[1, 2, 3, 7, 8], [4, 5, 6, 0, 0], [9, 9, 9, 9, 9]]
+    assert segs == [[1, 1, 1, 2, 2], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]

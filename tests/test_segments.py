@@ -183,6 +183,23 @@ def test_generation_is_keras_hubs(tiny_gemma3):
     assert (plain[:, -1] != 0).all()  # it generated to the end
 
 
+def test_weights_saved_with_segments_on_load_into_a_plain_model(tmp_path, tiny_gemma3):
+    """keras names the layers of a list by class name in weight files: checkpoints must not change."""
+    import keras_hub
+
+    from gemma_cli.engine.segments import enable_segment_attention
+
+    ours = keras_hub.models.Backbone.from_preset(str(tiny_gemma3))
+    for v in ours.weights:
+        v.assign(v.value + 0.5)
+    enable_segment_attention(ours)
+    ours.save_weights(tmp_path / "w.weights.h5")
+    plain = keras_hub.models.Backbone.from_preset(str(tiny_gemma3))
+    plain.load_weights(tmp_path / "w.weights.h5")
+    for a, b in zip(ours.weights, plain.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value), err_msg=a.path)
+
+
 # ------------------------------------------ other keras-hub decoders, and their upgrade ---
 def tiny_backbone(family: str) -> Any:
     import keras
@@ -207,7 +224,11 @@ def test_llama3_and_gemma4(family):
 
     Gemma 4 has a `position_ids` input of its own: the per-document positions go there.
     """
-    from gemma_cli.engine.segments import disable_segment_attention, enable_segment_attention, segment_positions
+    from gemma_cli.engine.segments import (
+        disable_segment_attention,
+        enable_segment_attention,
+        segment_positions,
+    )
 
     backbone = tiny_backbone(family)
     docs = random_docs(backbone.vocabulary_size)

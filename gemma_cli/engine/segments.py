@@ -28,13 +28,17 @@ Contract for the data pipeline: the backbone's inputs keep their names, shapes a
 each document's tokens contiguous, neighbouring documents with different ids (1..k per row in
 order), 0 only for padding. Positions are derived from the segment ids inside the model (a
 run of equal ids counts 0, 1, 2, ...), so a pipeline's own per-document positions need not
-be fed. The loss should skip a position whose target is the first token of the next
-document: `sample_weight[i] = seg[i + 1] != 0 and seg[i + 1] == seg[i]` on the
-`length + 1` row before the shift.
+be fed; Gemma 4's backbone has a `position_ids` input of its own, which is used as given:
+feed it the per-document positions (`segment_positions(segment_ids)`). The loss should skip
+a position whose target is the first token of the next document:
+`sample_weight[i] = seg[i + 1] != 0 and seg[i + 1] == seg[i]` on the `length + 1` row before
+the shift. Enable it before the model's first `fit`/`predict`/`evaluate`: keras keeps the
+step it traced.
 
 How it hooks in: each decoder block (and the RotaryEmbedding of its attention) is given a
-subclass of its own class that overrides one method each, calling keras-hub's own code for
-everything else (no keras-hub code is copied):
+subclass of its own class (same class name, so keras' weight files are unchanged) that
+overrides one method each, calling keras-hub's own code for everything else (no keras-hub
+code is copied):
 
 - the block's mask method (`_compute_attention_mask`, Llama's `_compute_self_attention_mask`)
   calls keras-hub's with `seg != 0`, ANDs in the same-segment term, and hands the per-document
@@ -193,7 +197,10 @@ def _segment_class(cls: type, mixin: type, hook: BlockHook | None) -> type:
             _segment_signature=sig.replace(parameters=list(sig.parameters.values())[1:]),
             **{hook.mask_method: mask_method},
         )
-    return type(f"SegmentAware{cls.__name__}", (mixin, cls), attrs)
+    # The same __name__ as keras-hub's class: keras' weight files name the layers of a list
+    # (`transformer_layers`) by class name, so checkpoints stay interchangeable.
+    attrs["__qualname__"] = cls.__qualname__
+    return type(cls.__name__, (mixin, cls), attrs)
 
 
 def _hook_for(block: Any) -> BlockHook | None:
@@ -238,8 +245,9 @@ def enable_segment_attention(backbone: Any, restart_positions: bool = True) -> A
     """Let `backbone`'s `padding_mask` input carry segment ids (0 = pad, 1..k = document).
 
     Changes the decoder blocks of this backbone instance only (no global state): its inputs,
-    weights, layout and saved config stay as they were. Safe to call twice. Works before or
-    after `enable_lora`, inside or outside a distribution scope, under `jit`.
+    weights, weight files, layout and saved config stay as they were. Safe to call twice.
+    Works before or after `enable_lora`, inside or outside a distribution scope, under `jit`.
+    Call it before the model's first `fit`/`predict`/`evaluate` (keras keeps a traced step).
 
     Args:
         backbone: keras_hub Backbone. A built GemmaBackbone (Gemma 1/2), Gemma3Backbone,
