@@ -8,11 +8,11 @@ The same texts three ways, as LoRA train steps of the same model on the same mes
                 the cost of the segment-aware mask itself.
 A text longer than a row is cut; each text goes into the first row with room for it (texts
 are not split across rows). Useful tokens are target positions with sample weight 1 (not padding, not the first
-token of the next text). The variants are timed in interleaved rounds of `--steps` steps (the
-first step of each, which compiles, is left out); one JSON line:
+token of the next text). The variants take turns step by step (A B C A B C ...), `--steps`
+timed steps each after a first one that compiles; medians; one JSON line:
 
   python benchmarks/segments_bench.py --preset DIR --data corpus.jsonl --seq 128 --batch 8 \
-      --steps 10 --rounds 3 --mesh 2,4 --lora 8
+      --steps 20 --mesh 2,4 --lora 8
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="JSONL with a 'text' field")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     ap.add_argument("--mesh", default="2,4")
     ap.add_argument("--lora", type=int, default=8)
     ap.add_argument("--cpu-devices", type=int, default=8)
@@ -121,18 +120,15 @@ def main() -> None:
         "packed_01_mask": (plain, *batches(packed_ids, packed_seg, True)),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
-    cursor = dict.fromkeys(variants, 0)
-    for r in range(a.rounds):
+    for i in range(a.steps + 1):  # one step of each variant in turn
         for name, (lm, data, _) in variants.items():
-            for s in range(a.steps + (1 if r == 0 else 0)):
-                x, y, w = data[cursor[name] % len(data)]
-                cursor[name] += 1
-                t = time.perf_counter()
-                with dist.scope():
-                    logs = lm.train_on_batch(x, y, sample_weight=w, return_dict=True)
-                float(logs["loss"])
-                if r or s:  # the first step compiles
-                    times[name].append(time.perf_counter() - t)
+            x, y, w = data[i % len(data)]
+            t = time.perf_counter()
+            with dist.scope():
+                logs = lm.train_on_batch(x, y, sample_weight=w, return_dict=True)
+            float(logs["loss"])
+            if i:  # the first step compiles
+                times[name].append(time.perf_counter() - t)
     tokens = a.batch * a.seq
     result = {"seq": a.seq, "batch": a.batch, "texts": len(docs), "steps_per_variant": len(times["packed"])}
     for name, (_, data, frac) in variants.items():
