@@ -2,10 +2,11 @@
 
 The proof: a document packed between two others gets the logits it gets alone. Each batch
 holds two rows, `A | B | C | pad` with segment ids 1, 2, 3, 0, and `B | pad` with a 0/1 mask;
-the logits of B in the first row are compared with the second row's. The model is the
-engine's (`train.prepare`: LoRA, ModelParallel on the (2, 4) mesh, float32) and the forward
-pass is keras' compiled `predict_on_batch`. The same batch through keras-hub's own mask
-(segment attention off) is the negative control: there B attends to A and its logits move.
+the logits of B in the first row are compared with the second row's. The model is loaded the
+engine's way (`layout.layout_for` + `runs.load`: LoRA, ModelParallel on the (2, 4) mesh,
+float32) and the forward pass is keras' compiled `predict_on_batch`. The same batch through
+keras-hub's own mask (segment attention off) is the negative control: B then attends to A and
+its logits move.
 """
 
 from __future__ import annotations
@@ -46,22 +47,25 @@ def b_diff(logits: np.ndarray, docs: list[np.ndarray]) -> float:
     return float(np.abs(logits[0, start : start + n] - logits[1, :n]).max())
 
 
-def prepared(tmp: Path, preset: Path, lora: int | None = 4) -> dict[str, Any]:
-    """The engine's model for a run config: float32, LoRA, mesh (2, 4), KV heads replicated."""
+def prepared(tmp: Path, preset: Path, lora: int | None = 4) -> tuple[Any, Any]:
+    """(causal_lm, distribution) as the engine loads them for a run config: float32, LoRA,
+    mesh (2, 4), KV heads replicated; the CausalLM takes batches of token ids."""
     from gemma_cli.config import load_config
-    from gemma_cli.engine.train import prepare
-    from gemma_cli.output import Output
+    from gemma_cli.engine import layout as layoutlib
+    from gemma_cli.engine import runs
 
     model: dict[str, Any] = {"preset": str(preset), "precision": "float32"}
     if lora:
         model["lora"] = {"rank": lora}
     cfg = {"model": model, "mesh": {"shape": [2, 4], "axes": ["batch", "model"]}, "layout": {"indivisible": "replicate"},
-           "train": {"output_dir": str(tmp / "out")}}
+           "optimizer": {"learning_rate": 0.01}, "train": {"output_dir": str(tmp / "out")}}
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    ctx = prepare(load_config(str(path)), Output(quiet=True))
-    ctx["causal_lm"].preprocessor = None  # batches of token ids
-    return ctx
+    config = load_config(str(path))
+    distribution = layoutlib.layout_for(config).distribution
+    lm = runs.load(config, distribution=distribution, adapters=True)
+    lm.preprocessor = None
+    return lm, distribution
 
 
 def randomize_lora(causal_lm: Any, seed: int = 1) -> None:
@@ -94,12 +98,11 @@ def test_positions_restart_at_each_document_and_keep_keras_hub_for_plain_masks()
 def test_packed_document_logits_equal_alone_on_the_mesh_with_lora(tmp_path, tiny_presets, family):
     from gemma_cli.engine.segments import disable_segment_attention, enable_segment_attention
 
-    ctx = prepared(tmp_path, tiny_presets[family])
-    lm = ctx["causal_lm"]
+    lm, distribution = prepared(tmp_path, tiny_presets[family])
     randomize_lora(lm)
     docs = random_docs(lm.backbone.vocabulary_size)
     batch = packed_pair(docs)
-    with ctx["distribution"].scope():
+    with distribution.scope():
         enable_segment_attention(lm.backbone)
         ours = np.asarray(lm.predict_on_batch(batch))
         disable_segment_attention(lm.backbone)
@@ -140,12 +143,11 @@ def test_rotary_positions_restart_in_every_block(tiny_gemma3, monkeypatch):
 def test_packed_batch_trains_on_the_mesh_with_lora(tmp_path, tiny_gemma3):
     """Two train steps on a packed batch: finite loss that falls, finite LoRA updates."""
     from gemma_cli.config import load_config
+    from gemma_cli.engine.optim import compile_model
     from gemma_cli.engine.segments import enable_segment_attention, segment_attention_enabled
-    from gemma_cli.engine.train import compile_model
 
-    ctx = prepared(tmp_path, tiny_gemma3)
-    lm = ctx["causal_lm"]
-    cfg = load_config(str(tmp_path / "run.yaml"), ["optimizer.learning_rate=0.01"])
+    lm, distribution = prepared(tmp_path, tiny_gemma3)
+    cfg = load_config(str(tmp_path / "run.yaml"))
     docs = random_docs(lm.backbone.vocabulary_size)
     full = packed_pair(docs, WIDTH + 1)
     full = {k: np.concatenate([v, v]) for k, v in full.items()}  # batch 4
@@ -153,7 +155,7 @@ def test_packed_batch_trains_on_the_mesh_with_lora(tmp_path, tiny_gemma3):
     x = {"token_ids": ids[:, :-1], "padding_mask": seg[:, :-1]}
     # no loss on padding, nor on a target that starts the next document
     weight = ((seg[:, 1:] != 0) & (seg[:, 1:] == seg[:, :-1])).astype("float32")
-    with ctx["distribution"].scope():
+    with distribution.scope():
         enable_segment_attention(lm.backbone)
         assert segment_attention_enabled(lm.backbone)
         compile_model(lm, cfg, 10)
@@ -289,8 +291,7 @@ def test_real_gemma3_270m_packed_document_equals_alone(tmp_path):
     preset = real_preset_dir()
     from gemma_cli.engine.segments import enable_segment_attention
 
-    ctx = prepared(tmp_path, preset, lora=None)
-    lm = ctx["causal_lm"]
+    lm, distribution = prepared(tmp_path, preset, lora=None)
     import keras_hub
 
     tok = keras_hub.tokenizers.Tokenizer.from_preset(str(preset))
@@ -299,7 +300,7 @@ def test_real_gemma3_270m_packed_document_equals_alone(tmp_path):
              "def add(a, b):\n    return a + b"]
     docs = [np.array([tok.start_token_id, *np.asarray(tok(t)).tolist(), tok.end_token_id], "int32") for t in texts]
     batch = packed_pair(docs, width=sum(map(len, docs)) + 8)
-    with ctx["distribution"].scope():
+    with distribution.scope():
         enable_segment_attention(lm.backbone)
         logits = np.asarray(lm.predict_on_batch(batch))
     diff = b_diff(logits, docs)
