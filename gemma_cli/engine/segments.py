@@ -91,7 +91,7 @@ _GEMMA_HOOK = BlockHook("_compute_attention_mask", "padding_mask", "cache", "att
 HOOKS: dict[str, BlockHook] = {
     "GemmaDecoderBlock": _GEMMA_HOOK,  # Gemma 1 and 2
     "Gemma3DecoderBlock": _GEMMA_HOOK,
-    "Gemma4TextDecoderBlock": _GEMMA_HOOK,
+    "Gemma4TextDecoderBlock": _GEMMA_HOOK,  # RoPE positions come from its `position_ids` input
     "LlamaTransformerDecoder": BlockHook(
         "_compute_self_attention_mask",
         "decoder_padding_mask",
@@ -117,8 +117,8 @@ def segment_positions(segment_ids: Any) -> Any:
         int32 tensor (batch, length).
 
     Example:
-        >>> segment_positions([[1, 1, 1, 2, 2, 3, 0, 0]])
-        [[0, 1, 2, 0, 1, 0, 6, 7]]
+        >>> np.asarray(segment_positions([[1, 1, 1, 2, 2, 3, 0, 0]]))
+        array([[0, 1, 2, 0, 1, 0, 6, 7]], dtype=int32)
     """
     from keras import ops
 
