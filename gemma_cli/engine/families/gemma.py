@@ -59,6 +59,8 @@ FAMILY = Family(
     layer_name="gemma_backbone",
     layout_rules=keras_hub_rules("GemmaBackbone"),
     layout_source="keras-hub GemmaBackbone.get_layout_map",
+    gguf_archs=("gemma", "gemma2"),
+    gguf_module="gemma_gguf",
     hf_model_types=("gemma", "gemma2"),
     presets={
         # Gemma 1 (HF intermediate_size 16384 / 24576 → keras-hub 32768 / 49152)

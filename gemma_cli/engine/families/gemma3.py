@@ -55,6 +55,8 @@ FAMILY = Family(
     layer_name="gemma3_backbone",
     layout_rules=named_rules(RULES),
     layout_source="gemma built-in rules for Gemma 3",
+    gguf_archs=("gemma3",),
+    gguf_module="gemma_gguf",
     hf_model_types=("gemma3", "gemma3_text"),
     presets={
         "gemma3_270m": Preset({**BASE, **dims(18, 4, 1, 640, 2048, 256), **_SMALL}, 268_098_176),
