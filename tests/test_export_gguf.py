@@ -211,7 +211,8 @@ def test_metadata_and_tensors_as_llama_cpp_writes_them(exported: dict, run_lm: A
     value = {k: f.contents() for k, f in r.fields.items()}
     u32, f32_, s, b = [V.UINT32], [V.FLOAT32], [V.STRING], [V.BOOL]
     expected = {
-        "general.architecture": s, "general.type": s, "general.name": s, "general.file_type": u32,
+        "general.architecture": s, "general.type": s, "general.name": s, "general.size_label": s,
+        "general.file_type": u32,
         "general.quantization_version": u32,
         "gemma3.context_length": u32, "gemma3.embedding_length": u32, "gemma3.block_count": u32,
         "gemma3.feed_forward_length": u32, "gemma3.attention.head_count": u32,
@@ -231,6 +232,7 @@ def test_metadata_and_tensors_as_llama_cpp_writes_them(exported: dict, run_lm: A
     assert got == expected
     bb = run_lm.backbone
     assert value["general.architecture"] == "gemma3" and value["general.name"] == "run"
+    assert value["general.size_label"] == "23K"  # gguf.size_label of the parameter count, as llama.cpp
     assert value["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
     assert (value["gemma3.block_count"], value["gemma3.embedding_length"], value["gemma3.feed_forward_length"]) == (
         bb.num_layers, bb.hidden_dim, bb.intermediate_dim)
@@ -380,8 +382,9 @@ def test_other_families_are_refused_in_one_line(tmp_path: Path) -> None:
     from gemma_cli.engine.families.gemma_gguf import gguf_arch_of
     from gemma_cli.errors import UsageError
 
-    with pytest.raises(UsageError, match="Gemma 4 is not supported yet"):
+    with pytest.raises(UsageError) as e:
         mapping_for("Gemma4Backbone")
+    assert "Gemma4Backbone is not supported (Gemma 4 is not supported yet" in e.value.line()
     with pytest.raises(UsageError, match="mixes Gemma 1 and Gemma 2"):
         gguf_arch_of("GemmaBackbone", {"use_post_ffw_norm": True, "use_post_attention_norm": True})
 

@@ -10,7 +10,9 @@
   262,144 tokens, scores, token types, bos/eos/unk/pad ids, add_bos/add_eos/add_sep/
   add_space_prefix), with the same GGUF value types, plus tensor names and shapes. Not
   compared: `general.name/basename/size_label/license/tags` (provenance from the Hugging Face
-  repository card) and `general.file_type` (the dtype). Added by us: `tokenizer.chat_template`.
+  repository card; ours computes size_label from the parameter count, "268M", as llama.cpp does
+  when the card names none) and `general.file_type` (the dtype). Added by us:
+  `tokenizer.chat_template`.
 """
 
 from __future__ import annotations

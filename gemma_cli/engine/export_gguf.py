@@ -218,6 +218,7 @@ def export_gguf(causal_lm: Any, out: str | Path, dtype: str = DEFAULT_DTYPE, *, 
         try:
             writer.add_type(gguf.GGUFType.MODEL)
             writer.add_name(label)
+            writer.add_size_label(gguf.size_label(params, 0, 0, 0))  # as llama.cpp computes it
             mapping.write_hparams(writer, backbone, arch)
             writer.add_file_type(_types(gguf, dtype)[1])
             mapping.write_tokenizer(writer, vocab, arch)
