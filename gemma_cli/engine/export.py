@@ -132,9 +132,10 @@ def export(
         eg.check_family(cfg.model.preset)
     else:
         _prepare_out(Path(out).expanduser(), force)
-    if fmt == "peft" and checkpoint is None:
-        raise UsageError(f"--format peft: {source or cfg.model.preset} is not a fine-tune run, it has no LoRA adapter",
-                         "export a LoRA fine-tune run directory")
+    if fmt == "peft" and (checkpoint is None or not cfg.model.lora_rank):
+        what = "is not a fine-tune run" if checkpoint is None else "is a full fine-tune"
+        raise UsageError(f"--format peft: {source or cfg.model.preset} {what}, it has no LoRA adapter",
+                         "export a LoRA fine-tune run directory, or use --format hf")
     _setup()
     log.step(f"Loading {source or cfg.model.preset} ...")
     t_load = time.monotonic()
