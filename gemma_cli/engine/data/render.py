@@ -128,7 +128,7 @@ class Renderer:
         self.kind = kind or ("template" if cfg.template else ("chat" if cfg.format == "chat" else None))
         self.style: str | None = None  # the chat style of the first record
         self._loss_all = cfg.loss_on == "all"
-        self._chat = chat  # families.ChatFormat; Gemma's when None (looked up when first needed)
+        self._format = chat  # families.ChatFormat; Gemma's when None (looked up when first needed)
 
     @classmethod
     def for_chat(cls, chat: Any = None) -> Renderer:
@@ -138,11 +138,11 @@ class Renderer:
 
     @property
     def chat_format(self) -> Any:
-        if self._chat is None:
-            self._chat = chat_format_for(None)
-        elif callable(self._chat):  # resolved only when chat data shows up
-            self._chat = self._chat()
-        return self._chat
+        if self._format is None:
+            self._format = chat_format_for(None)
+        elif callable(self._format):  # resolved only when chat data shows up
+            self._format = self._format()
+        return self._format
 
     # ------------------------------------------------------------------------ decide ---
     def decide(self, where: str, record: dict[str, Any]) -> str:
