@@ -77,7 +77,11 @@ def test_unprepared_dataset_is_downloaded_and_prepared(tmp_path, tiny_gemma3, bu
     assert "48 text records from gemma_tiny_download[train]" in r.stderr  # 3 of every 4 of 64 lines
 
 
-def test_unprepared_dataset_without_network_is_one_line(tmp_path, tiny_gemma3, builder_cls):
+def test_unprepared_dataset_without_network_is_one_line(tmp_path, tiny_gemma3, builder_cls, monkeypatch):
+    from tensorflow_datasets.core.download import downloader
+
+    # tfds retries a failed connection 10 times with backoff (~3.5 minutes): once is enough here
+    monkeypatch.setattr(downloader, "MAX_RETRIES", 1)
     builder_cls.URL = "http://127.0.0.1:9/tiny.txt"  # the discard port: nothing listens
     cfg = config(tmp_path, tiny_gemma3, data={"name": "gemma_tiny_download", "data_dir": str(tmp_path / "tfds")})
     line = assert_one_error_line(gemma("finetune", cfg, "-q"))

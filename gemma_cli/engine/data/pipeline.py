@@ -353,11 +353,11 @@ class _Train:
 
 
 # ------------------------------------------------------------------------------ build ---
-def _sources(cfg: Any, block: int) -> tuple[sources.Source, sources.Source | None]:
+def _sources(cfg: Any, block: int, reporter: Any = None) -> tuple[sources.Source, sources.Source | None]:
     """(train source, eval source or None) with take / eval_holdout / eval_take applied."""
     fields = cfg.template_fields or [cfg.field]
     if cfg.source == "tfds":
-        train: sources.Source = sources.TfdsSource(cfg.name, cfg.split, cfg.data_dir, cfg.take, block, fields)
+        train: sources.Source = sources.TfdsSource(cfg.name, cfg.split, cfg.data_dir, cfg.take, block, fields, reporter)
         ev = sources.TfdsSource(cfg.name, cfg.eval_split, cfg.data_dir, cfg.eval_take, block, fields) if cfg.eval_split else None
         if cfg.eval_holdout:
             if cfg.eval_holdout >= len(train):
@@ -441,6 +441,7 @@ def build(
     segment_ids: bool = False,
     keep_positions: int = 1024,
     chat: Any = None,
+    reporter: Any = None,
 ) -> DataBundle:
     """The data of a run: the training stream, the eval batches, sizes and the resume hooks.
 
@@ -459,6 +460,7 @@ def build(
             batches keras reads ahead of the step it reports.
         chat: families.ChatFormat, or a function returning it when chat data shows up: the
             model family's turn format (Gemma's when None).
+        reporter: engine.report.Reporter or None. Told of long steps (a tfds download).
 
     Example:
         >>> bundle = build(cfg.data, causal_lm.preprocessor.tokenizer, seed=0)
@@ -469,7 +471,7 @@ def build(
     if b % total:
         raise UsageError(f"data.batch_size: {b} is not divisible by the batch axis of the mesh ({total})")
     workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
-    train_src, eval_src = _sources(cfg, cfg.shuffle_buffer)
+    train_src, eval_src = _sources(cfg, cfg.shuffle_buffer, reporter)
     renderer = Renderer(cfg, chat=chat)
     where0, rec0 = train_src[0]
     kind = renderer.decide(where0, rec0)

@@ -22,9 +22,9 @@ import bisect
 import contextlib
 import csv
 import glob
+import io
 import json
 import os
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -426,7 +426,9 @@ class TfdsSource(BlockSource):
     fails (no network here) the error names the dataset and `tfds build`.
     """
 
-    def __init__(self, name: str, split: str, data_dir: str | None, take: int | None, block: int, fields: list[str]):
+    def __init__(
+        self, name: str, split: str, data_dir: str | None, take: int | None, block: int, fields: list[str], reporter: Any = None
+    ):
         try:
             import tensorflow_datasets as tfds
         except ImportError as e:
@@ -442,9 +444,12 @@ class TfdsSource(BlockSource):
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UsageError(f"data.name: tfds has no dataset {name!r} ({msg[:200]})") from None
         if not builder.is_prepared():
+            if reporter is not None:
+                reporter.step(f"Preparing {name} with tfds (download and prepare into {where})")
             try:
-                # tfds reports its progress on stdout, which belongs to --json
-                with contextlib.redirect_stdout(sys.stderr):
+                # tfds prints to stdout (--json's) and draws bars: our line above says it all
+                tfds.disable_progress_bar()
+                with contextlib.redirect_stdout(io.StringIO()):
                     builder.download_and_prepare()
             except Exception as e:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

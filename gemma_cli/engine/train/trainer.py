@@ -176,6 +176,7 @@ class Trainer:
             segment_ids=False,
             keep_positions=max(1024, 4 * cfg.train.steps_per_execution),
             chat=lambda: datalib.chat_format_for(m.causal_lm.backbone),
+            reporter=log,
         )
         info = bundle.info
         per_epoch = info.steps_per_epoch
