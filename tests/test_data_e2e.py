@@ -53,12 +53,12 @@ def test_chat_finetune_trains_only_the_answers_and_generate_prompts_the_same_pre
     # generate --chat from the run: its prompt is the training prefix up to the first answer
     from gemma_cli.engine.data import Encoder, Renderer
     from gemma_cli.engine.generate import Generator
-    from gemma_cli.engine.model import target_config
-    from gemma_cli.output import Output
+    from gemma_cli.engine.report import NullReporter
+    from gemma_cli.targets import resolve
 
     train_ids = Encoder(tok).doc(Renderer(_data_cfg(), "chat")("x:1", {"messages": CONVERSATION}), 1000).ids.tolist()
-    gcfg, kind = target_config(str(tmp_path / "out"), ["generate.max_length=64"])
-    gen = Generator(gcfg, kind, str(tmp_path / "out"), Output(quiet=True))
+    tgt = resolve(str(tmp_path / "out"), ["generate.max_length=64"])
+    gen = Generator(tgt.config, NullReporter(), tgt.checkpoint)
     prefix = [("system", "answer briefly"), ("user", "what does a mesh have")]
     ids = gen.chat_prompt_ids(prefix)
     assert train_ids[: len(ids)] == ids
