@@ -107,19 +107,26 @@ def streams_for(distribution: Any, batch_axis: str) -> tuple[int, int, int]:
 
 
 def _gather(arr: Any) -> Any:
-    """[P, ...]: `arr` from every process (a collective when there are several)."""
+    """[P, ...]: the int64 `arr` from every process (a collective when there are several).
+
+    Sent as pairs of int32 (jax keeps 32-bit integers unless x64 is on), so token counts past
+    2**31 survive.
+    """
     import numpy as np
 
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
     try:
         import jax
 
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            return np.asarray(multihost_utils.process_allgather(arr))
+            halves = arr.view(np.int32)  # [..., 2n]
+            got = np.ascontiguousarray(np.asarray(multihost_utils.process_allgather(halves)), dtype=np.int32)
+            return got.view(np.int64)
     except ImportError:
         pass
-    return np.asarray(arr)[None]
+    return arr[None]
 
 
 # ----------------------------------------------------------------------------- bundle ---
