@@ -38,17 +38,17 @@ def main(config_path: str, overrides: list[str]) -> None:
     expected = [next(it)[0]["token_ids"].tolist() for _ in range(2)]
 
     mine = datalib.build(cfg.data, tok, seed=cfg.train.seed, streams=(first, stop, total))
-    # the streams whose records this process reads and tokenizes while it trains
-    from gemma_cli.engine.data import pipeline
-
+    # the streams whose records this process's own pipeline reads and tokenizes while it trains
+    # (an instance attribute: the reference pipeline above prefetches in its own threads)
+    pipe = mine._pipe  # noqa: SLF001
     loaded: set[int] = set()
-    original = pipeline._Train.load  # noqa: SLF001
+    original = pipe.load
 
-    def counting(self, stream, k):
+    def counting(stream, k):
         loaded.add(stream)
-        return original(self, stream, k)
+        return original(stream, k)
 
-    pipeline._Train.load = counting  # noqa: SLF001
+    pipe.load = counting
     batches = []
     with m.distribution.scope():
         it = JAXEpochIterator(x=mine.train, steps_per_epoch=2)._get_iterator()  # noqa: SLF001
