@@ -86,7 +86,9 @@ def test_each_process_feeds_its_shard_of_the_global_batch(mh_config, packing):
     the same batches as one process feeding every stream; each process tokenizes only its own
     stream of the records."""
     tag = "packed" if packing else "padded"
-    res = launch([sys.executable, str(ROOT / "tests" / "multihost_probe.py"), str(mh_config), f"data.packing={packing}"],
+    seq = 48 if packing else 16  # room for two of the corpus' sentences in a packed row
+    res = launch([sys.executable, str(ROOT / "tests" / "multihost_probe.py"), str(mh_config), f"data.packing={packing}",
+                  f"data.sequence_length={seq}"],
                  [mh_config.parent / f"probe0-{tag}", mh_config.parent / f"probe1-{tag}"])
     for r in res:
         assert r["rc"] == 0, r["stderr"][-3000:]
@@ -98,7 +100,7 @@ def test_each_process_feeds_its_shard_of_the_global_batch(mh_config, packing):
         assert d["streams"] == [p, p + 1, 2]
         assert d["streams_loaded"] == [p], d["streams_loaded"]
         for b, want in zip(d["batches"], d["expected"], strict=True):
-            assert b["global_shape"] == [4, 16]
+            assert b["global_shape"] == [4, seq]
             assert sorted(map(int, b["rows"])) == [2 * p, 2 * p + 1]
             for row, tokens in b["rows"].items():
                 assert tokens == want[int(row)], (p, row)
