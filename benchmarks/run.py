@@ -381,7 +381,6 @@ def sec_train(report: dict[str, Any], fixed: Path, varied: Path) -> None:
     })
 
 
-
 def sec_segments(report: dict[str, Any], varied: Path) -> None:
     """3b. Packing that keeps documents apart (segment ids) vs unpacked padded batches."""
     steps = 6 if QUICK else 20

@@ -166,6 +166,12 @@ class Trainer:
         if self.resume_from is not None:
             st = checkpoint.read_state(self.resume_from)
             start, position = int(st["step"]), st.get("data_position")
+        if d.packing:
+            # packed rows keep their documents apart: padding_mask carries segment ids, which
+            # the model's attention must read as such (before its first fit traces the step)
+            from gemma_cli.engine.segments import enable_segment_attention
+
+            enable_segment_attention(m.causal_lm.backbone)
         bundle = datalib.build(
             d,
             m.preprocessor.tokenizer,
@@ -173,7 +179,7 @@ class Trainer:
             start_step=start,
             streams=datalib.streams_for(m.distribution, cfg.mesh.batch_axis),
             resume=position,
-            segment_ids=False,
+            segment_ids=d.packing,
             keep_positions=max(1024, 4 * cfg.train.steps_per_execution),
             chat=lambda: datalib.chat_format_for(m.causal_lm.backbone),
             reporter=log,
