@@ -432,7 +432,7 @@ def big_jsonl(path: Path, mb: int) -> float:
     with tmp.open("w") as f:
         size = 0
         while size < target:
-            chunk = "".join(rng.choice(pool) for _ in range(4000))
+            chunk = "".join(rng.choice(pool) for _ in range(500))
             f.write(chunk)
             size += len(chunk)
     tmp.replace(path)
@@ -477,7 +477,7 @@ def sec_data(report: dict[str, Any]) -> None:
             f"{bl.fmt(td.get('tokens_per_second'))} tokens/s ({bl.fmt(td.get('useful_tokens_per_second'))} non-padding), "
             f"built in {bl.fmt(td.get('build_seconds'), ' s')} (index of {bl.fmt(td.get('records'))} records, first batch), "
             f"peak RSS {bl.fmt(td.get('peak_rss_mb'), ' MB')}; the train step consumes {bl.fmt(consume)} tokens/s.",
-            "JSONL is indexed by one vectorised pass over the file (a byte offset per 32 records); records are read, "
+            "JSONL is indexed by one vectorised pass over the file (a byte offset per 32 records or 64 KiB); records are read, "
             "rendered and tokenized lazily in worker threads, so memory does not grow with the file.",
         ],
     })
