@@ -57,7 +57,7 @@ def test_chat_finetune_trains_only_the_answers_and_generate_prompts_the_same_pre
     from gemma_cli.targets import resolve
 
     train_ids = Encoder(tok).doc(Renderer(_data_cfg(), "chat")("x:1", {"messages": CONVERSATION}), 1000).ids.tolist()
-    tgt = resolve(str(tmp_path / "out"), ["generate.max_length=64"])
+    tgt = resolve(str(tmp_path / "out"), ["generate.max_length=64"], verb="generate")
     gen = Generator(tgt.config, NullReporter(), tgt.checkpoint)
     prefix = [("system", "answer briefly"), ("user", "what does a mesh have")]
     ids = gen.chat_prompt_ids(prefix)
