@@ -1,10 +1,8 @@
 """`gemma` with one engine behaviour switched for an A/B measurement (benchmarks only).
 
-  BENCH_NO_PREFETCH=1 python benchmarks/gemma_variant.py finetune CONFIG --json
   BENCH_REMAT=full    python benchmarks/gemma_variant.py finetune CONFIG --json
   BENCH_NO_TF=1       python benchmarks/gemma_variant.py inspect CONFIG --json
 
-BENCH_NO_PREFETCH makes tf.data's prefetch a no-op (the engine's to_dataset prefetches);
 BENCH_NO_TF=1 blocks `import tensorflow` (keras-hub then treats TF as absent; fine for plan-mode
 `gemma inspect`, which reads no data). BENCH_REMAT builds the backbone inside keras.RematScope(mode=...) (gradient checkpointing); with
 keras 3.15 + keras-hub 0.32 fit then fails ('Unable to automatically build the model'): kept to
@@ -33,10 +31,6 @@ def main() -> int:
     from gemma_cli.engine import runtime
 
     runtime.setup()
-    if os.environ.get("BENCH_NO_PREFETCH"):
-        import tensorflow as tf
-
-        tf.data.Dataset.prefetch = lambda self, *a, **k: self  # type: ignore[method-assign]
     mode = os.environ.get("BENCH_REMAT")
     if mode:
         import keras_hub

@@ -177,9 +177,14 @@ class DataConfig(_Strict):
     name: str | None = Field(None, description="tfds dataset name, e.g. imdb_reviews.")
     split: str = Field("train", description="tfds split (slicing allowed: train[:10%]).")
     data_dir: str | None = Field(None, description="tfds data_dir (prepared data lives here).")
-    paths: list[str] | None = Field(None, description="Local files or globs (jsonl, csv, txt).")
-    format: Literal["jsonl", "csv", "txt"] | None = Field(
-        None, description="Local file format; inferred from the extension when absent."
+    paths: list[str] | None = Field(
+        None, description="Local files or globs (jsonl, csv, txt, parquet)."
+    )
+    format: Literal["jsonl", "csv", "txt", "parquet", "chat"] | None = Field(
+        None,
+        description="Local file format, inferred from the extension when absent; `chat`: the "
+        "records are conversations (JSONL or Parquet), also chosen automatically for records "
+        "holding a list of turns or prompt/completion pairs.",
     )
     field: str = Field(
         "text", description="Field holding the text (ignored when `template` is set)."
@@ -189,13 +194,44 @@ class DataConfig(_Strict):
         description="Prompt template over the record's fields, e.g. "
         "'Instruction:\\n{instruction}\\n\\nResponse:\\n{response}'.",
     )
+    messages_field: str | None = Field(
+        None,
+        description="Chat records: the field holding the list of turns. Defaults to "
+        "`messages` ({role, content}) or `conversations` (ShareGPT {from, value}), whichever "
+        "the record has; `prompt`/`completion` pairs need none.",
+    )
+    loss_on: Literal["assistant", "all"] | None = Field(
+        None,
+        description="Which tokens carry the loss: `assistant` (the model's turns of a chat, or "
+        "the `response_field` of a template) or `all`. Defaults to `assistant` for chat and "
+        "for templates with a response_field, `all` otherwise.",
+    )
+    response_field: str | None = Field(
+        None,
+        description="Templates: the field whose tokens (and the template text after it) carry "
+        "the loss; the prompt before it weighs 0.",
+    )
     take: int | None = Field(None, ge=1, description="Use only the first N records.")
     shuffle: bool = Field(True, description="Shuffle (seeded by train.seed).")
-    shuffle_buffer: int = Field(10_000, ge=1)
+    shuffle_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="Shuffle window in records for sources read in order (CSV, Parquet, tfds); "
+        "JSONL and TXT are shuffled globally by record index.",
+    )
     sequence_length: int = Field(128, ge=8, le=131_072)
     batch_size: int = Field(2, ge=1, le=65_536, description="Global batch size.")
     packing: bool = Field(
-        False, description="Concatenate examples with EOS and cut full sequences."
+        False,
+        description="Pack several whole documents into each sequence; each keeps its own "
+        "segment id (documents longer than the sequence are truncated).",
+    )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        le=256,
+        description="Threads that read, render and tokenize records (0 = in the training "
+        "thread). Defaults to the CPU count, at most 8.",
     )
     eval_split: str | None = Field(None, description="tfds split for evaluation.")
     eval_paths: list[str] | None = Field(None, description="Local files for evaluation.")
@@ -220,6 +256,12 @@ class DataConfig(_Strict):
     @property
     def source(self) -> str:
         return "tfds" if self.name else "local"
+
+    @property
+    def template_fields(self) -> list[str]:
+        if not self.template:
+            return []
+        return [f for _, f, _, _ in __import__("string").Formatter().parse(self.template) if f]
 
 
 # ------------------------------------------------------------------------------ optimizer ---
@@ -405,6 +447,23 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
             problems.append((("data", "eval_split"), "eval_split needs a tfds `name`; use eval_paths or eval_holdout"))
         if sum(x is not None for x in (d.eval_split, d.eval_paths, d.eval_holdout)) > 1:
             problems.append((("data",), "give at most one of eval_split, eval_paths, eval_holdout"))
+        if d.response_field is not None:
+            if not d.template:
+                problems.append((("data", "response_field"), "needs a data.template (chat data marks the model's turns itself)"))
+            elif d.response_field not in d.template_fields:
+                problems.append(
+                    (("data", "response_field"), f"'{d.response_field}' is not a field of data.template {d.template_fields}")
+                )
+        if d.template and d.format == "chat":
+            problems.append((("data", "template"), "a template and format: chat exclude each other; drop one"))
+        if d.messages_field is not None and d.template:
+            problems.append((("data", "messages_field"), "is for chat records; it does not apply with data.template"))
+        if d.loss_on == "assistant" and d.template and d.response_field is None:
+            problems.append(
+                (("data", "loss_on"), "`assistant` with a template needs data.response_field (the field that carries the loss)")
+            )
+        if d.format == "chat" and d.name:
+            problems.append((("data", "format"), "chat reads local files (data.paths); tfds records use field or template"))
         if m.batch_axis in m.axes and len(m.shape) == len(m.axes):
             bad = m.batch_problem(d.batch_size, tuple(m.shape))
             if bad:

@@ -49,7 +49,7 @@ class Output:
     # ---- stderr --------------------------------------------------------------------------
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(message)
+            self.err.print(message, markup=False)  # engine text: `imdb_reviews[train]` is no markup
 
     def step(self, message: str) -> None:
         """A stage of long work, e.g. `Building model ...`."""

@@ -363,7 +363,7 @@ def test_tfds_imdb_reviews_through_mock_data(tmp_path, tiny_gemma3):
     assert r.exit_code == 0, (r.stderr, r.exception)
     s = json.loads(r.stdout)
     assert s["steps"] == 3 and s["final_loss"] > 0
-    assert "16 records → 16 sequences" in r.stderr  # take: 16 of the 32 mock examples
+    assert "16 text records from imdb_reviews[train]" in r.stderr  # take: 16 of the 32 mock examples
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from gemma_cli.cli import app
 from gemma_cli.commands.generate_cmd import read_prompts
-from gemma_cli.engine.generate import CHAT_TEMPLATE, wrap_template
+from gemma_cli.engine.generate import wrap_template
 from gemma_cli.errors import UsageError
 
 runner = CliRunner()
@@ -56,7 +56,6 @@ def test_read_prompts_sources(tmp_path: Path) -> None:
 def test_templates() -> None:
     t = "Instruction:\n{instruction}\n\nResponse:\n{response}"
     assert wrap_template("Hi?", t) == "Instruction:\nHi?\n\nResponse:\n"
-    assert CHAT_TEMPLATE.format(prompt="x") == "<start_of_turn>user\nx<end_of_turn>\n<start_of_turn>model\n"
     with pytest.raises(UsageError):
         wrap_template("x", "only {one}")
 

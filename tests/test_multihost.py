@@ -80,22 +80,32 @@ def mh_config(tmp_path_factory, tiny_presets) -> Path:
     return path
 
 
-def test_each_process_feeds_its_shard_of_the_global_batch(mh_config):
-    """Through keras' own fit input path: global batch = data.batch_size, rows split by process."""
-    res = launch([sys.executable, str(ROOT / "tests" / "multihost_probe.py"), str(mh_config)],
-                 [mh_config.parent / "probe0", mh_config.parent / "probe1"])
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_each_process_feeds_its_shard_of_the_global_batch(mh_config, packing):
+    """Through keras' own fit input path: global batch = data.batch_size, rows split by process,
+    the same batches as one process feeding every stream; each process tokenizes only its own
+    stream of the records."""
+    tag = "packed" if packing else "padded"
+    seq = 48 if packing else 16  # room for two of the corpus' sentences in a packed row
+    res = launch([sys.executable, str(ROOT / "tests" / "multihost_probe.py"), str(mh_config), f"data.packing={packing}",
+                  f"data.sequence_length={seq}"],
+                 [mh_config.parent / f"probe0-{tag}", mh_config.parent / f"probe1-{tag}"])
     for r in res:
         assert r["rc"] == 0, r["stderr"][-3000:]
     docs = [json.loads(r["stdout"]) for r in res]  # stdout is exactly our JSON (Gloo's lines go to stderr)
     assert [d["process"] for d in docs] == [0, 1]
     assert docs[0]["expected"] == docs[1]["expected"]  # both read the same data in the same order
     for p, d in enumerate(docs):
+        # the batch axis (2) spans the processes: process p feeds stream p, rows 2p, 2p+1
+        assert d["streams"] == [p, p + 1, 2]
+        assert d["streams_loaded"] == [p], d["streams_loaded"]
         for b, want in zip(d["batches"], d["expected"], strict=True):
-            assert b["global_shape"] == [4, 16]
-            # the batch axis (2) spans the processes: process p holds rows 2p, 2p+1
+            assert b["global_shape"] == [4, seq]
             assert sorted(map(int, b["rows"])) == [2 * p, 2 * p + 1]
             for row, tokens in b["rows"].items():
                 assert tokens == want[int(row)], (p, row)
+    if packing:  # packed rows hold several documents
+        assert any(row.count(2) > 1 for b in docs[0]["expected"] for row in b), "no row holds two <bos>"
 
 
 def test_two_processes_train_like_one(mh_config, tmp_path, monkeypatch):

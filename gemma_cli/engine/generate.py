@@ -4,6 +4,11 @@ The batch is padded to a fixed size that is a multiple of the mesh's batch axis 
 raises IndivisibleError when one prompt meets a batch axis of 2); the padding is dropped from
 the results. keras-hub compiles one generate function per input shape: every batch has the
 same shape, so it compiles once.
+
+`--chat` prompts are token ids, not text: the data pipeline's chat renderer builds them
+(`gemma_cli.engine.data.chat_prompt_ids`), turn markers by vocabulary id, so the model is
+prompted with exactly the prefix that chat fine-tuning trained it to answer, and generation
+stops at `<end_of_turn>`.
 """
 
 from __future__ import annotations
@@ -14,8 +19,6 @@ import time
 from typing import Any
 
 from gemma_cli.errors import UsageError
-
-CHAT_TEMPLATE = "<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n"
 
 
 def wrap_template(prompt: str, template: str) -> str:
@@ -87,18 +90,30 @@ class Generator:
         tok = self.tokenizer
         ids = [tok.end_token_id]
         if chat:
-            try:
-                ids.append(int(tok.token_to_id("<end_of_turn>")))
-            except Exception:
-                pass
+            from gemma_cli.engine.data import Encoder
+
+            ids.append(Encoder(tok).special(self.chat_format.end_turn))
         return tuple(ids)
+
+    @property
+    def chat_format(self) -> Any:
+        """The model family's turn format (engine/families)."""
+        from gemma_cli.engine.data.render import chat_format_for
+
+        return chat_format_for(self.lm.backbone)
+
+    def chat_prompt_ids(self, prompt: str | list[tuple[str, str]]) -> list[int]:
+        """The token ids `--chat` feeds the model for a user message (or a conversation
+        prefix): the chat renderer's, as training saw them."""
+        from gemma_cli.engine.data import chat_prompt_ids
+
+        return chat_prompt_ids(self.tokenizer, prompt, self.chat_format)
 
     def __call__(self, prompts: list[str], *, max_length: int, chat: bool = False, echo: bool = False) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         stop = self._stop_ids(chat)
-        texts = [CHAT_TEMPLATE.format(prompt=p) if chat else p for p in prompts]
-        for i in range(0, len(texts), self.batch_size):
-            chunk = texts[i : i + self.batch_size]
+        for i in range(0, len(prompts), self.batch_size):
+            chunk = prompts[i : i + self.batch_size]
             pad = self.batch_size - len(chunk)
             batch = chunk + [chunk[-1]] * pad
             shape = (len(batch), max_length)
@@ -106,19 +121,24 @@ class Generator:
             self._shapes.add(shape)
             t0 = time.perf_counter()
             with self.distribution.scope():
-                outs = self.lm.generate(batch, max_length=max_length, stop_token_ids=stop, strip_prompt=False)
+                if chat:
+                    outs = self._chat_batch(batch, max_length, stop)
+                else:
+                    outs = self.lm.generate(batch, max_length=max_length, stop_token_ids=stop, strip_prompt=False)
             dt = time.perf_counter() - t0
             if first:
                 self.compiles += 1
             outs = list(outs)[: len(chunk)]
             new_tokens = 0
-            for prompt_text, orig, full in zip(chunk, prompts[i : i + len(chunk)], outs, strict=True):
-                full = full if isinstance(full, str) else full.decode("utf-8", errors="replace")
-                completion = full[len(prompt_text) :] if full.startswith(prompt_text) else full
+            for orig, full in zip(chunk, outs, strict=True):
                 if chat:
-                    completion = completion.split("<end_of_turn>")[0]
-                n_prompt = len(self._ids(prompt_text)) + 1
-                n_new = len(self._ids(completion))
+                    prompt_text, completion, n_prompt, n_new = full
+                else:
+                    full = full if isinstance(full, str) else full.decode("utf-8", errors="replace")
+                    prompt_text = orig
+                    completion = full[len(prompt_text) :] if full.startswith(prompt_text) else full
+                    n_prompt = len(self._ids(prompt_text)) + 1
+                    n_new = len(self._ids(completion))
                 new_tokens += n_new
                 results.append(
                     {
@@ -131,6 +151,45 @@ class Generator:
                     }
                 )
             self.log.debug_line(f"batch of {len(chunk)} (+{pad} padding): {dt:.2f}s, {new_tokens} new tokens")
+        return results
+
+    def _chat_batch(self, prompts: list[str], max_length: int, stop: tuple[int, ...]) -> list[tuple[str, str, int, int]]:
+        """Generate from chat prompts given as token ids; (prompt text, completion, prompt
+        tokens, new tokens) per prompt."""
+        import keras
+        import numpy as np
+
+        from gemma_cli.engine.data import Encoder, Renderer
+        from gemma_cli.engine.data.render import BOS
+
+        enc = Encoder(self.tokenizer)
+        ids = [self.chat_prompt_ids(p) for p in prompts]
+        longest = max(len(x) for x in ids)
+        if longest >= max_length:
+            raise UsageError(
+                f"generate.max_length: {max_length} tokens leave no room after a chat prompt of {longest} tokens; raise it"
+            )
+        tokens = np.full((len(ids), max_length), enc.pad_id, dtype="int32")
+        mask = np.zeros((len(ids), max_length), dtype=bool)
+        for r, seq in enumerate(ids):
+            tokens[r, : len(seq)] = seq
+            mask[r, : len(seq)] = True
+        inputs = {"token_ids": tokens, "padding_mask": mask}
+        dist = keras.distribution.distribution()
+        if dist is not None:
+            inputs = {k: keras.distribution.distribute_tensor(v, dist.get_data_layout(v.shape)) for k, v in inputs.items()}
+        out = self.lm.make_generate_function()(inputs, stop_token_ids=stop)
+        out_ids = np.asarray(out["token_ids"])
+        renderer = Renderer.for_chat(self.chat_format)
+        results = []
+        for r, (p, seq) in enumerate(zip(prompts, ids, strict=True)):
+            new = [int(t) for t in out_ids[r, len(seq) :]]
+            for k, t in enumerate(new):
+                if t in stop:
+                    new = new[:k]
+                    break
+            shown = "".join(piece.text for piece in renderer.prompt(p) if piece.text != BOS)
+            results.append((shown, enc.decode(new), len(seq), len(new)))
         return results
 
     def _ids(self, text: str) -> list[int]:

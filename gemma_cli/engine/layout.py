@@ -236,11 +236,10 @@ def build_distribution(device_mesh: Any, plan: Plan, batch_axis: str) -> Any:
         lm[rule.pattern] = tuple(rule.axes)
     for path, spec in plan.overrides.items():
         lm[path] = tuple(spec)
-    # auto_shard_dataset: on several processes each one must feed only its rows of the global
-    # batch (keras rebatches and shards the tf.data per process); without it every process fed
-    # the whole batch and the global batch was num_processes x data.batch_size, duplicated.
-    # A no-op in a single process.
-    return keras.distribution.ModelParallel(layout_map=lm, batch_dim_name=batch_axis, auto_shard_dataset=True)
+    # auto_shard_dataset off: on several processes the data pipeline (engine/data) already
+    # feeds each process only its rows of the global batch (the streams of its batch-axis
+    # indices); keras' auto-sharding works on tf.data only and would refuse a grain dataset.
+    return keras.distribution.ModelParallel(layout_map=lm, batch_dim_name=batch_axis, auto_shard_dataset=False)
 
 
 @dataclass

@@ -3,7 +3,7 @@
     Trainer(cfg, reporter).run()
       check_output_dir()   refuse to overwrite an earlier run; find the checkpoint to resume
       setup_model()        mesh → checked layout → model born sharded (+ LoRA, quantization)
-      setup_data()         token batches for fit, eval batches, step counts
+      setup_data()         the streaming data (engine/data): batches, eval set, step counts
       setup_optimizer()    compile with the schedule; restore optimizer state on --resume
       setup_hooks()        progress, metrics + TensorBoard, eval, checkpoints, guards
       train()              fit; final checkpoint; summary.json
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,20 @@ class DataSetup:
     eval_sequences: int
     tokens_per_step: int
     useful_tokens_per_step: float
+    bundle: Any = None  # engine.data.DataBundle: data positions and counters for checkpoints
+
+
+def data_line(c: dict[str, int]) -> str:
+    """The log line of what a run trained on."""
+    pct = 100 * c["tokens_trained"] / max(c["tokens_total"], 1)
+    line = (
+        f"data: {c['records']:,} records in {c['sequences']:,} sequences; {c['tokens_total']:,} tokens, "
+        f"{c['tokens_trained']:,} carrying the loss ({pct:.1f}%)"
+    )
+    if c["truncated"]:
+        turns = f", {c['turns_cut']:,} turns" if c["turns_cut"] else ""
+        line += f"; {c['truncated']:,} records cut to the sequence length ({c['tokens_cut']:,} tokens{turns} dropped)"
+    return line
 
 
 class Trainer:
@@ -141,54 +154,57 @@ class Trainer:
         return self.model
 
     def setup_data(self) -> DataSetup:
+        """The streaming data of the run (engine/data): every check that can run before
+        anything is written runs here; `--resume` continues at the checkpoint's data position."""
         from gemma_cli.engine import data as datalib
 
         cfg, log, m = self.cfg, self.reporter, self.model
         assert m is not None
         d = cfg.data
-        tokenizer = m.preprocessor.tokenizer
         log.step("Reading data")
+        start, position = 0, None
+        if self.resume_from is not None:
+            st = checkpoint.read_state(self.resume_from)
+            start, position = int(st["step"]), st.get("data_position")
+        if d.packing:
+            # packed rows keep their documents apart: padding_mask carries segment ids, which
+            # the model's attention must read as such (before its first fit traces the step)
+            from gemma_cli.engine.segments import enable_segment_attention
+
+            enable_segment_attention(m.causal_lm.backbone)
+        bundle = datalib.build(
+            d,
+            m.preprocessor.tokenizer,
+            seed=cfg.train.seed,
+            start_step=start,
+            streams=datalib.streams_for(m.distribution, cfg.mesh.batch_axis),
+            resume=position,
+            segment_ids=d.packing,
+            keep_positions=max(1024, 4 * cfg.train.steps_per_execution),
+            chat=lambda: datalib.chat_format_for(m.causal_lm.backbone),
+            reporter=log,
+        )
+        info = bundle.info
+        per_epoch = info.steps_per_epoch
         # max_steps counts optimizer updates; fit counts micro-batches
         accum = cfg.optimizer.gradient_accumulation_steps
-        train_texts, eval_texts = datalib.load_texts(d)
-        train_ids, train_mask = datalib.token_arrays(train_texts, tokenizer, d.sequence_length, d.packing)
-        per_epoch = len(train_ids) // d.batch_size
-        if per_epoch == 0:
-            raise UsageError(f"data.batch_size: {d.batch_size} is more than the {len(train_ids)} training sequences")
         total = cfg.train.max_steps * accum if cfg.train.max_steps else cfg.train.epochs * per_epoch
-        start = 0
-        if self.resume_from is not None:
-            start = int(checkpoint.read_state(self.resume_from)["step"])
-            if start >= total:
-                raise UsageError(f"--resume: {self.resume_from.name} is already at step {start} of {total}; nothing to do")
-        train = datalib.to_dataset(
-            train_ids, train_mask, d.batch_size, cfg.train.seed, d.shuffle, math.ceil(total / per_epoch), skip_batches=start
-        )
-        evals, n_eval = None, 0
-        if eval_texts:
-            eids, emask = datalib.token_arrays(eval_texts, tokenizer, d.sequence_length, d.packing)
-            n_eval = len(eids)
-            bn = m.batch_axis_size
-            eb = min(d.batch_size, n_eval // bn * bn)
-            if eb < 1:
-                raise UsageError(f"data: {n_eval} eval sequences, fewer than the '{cfg.mesh.batch_axis}' axis ({bn})")
-            evals = datalib.to_dataset(eids, emask, eb, 0, False, 1)
-        useful = float(train_mask[:, 1:].sum()) / max(len(train_mask), 1) * d.batch_size
-        log.info(
-            f"  {len(train_texts)} records → {len(train_ids)} sequences of {d.sequence_length} tokens"
-            f"{' (packed)' if d.packing else ''}; {per_epoch} steps/epoch; "
-            f"{n_eval} eval sequences; training {total - start} steps" + (f" from step {start}" if start else "")
-        )
+        if start >= total:
+            raise UsageError(f"--resume: {self.resume_from.name} is already at step {start} of {total}; nothing to do")
+        seg = bundle.peek["segment_ids"]
+        log.info(info.line(d))
+        log.info(f"  training {total - start} steps" + (f" from step {start}" if start else ""))
         self.data = DataSetup(
-            train=train,
-            eval=evals,
+            train=bundle.train,
+            eval=bundle.eval,
             steps_per_epoch=per_epoch,
             total_steps=total,
             start_step=start,
-            train_sequences=len(train_ids),
-            eval_sequences=n_eval,
+            train_sequences=per_epoch * d.batch_size,
+            eval_sequences=info.eval_sequences,
             tokens_per_step=d.batch_size * d.sequence_length,
-            useful_tokens_per_step=useful,
+            useful_tokens_per_step=float((seg > 0).sum()) / max(len(seg), 1) * d.batch_size,
+            bundle=bundle,
         )
         return self.data
 
@@ -237,7 +253,12 @@ class Trainer:
     def _save(self, step: int, loss: float) -> Path:
         m, d = self.model, self.data
         assert m is not None and d is not None
-        state = {"loss": loss, "config_digest": config_digest(self.cfg), "data_position": step, "total_steps": d.total_steps}
+        state = {
+            "loss": loss,
+            "config_digest": config_digest(self.cfg),
+            "data_position": d.bundle.state(step),  # every process takes part (a gather)
+            "total_steps": d.total_steps,
+        }
         return checkpoint.save(
             self.out_dir,
             step,
@@ -316,6 +337,8 @@ class Trainer:
                 hint=f"resume with: gemma finetune {cfg.source_path or '<config>'} --resume",
             )
         summary = self.summary(eval_loss)
+        summary["data"] = counts = d.bundle.counters(st.step)  # every process takes part (a gather)
+        self.reporter.info(data_line(counts))
         if self.main:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             status_file.ended(self.out_dir, "finished", step=st.step)
@@ -334,16 +357,24 @@ class Trainer:
     def dry_run_summary(self) -> dict[str, Any]:
         m, d = self.model, self.data
         assert m is not None and d is not None
-        x, y, _ = next(iter(d.train))
+        peek = d.bundle.peek  # this process's rows of the first batch
+        rows = self.cfg.data.batch_size
+        shape = [rows, peek["token_ids"].shape[1]]
         return {
             "dry_run": True,
             **self._common(),
             "bytes_per_device": sum(v.bytes_per_device for v in m.plan.variables),
-            "batch": {k: list(v.shape) for k, v in x.items()} | {"labels": list(y.shape)},
+            "batch": {"token_ids": shape, "padding_mask": shape, "labels": shape},
             "steps": d.total_steps,
             "steps_per_epoch": d.steps_per_epoch,
+            "train_records": d.bundle.info.records,
             "train_sequences": d.train_sequences,
             "eval_sequences": d.eval_sequences,
+            "data": {
+                "kind": d.bundle.info.kind,
+                "first_batch_tokens": int((peek["segment_ids"] > 0).sum()),
+                "first_batch_tokens_trained": int(peek["weights"].sum()),
+            },
             "warnings": m.plan.warnings,
         }
 

@@ -1,0 +1,540 @@
+"""Pipeline: records streamed, tokenized in worker threads, packed and batched for the mesh.
+
+Built on Grain (`grain.MapDataset`): a lazy dataset of record *indices* whose `map` reads,
+renders and tokenizes one record, iterated by `to_iter_dataset` with `data.workers` threads
+(SentencePiece releases the GIL, so they run in parallel) and a bounded prefetch buffer.
+Nothing holds the data set: memory is the file index (half a byte per record), the prefetch
+buffers and one block per in-order source. Grain over tf.data: it needs no TensorFlow (the
+local-file path runs where TensorFlow is absent), it is what JAX's own stacks use (MaxText),
+Keras 3 `fit` accepts it, and a position in it is just an index.
+
+The order. Epoch e of N records is a permutation of them drawn from `train.seed` and e:
+global (Grain's index_shuffle, a keyed bijection of [0, N): O(1) memory) for JSONL and TXT,
+inside windows of `data.shuffle_buffer` records for sources read in order (CSV, Parquet,
+tfds). Epochs follow each other without end; the trainer decides how many steps to take.
+
+Streams. The records of that endless order are dealt round-robin to D streams, D being the
+size of the mesh's batch axis: record g goes to stream g mod D. Stream d fills rows
+d·R .. (d+1)·R-1 of every global batch (R = batch_size / D), packing or padding its own
+records. A process reads, tokenizes and packs only the streams whose rows its devices hold,
+so on a pod every process reads 1/P of the records, and the global batches are the same on
+1 process or many. Unpacked, global batch s holds exactly records s·B .. (s+1)·B-1 of the
+order, as the earlier in-memory pipeline did.
+
+Resume. A stream's position is the index of its next record. After every batch the
+positions are kept (for a window of recent steps); `DataBundle.state(step)` gathers them
+from all processes for the checkpoint, and `build(..., resume=state)` starts each stream
+there: nothing consumed is read or tokenized again, except the one document that opened the
+row after the checkpoint.
+
+Checks. Everything that can be checked before training is: the files are indexed, the first
+record decides the record kind, every record of data up to 64 MiB is parsed and rendered,
+the eval set is read whole, and the first batch is built. Larger data is checked as it
+streams: a bad record stops the run with exit 2 naming file:line before the step that would
+use it; no checkpoint is written for that step.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from gemma_cli.engine.data import pack, sources
+from gemma_cli.engine.data.render import Renderer
+from gemma_cli.engine.data.tokenize import Doc, Encoder
+from gemma_cli.errors import UsageError
+
+CHECK_ALL_BYTES = 64 << 20  # data up to this size is parsed and rendered before training
+ESTIMATE_RECORDS = 512  # records tokenized to estimate packed rows per epoch
+COUNTERS = ("records", "sequences", "tokens_total", "tokens_trained", "truncated", "tokens_cut", "turns_cut")
+_U32 = 2**32
+
+
+# ----------------------------------------------------------------------------- order ---
+class Order:
+    """Which source record is the i-th of epoch e: a seeded permutation per epoch.
+
+    Args:
+        n: int. Records in the source.
+        seed: int. train.seed.
+        shuffle: bool. False keeps the source order.
+        window: int or None. Shuffle only inside consecutive windows of this many records
+            (sources read in order); None shuffles globally.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, window: int | None = None):
+        self.n, self.seed, self.shuffle, self.window = n, int(seed), shuffle, window
+
+    def _key(self, epoch: int, block: int) -> int:
+        return (self.seed * 0x9E3779B1 + epoch * 0x85EBCA6B + block * 0xC2B2AE35) % _U32
+
+    def __call__(self, g: int) -> int:
+        epoch, i = divmod(g, self.n)
+        if not self.shuffle or self.n == 1:
+            return i
+        from grain.experimental import index_shuffle
+
+        if self.window is None or self.window >= self.n:
+            return int(index_shuffle(i, max_index=self.n - 1, seed=self._key(epoch, 0), rounds=4))
+        b, j = divmod(i, self.window)
+        size = min(self.window, self.n - b * self.window)
+        if size == 1:
+            return i
+        return b * self.window + int(index_shuffle(j, max_index=size - 1, seed=self._key(epoch, b + 1), rounds=4))
+
+
+# ------------------------------------------------------------------------- processes ---
+def streams_for(distribution: Any, batch_axis: str) -> tuple[int, int, int]:
+    """(first, stop, D): the streams [first, stop) whose rows this process's devices hold,
+    of D = the batch axis size of the distribution's mesh."""
+    import jax
+    import numpy as np
+
+    mesh = distribution.device_mesh.backend_mesh  # a jax.sharding.Mesh
+    axis = list(mesh.axis_names).index(batch_axis)
+    devices = np.asarray(mesh.devices)
+    total = int(devices.shape[axis])
+    me = jax.process_index()
+    mine = sorted({idx[axis] for idx in np.ndindex(devices.shape) if devices[idx].process_index == me})
+    if not mine:
+        return 0, total, total
+    if mine != list(range(mine[0], mine[-1] + 1)):
+        raise UsageError(f"mesh: this process holds batch rows {mine} of the '{batch_axis}' axis, not one contiguous block")
+    return mine[0], mine[-1] + 1, total
+
+
+def _gather(arr: Any) -> Any:
+    """[P, ...]: the int64 `arr` from every process (a collective when there are several).
+
+    Sent as pairs of int32 (jax keeps 32-bit integers unless x64 is on), so token counts past
+    2**31 survive.
+    """
+    import numpy as np
+
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    try:
+        import jax
+
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            halves = arr.view(np.int32)  # [..., 2n]
+            got = np.ascontiguousarray(np.asarray(multihost_utils.process_allgather(halves)), dtype=np.int32)
+            return got.view(np.int64)
+    except ImportError:
+        pass
+    return arr[None]
+
+
+# ----------------------------------------------------------------------------- bundle ---
+@dataclass
+class DataInfo:
+    """What the log and the summary say about the data."""
+
+    kind: str
+    source: str
+    records: int
+    eval_records: int
+    eval_sequences: int
+    steps_per_epoch: int
+    exact: bool
+    streams: int
+    local_streams: tuple[int, int]
+    workers: int
+    checked: str
+    random_access: bool
+
+    def line(self, cfg: Any) -> str:
+        approx = "" if self.exact else "≈"
+        packed = " (packed)" if cfg.packing else ""
+        shuffle = ("global" if self.random_access else f"window {cfg.shuffle_buffer}") if cfg.shuffle else "off"
+        return (
+            f"  {self.records:,} {self.kind} records from {self.source}; sequences of {cfg.sequence_length} tokens{packed}; "
+            f"{approx}{self.steps_per_epoch} steps/epoch; shuffle {shuffle}; {self.eval_sequences} eval sequences; "
+            f"{self.workers} tokenizer threads; {self.checked}"
+        )
+
+
+@dataclass
+class DataBundle:
+    """What `build` hands the trainer.
+
+    Args:
+        train: grain.IterDataset of `(x, y, sample_weight)` numpy batches for keras `fit`:
+            the rows of this process, `x = {"token_ids", "padding_mask"}`. Endless; every
+            iterator starts at the run's data position.
+        eval: grain.MapDataset of eval batches (re-iterable), or None.
+        info: DataInfo. Sizes and settings for the log.
+        peek: the first training batch as row arrays (token_ids, labels, weights,
+            segment_ids, positions), for the dry run.
+    """
+
+    train: Any
+    eval: Any
+    info: DataInfo
+    peek: dict[str, Any]
+    _pipe: Any = field(repr=False, default=None)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.info.steps_per_epoch
+
+    def state(self, step: int) -> dict[str, Any]:
+        """The data position after `step` for a checkpoint (a collective on several processes)."""
+        return self._pipe.state(step)
+
+    def counters(self, step: int) -> dict[str, int]:
+        """Records, sequences, tokens_total, tokens_trained, truncation through `step`, all
+        processes together (a collective on several processes)."""
+        return self._pipe.counters(step)
+
+
+class _Train:
+    """The training stream of one process: its streams, their positions and counters."""
+
+    def __init__(
+        self,
+        source: sources.Source,
+        order: Order,
+        renderer: Renderer,
+        encoder: Encoder,
+        cfg: Any,
+        *,
+        streams: tuple[int, int, int],
+        batch_size: int,
+        start_step: int,
+        positions: dict[int, int],
+        base: dict[str, int],
+        workers: int,
+        segment_ids: bool,
+        keep: int,
+    ):
+        self.source, self.order, self.renderer, self.encoder, self.cfg = source, order, renderer, encoder, cfg
+        self.first, self.stop, self.total = streams
+        self.rows_per_stream = batch_size // self.total
+        self.start_step, self.positions, self.base = start_step, positions, base
+        self.workers, self.segment_ids = workers, segment_ids
+        self._snaps: collections.OrderedDict[int, Any] = collections.OrderedDict()
+        self._keep = keep
+
+    # -------------------------------------------------------------------------- docs ---
+    def load(self, stream: int, k: int) -> Doc:
+        """Stream `stream`'s k-th document: read, render, tokenize, cut to the row."""
+        g = k * self.total + stream
+        where, rec = self.source[self.order(g)]
+        doc = self.encoder.doc(self.renderer(where, rec), self.cfg.sequence_length + 1)
+        doc.index = k
+        return doc
+
+    def docs(self, stream: int, start: int) -> Iterator[Doc]:
+        import grain
+
+        ds = grain.MapDataset.range(start, 2**62).map(lambda k: self.load(stream, k))
+        n_local = self.stop - self.first
+        threads = max(1, -(-self.workers // n_local)) if self.workers else 0
+        opts = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, 4 * self.rows_per_stream) if threads else 0)
+        return iter(ds.to_iter_dataset(opts))
+
+    # ----------------------------------------------------------------------- batches ---
+    def _batches(self) -> Iterator[tuple[Any, Any]]:
+        import numpy as np
+
+        local = list(range(self.first, self.stop))
+        row_iters = [
+            pack.rows(self.docs(d, self.positions.get(d, 0)), self.cfg.sequence_length, self.encoder.pad_id, self.cfg.packing)
+            for d in local
+        ]
+        counts = np.zeros((len(local), len(COUNTERS)), dtype=np.int64)
+        pos = np.array([self.positions.get(d, 0) for d in local], dtype=np.int64)
+        step = self.start_step
+        while True:
+            taken: list[pack.Row] = []
+            for j, it in enumerate(row_iters):
+                for _ in range(self.rows_per_stream):
+                    r = next(it)
+                    taken.append(r)
+                    a = r.arrays
+                    counts[j] += (
+                        r.docs,
+                        1,
+                        int((a["segment_ids"] > 0).sum()),
+                        int(a["weights"].sum()),
+                        r.cut_docs,
+                        r.cut_tokens,
+                        r.cut_turns,
+                    )
+                    pos[j] = r.next_index
+            step += 1
+            self._snaps[step] = (pos.copy(), counts.copy())
+            self._snaps.move_to_end(step)
+            while len(self._snaps) > self._keep:
+                self._snaps.popitem(last=False)
+            yield step, pack.stack(taken)
+
+    def first_batch(self) -> dict[str, Any]:
+        """The first batch's row arrays (reads and tokenizes it: the up-front check)."""
+        return next(self._batches())[1]
+
+    def dataset(self) -> Any:
+        """A `grain.IterDataset` of `(x, y, sample_weight)` for keras `fit`.
+
+        Every iterator over it starts at the same data position and yields the same batches:
+        keras reads a couple of batches through a first iterator to learn their shapes, then
+        trains through a second one.
+        """
+        import grain
+
+        train = self
+
+        class _Iterator(grain.DatasetIterator):
+            def __init__(self) -> None:
+                super().__init__()
+                self._gen = train._batches()
+                self._step = train.start_step
+
+            def __next__(self) -> Any:
+                self._step, arrays = next(self._gen)
+                return pack.model_batch(arrays, train.segment_ids)
+
+            def get_state(self) -> dict[str, Any]:
+                return {"step": self._step}
+
+            def set_state(self, state: dict[str, Any]) -> None:
+                raise NotImplementedError("resume through data.build(resume=...)")
+
+        class _Dataset(grain.IterDataset):
+            def __iter__(self) -> Any:
+                return _Iterator()
+
+        return _Dataset()
+
+    # ------------------------------------------------------------------------- state ---
+    def _snapshot(self, step: int) -> tuple[Any, Any]:
+        import numpy as np
+
+        snap = self._snaps.get(step)
+        if snap is None:
+            if step == self.start_step:
+                local = range(self.first, self.stop)
+                return (np.array([self.positions.get(d, 0) for d in local], dtype=np.int64),
+                        np.zeros((len(local), len(COUNTERS)), dtype=np.int64))
+            raise RuntimeError(f"data position of step {step} is no longer known (kept: {list(self._snaps)[:1]}..)")
+        return snap
+
+    def _gathered(self, step: int) -> tuple[dict[int, int], dict[str, int]]:
+        import numpy as np
+
+        pos, counts = self._snapshot(step)
+        ids = np.arange(self.first, self.stop, dtype=np.int64)
+        rows = np.concatenate([ids[:, None], pos[:, None], counts], axis=1)
+        allrows = _gather(rows).reshape(-1, rows.shape[1])
+        positions: dict[int, int] = {}
+        totals = np.zeros(len(COUNTERS), dtype=np.int64)
+        for r in allrows:
+            d = int(r[0])
+            if d in positions:
+                continue  # a stream fed by several processes (model replicas across hosts)
+            positions[d] = int(r[1])
+            totals += r[2:]
+        merged = {k: int(v) + int(self.base.get(k, 0)) for k, v in zip(COUNTERS, totals, strict=True)}
+        return positions, merged
+
+    def state(self, step: int) -> dict[str, Any]:
+        positions, counts = self._gathered(step)
+        return {
+            "format": 1,
+            "step": step,
+            "streams": self.total,
+            "rows_per_stream": self.rows_per_stream,
+            "positions": [positions.get(d, 0) for d in range(self.total)],
+            "seed": self.order.seed,
+            "packing": bool(self.cfg.packing),
+            "counters": counts,
+        }
+
+    def counters(self, step: int) -> dict[str, int]:
+        return self._gathered(step)[1]
+
+
+# ------------------------------------------------------------------------------ build ---
+def _sources(cfg: Any, block: int, reporter: Any = None) -> tuple[sources.Source, sources.Source | None]:
+    """(train source, eval source or None) with take / eval_holdout / eval_take applied."""
+    fields = cfg.template_fields or [cfg.field]
+    if cfg.source == "tfds":
+        train: sources.Source = sources.TfdsSource(cfg.name, cfg.split, cfg.data_dir, cfg.take, block, fields, reporter)
+        ev = sources.TfdsSource(cfg.name, cfg.eval_split, cfg.data_dir, cfg.eval_take, block, fields) if cfg.eval_split else None
+        if cfg.eval_holdout:
+            if cfg.eval_holdout >= len(train):
+                raise UsageError(f"data.eval_holdout: {cfg.eval_holdout} ≥ the {len(train)} records")
+            ev, train = sources.Slice(train, 0, cfg.eval_holdout), sources.Slice(train, cfg.eval_holdout, len(train))
+    else:
+        train = sources.open_local(cfg.paths, cfg.format, "data.paths", block)
+        ev = None
+        if cfg.eval_holdout:
+            if cfg.eval_holdout >= len(train):
+                raise UsageError(f"data.eval_holdout: {cfg.eval_holdout} ≥ the {len(train)} records of {', '.join(cfg.paths)}")
+            ev, train = sources.Slice(train, 0, cfg.eval_holdout), sources.Slice(train, cfg.eval_holdout, len(train))
+        if cfg.eval_paths:
+            ev = sources.open_local(cfg.eval_paths, cfg.format, "data.eval_paths", block)
+        if cfg.take:
+            train = sources.Slice(train, 0, cfg.take)
+    if ev is not None and cfg.eval_take:
+        ev = sources.Slice(ev, 0, cfg.eval_take)
+    if len(train) == 0:
+        raise UsageError("data: the training data is empty")
+    return train, ev
+
+
+def _check_all(source: sources.Source, renderer: Renderer) -> None:
+    for i in range(len(source)):
+        where, rec = source[i]
+        renderer(where, rec)
+
+
+def _estimate_steps(train: _Train, n: int, batch_size: int) -> tuple[int, bool]:
+    """Steps per epoch: exact unpacked (one row per record); packed, from packing the first
+    records of the order as the streams would (the same on every process)."""
+    if not train.cfg.packing:
+        return n // batch_size, True
+    s = min(n, ESTIMATE_RECORDS)
+    per_stream: dict[int, list[Doc]] = collections.defaultdict(list)
+    for g in range(s):
+        d = g % train.total
+        per_stream[d].append(train.load(d, g // train.total))
+    rows = 0
+    for docs in per_stream.values():
+        rows += sum(1 for _ in pack.rows(docs, train.cfg.sequence_length, train.encoder.pad_id, True))
+    return int(rows * n / s // batch_size), False
+
+
+def _eval_batches(ev: sources.Source, renderer: Renderer, encoder: Encoder, cfg: Any, streams: tuple[int, int, int], batch_size: int, segment_ids: bool) -> tuple[Any, int]:
+    """(grain.MapDataset of this process's eval batches, eval sequences): read whole, in order."""
+    first, stop, total = streams
+
+    def docs() -> Iterator[Doc]:
+        for i in range(len(ev)):
+            where, rec = ev[i]
+            d = encoder.doc(renderer(where, rec), cfg.sequence_length + 1)
+            d.index = i
+            yield d
+
+    rows = list(pack.rows(docs(), cfg.sequence_length, encoder.pad_id, cfg.packing))
+    n = len(rows)
+    eb = min(batch_size, n // total * total)
+    if eb < 1:
+        raise UsageError(f"data: {n} eval sequences, fewer than the batch axis of the mesh ({total})")
+    per = eb // total
+    batches = []
+    for b in range(n // eb):
+        chunk = rows[b * eb : (b + 1) * eb][first * per : stop * per]
+        batches.append(pack.model_batch(pack.stack(chunk), segment_ids))
+    import grain
+
+    return grain.MapDataset.source(batches), n
+
+
+def build(
+    cfg: Any,
+    tokenizer: Any,
+    *,
+    seed: int,
+    batch_size: int | None = None,
+    start_step: int = 0,
+    streams: tuple[int, int, int] = (0, 1, 1),
+    resume: dict[str, Any] | int | None = None,
+    segment_ids: bool = False,
+    keep_positions: int = 1024,
+    chat: Any = None,
+    reporter: Any = None,
+) -> DataBundle:
+    """The data of a run: the training stream, the eval batches, sizes and the resume hooks.
+
+    Args:
+        cfg: DataConfig. The `data` section.
+        tokenizer: keras_hub tokenizer of the model.
+        seed: int. train.seed: the record order and nothing else.
+        batch_size: int. Global batch size (defaults to data.batch_size); a multiple of D.
+        start_step: int. Steps already trained (resume); the stream starts after them.
+        streams: (first, stop, D). The streams this process feeds (`streams_for`).
+        resume: dict or int. The checkpoint's `data_position` (`DataBundle.state`), or an
+            older checkpoint's step; None starts at the beginning.
+        segment_ids: bool. Feed segment ids as the padding mask (segment-aware attention
+            enabled on the model); False feeds 0/1.
+        keep_positions: int. Steps whose data position stays known for `state`; at least the
+            batches keras reads ahead of the step it reports.
+        chat: families.ChatFormat, or a function returning it when chat data shows up: the
+            model family's turn format (Gemma's when None).
+        reporter: engine.report.Reporter or None. Told of long steps (a tfds download).
+
+    Example:
+        >>> bundle = build(cfg.data, causal_lm.preprocessor.tokenizer, seed=0)
+        >>> x, y, sw = next(iter(bundle.train))
+    """
+    b = batch_size or cfg.batch_size
+    first, stop, total = streams
+    if b % total:
+        raise UsageError(f"data.batch_size: {b} is not divisible by the batch axis of the mesh ({total})")
+    workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
+    train_src, eval_src = _sources(cfg, cfg.shuffle_buffer, reporter)
+    renderer = Renderer(cfg, chat=chat)
+    where0, rec0 = train_src[0]
+    kind = renderer.decide(where0, rec0)
+    encoder = Encoder(tokenizer)
+    if kind == "chat":  # fail now if the vocabulary lacks the turn markers
+        encoder.special(renderer.chat_format.start_turn)
+        encoder.special(renderer.chat_format.end_turn)
+    checked = "the first batch checked; the rest is checked as it streams"
+    if 0 < train_src.size <= CHECK_ALL_BYTES:
+        _check_all(train_src, renderer)
+        checked = "every record checked"
+    order = Order(len(train_src), seed, cfg.shuffle, None if train_src.random_access else cfg.shuffle_buffer)
+
+    rows_per_stream = b // total
+    positions, base = _resume_positions(resume, cfg, total, rows_per_stream, start_step, seed)
+    train = _Train(
+        train_src, order, renderer, encoder, cfg,
+        streams=(first, stop, total), batch_size=b, start_step=start_step, positions=positions, base=base,
+        workers=workers, segment_ids=segment_ids, keep=keep_positions,
+    )
+    steps, exact = _estimate_steps(train, len(train_src), b)
+    if steps == 0:
+        what = "sequences" if not cfg.packing else "packed sequences (estimated from the first records)"
+        raise UsageError(f"data.batch_size: {b} is more than the training {what} of one epoch; lower it or add data")
+    ev, n_eval = (None, 0)
+    if eval_src is not None:
+        ev, n_eval = _eval_batches(eval_src, renderer, encoder, cfg, (first, stop, total), b, segment_ids)
+    peek = train.first_batch()
+    info = DataInfo(
+        kind=kind, source=sources.describe(train_src), records=len(train_src),
+        eval_records=len(eval_src) if eval_src is not None else 0, eval_sequences=n_eval,
+        steps_per_epoch=steps, exact=exact, streams=total, local_streams=(first, stop), workers=workers,
+        checked=checked, random_access=train_src.random_access,
+    )
+    return DataBundle(train=train.dataset(), eval=ev, info=info, peek=peek, _pipe=train)
+
+
+def _resume_positions(
+    resume: dict[str, Any] | int | None, cfg: Any, total: int, rows_per_stream: int, start_step: int, seed: int
+) -> tuple[dict[int, int], dict[str, int]]:
+    """Per-stream start positions and the counters so far, from a checkpoint's data state."""
+    if not start_step:
+        return {}, {}
+    base = dict(resume.get("counters") or {}) if isinstance(resume, dict) else {}
+    if isinstance(resume, dict) and resume.get("format") == 1:
+        same = resume.get("streams") == total and resume.get("rows_per_stream") == rows_per_stream
+        if cfg.packing and not same:
+            raise UsageError(
+                f"--resume: the checkpoint's packed data ran on {resume.get('streams')} streams of "
+                f"{resume.get('rows_per_stream')} rows; this run has {total} of {rows_per_stream} (mesh batch axis or "
+                "batch_size changed); packed positions cannot move between them",
+                hint="resume on the same mesh.shape and data.batch_size",
+            )
+        if same:
+            return {d: int(p) for d, p in enumerate(resume["positions"])}, base
+    elif cfg.packing:
+        raise UsageError("--resume: the checkpoint has no packed data position (written by an older gemma); start a new run")
+    # unpacked: one row per record, so the position is arithmetic
+    return {d: start_step * rows_per_stream for d in range(total)}, base

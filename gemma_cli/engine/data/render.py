@@ -1,0 +1,337 @@
+"""Render: a record → pieces of text and special tokens, each with a loss weight.
+
+Three kinds of record, decided once for a dataset (from the config, else from its first
+record) and then required of every record:
+
+- `text`: one field (`data.field`), trained on in full: `<bos> text <eos>`.
+- `template`: `data.template` over several fields; with `data.response_field` only that
+  field and the template text after it carry the loss.
+- `chat`: a conversation, as `{"messages": [{"role", "content"}]}` (roles system, user,
+  assistant or model), ShareGPT `{"conversations": [{"from", "value"}]}` (system, human,
+  gpt) or a `{"prompt", "completion"}` pair; rendered in Gemma's turn format
+
+      <bos><start_of_turn>user\\n{system}\\n\\n{user}<end_of_turn>\\n<start_of_turn>model\\n{answer}<end_of_turn>\\n
+
+  (the model family's `ChatFormat`, engine/families). The turn markers are special token
+  ids taken from the tokenizer's vocabulary, never text to tokenize: in some Gemma vocabularies they are control pieces, and their text becomes
+  seven ordinary tokens. A system message is folded into the first user turn, as Gemma's own
+  chat template does. With `loss_on: assistant` (the default) the model's answer and its
+  `<end_of_turn>` carry the loss; the markers, role headers and user turns weigh 0.
+
+Pieces are tokenized by the next stage (tokenize.py). `Renderer.prompt(turns)` renders the
+prefix that `gemma generate --chat` feeds the model: the same pieces training saw, ending in
+the open `<start_of_turn>model\\n`, so generation continues exactly where training learned
+to answer.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from gemma_cli.errors import UsageError
+
+# Role names as datasets write them → Gemma's two speakers (and system, folded into user).
+ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "model", "model": "model", "gpt": "model"}
+STYLES = {
+    "messages": ("role", "content", "system, user, assistant (or model)"),
+    "conversations": ("from", "value", "system, human, gpt"),
+}
+BOS, EOS = "<bos>", "<eos>"
+
+
+def chat_format_for(backbone: Any = None) -> Any:
+    """The model family's turn format (engine/families) for a keras-hub backbone (an object or
+    its class name); Gemma's when None. A family without one cannot take chat data."""
+    from gemma_cli.engine import families
+
+    if backbone is None:
+        return families.GEMMA_CHAT
+    name = backbone if isinstance(backbone, str) else type(backbone).__name__
+    fam = families.for_backbone(name)
+    if fam is None:
+        return families.GEMMA_CHAT
+    if fam.chat is None:
+        raise UsageError(f"data.format: chat: the {fam.name} family has no chat format in gemma yet")
+    return fam.chat
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text to tokenize, or one special token named by its vocabulary piece.
+
+    Args:
+        text: str. Text (tokenized as it stands), or a special piece name when `special`.
+        weight: float. Loss weight of predicting each of its tokens (0 or 1).
+        turn: int. Index of the conversation turn the piece belongs to (-1: none).
+        special: bool. `text` is a vocabulary piece (`<bos>`, `<start_of_turn>`...).
+    """
+
+    text: str
+    weight: float
+    turn: int = -1
+    special: bool = False
+
+
+@dataclass
+class Rendered:
+    """One record as pieces, with where it came from (`file:line`)."""
+
+    where: str
+    pieces: list[Piece]
+    turns: int = 0
+    chat: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def template_fields(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+def _str(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    return str(v)
+
+
+def chat_style(record: dict[str, Any], messages_field: str | None) -> str | None:
+    """`messages`, `conversations`, `pair`, the configured field, or None (not chat)."""
+    if messages_field:
+        return messages_field if messages_field in record else None
+    for key in STYLES:
+        if key in record:
+            return key
+    if "prompt" in record and "completion" in record:
+        return "pair"
+    return None
+
+
+class Renderer:
+    """Turns records into pieces per the data config.
+
+    Args:
+        cfg: DataConfig. `field`, `template`, `response_field`, `format`, `messages_field`,
+            `loss_on`.
+        kind: str. `text`, `template` or `chat`; None decides from the first record seen by
+            `decide`.
+
+    Example:
+        >>> r = Renderer(cfg, "chat")
+        >>> r("data.jsonl:1", {"messages": [{"role": "user", "content": "Hi"},
+        ...                                {"role": "assistant", "content": "Hello"}]})
+    """
+
+    def __init__(self, cfg: Any, kind: str | None = None, chat: Any = None):
+        self.cfg = cfg
+        self.kind = kind or ("template" if cfg.template else ("chat" if cfg.format == "chat" else None))
+        self.style: str | None = None  # the chat style of the first record
+        self._loss_all = cfg.loss_on == "all"
+        self._format = chat  # families.ChatFormat; Gemma's when None (looked up when first needed)
+
+    @classmethod
+    def for_chat(cls, chat: Any = None) -> Renderer:
+        """A chat renderer with the default data settings (for `generate --chat`)."""
+        cfg = SimpleNamespace(template=None, format="chat", messages_field=None, loss_on=None, field="text", response_field=None)
+        return cls(cfg, "chat", chat)
+
+    @property
+    def chat_format(self) -> Any:
+        if self._format is None:
+            self._format = chat_format_for(None)
+        elif callable(self._format):  # resolved only when chat data shows up
+            self._format = self._format()
+        return self._format
+
+    # ------------------------------------------------------------------------ decide ---
+    def decide(self, where: str, record: dict[str, Any]) -> str:
+        """Fix the record kind (and chat style) from the first record."""
+        if self.kind is None:
+            if self.cfg.messages_field or (self.cfg.field not in record and chat_style(record, None)):
+                self.kind = "chat"
+            else:
+                self.kind = "text"
+        if self.kind == "chat" and self.style is None:
+            style = chat_style(record, self.cfg.messages_field)
+            if style is None:
+                raise UsageError(self._not_chat(where, record))
+            self.style = style
+        if self.kind == "text" and self.cfg.loss_on == "assistant":
+            raise UsageError(
+                f"data.loss_on: `assistant` needs chat records or a template with data.response_field; "
+                f"the record at {where} is plain text (field {self.cfg.field!r})"
+            )
+        return self.kind
+
+    def _not_chat(self, where: str, record: dict[str, Any]) -> str:
+        want = (
+            f"a {self.cfg.messages_field!r} list of turns"
+            if self.cfg.messages_field
+            else "`messages` (a list of {role, content}), `conversations` (ShareGPT {from, value}) or `prompt` + `completion`"
+        )
+        return f"{where}: expected a chat record with {want}; fields there: {sorted(record)}"
+
+    # ------------------------------------------------------------------------ render ---
+    def __call__(self, where: str, record: dict[str, Any]) -> Rendered:
+        if self.kind is None or (self.kind == "chat" and self.style is None):
+            self.decide(where, record)
+        if self.kind == "chat":
+            return self._chat(where, record)
+        if self.kind == "template":
+            return self._template(where, record)
+        f = self.cfg.field
+        if f not in record:
+            raise UsageError(f"data.field: {f!r} is not in the record at {where}; fields there: {sorted(record)}")
+        return Rendered(where, [Piece(BOS, 0.0, special=True), Piece(_str(record[f]), 1.0), Piece(EOS, 1.0, special=True)])
+
+    def _template(self, where: str, record: dict[str, Any]) -> Rendered:
+        cfg = self.cfg
+        values: dict[str, str] = {}
+        for f in template_fields(cfg.template):
+            if f not in record:
+                raise UsageError(f"data.template: field {f!r} is not in the record at {where}; fields there: {sorted(record)}")
+            values[f] = _str(record[f])
+        pieces = [Piece(BOS, 0.0, special=True)]
+        if cfg.response_field is None:
+            pieces.append(Piece(cfg.template.format(**values), 1.0))
+        else:
+            prompt, answer = "", ""
+            seen = False
+            for literal, f, spec, conv in string.Formatter().parse(cfg.template):
+                if f == cfg.response_field and not seen:
+                    seen = True
+                    prompt += literal
+                    answer += _format_field(values[f], spec, conv)
+                    continue
+                text = literal + (_format_field(values[f], spec, conv) if f else "")
+                if seen:
+                    answer += text
+                else:
+                    prompt += text
+            w_prompt = 1.0 if self._loss_all else 0.0
+            if prompt:
+                pieces.append(Piece(prompt, w_prompt))
+            pieces.append(Piece(answer, 1.0))
+        pieces.append(Piece(EOS, 1.0, special=True))
+        return Rendered(where, pieces)
+
+    # -------------------------------------------------------------------------- chat ---
+    def turns(self, where: str, record: dict[str, Any]) -> list[tuple[str, str]]:
+        """The record's conversation as (role, content) with roles system|user|model, checked."""
+        style = chat_style(record, self.cfg.messages_field)
+        if style is None:
+            raise UsageError(self._not_chat(where, record))
+        if self.style is not None and style != self.style:
+            raise UsageError(
+                f"{where}: a `{style}` record among `{self.style}` records (mixed formats); "
+                "use one chat format per dataset"
+            )
+        if style == "pair":
+            out = []
+            for key, role in (("prompt", "user"), ("completion", "model")):
+                v = record[key]
+                if not isinstance(v, str):
+                    raise UsageError(f"{where}: `{key}` must be a string, got {type(v).__name__}")
+                if not v.strip():
+                    raise UsageError(f"{where}: `{key}` is empty")
+                out.append((role, v))
+            return out
+        turns = record[style]
+        if not isinstance(turns, list):
+            raise UsageError(f"{where}: `{style}` must be a list of turns, got {type(turns).__name__}")
+        role_key, content_key, allowed = STYLES.get(style, ("role", "content", "system, user, assistant (or model)"))
+        out = []
+        for k, t in enumerate(turns):
+            if not isinstance(t, dict):
+                raise UsageError(f"{where}: `{style}`[{k}] must be an object with {role_key!r} and {content_key!r}, got {type(t).__name__}")
+            if role_key not in t or content_key not in t:
+                raise UsageError(f"{where}: `{style}`[{k}] must have {role_key!r} and {content_key!r}; it has {sorted(t)}")
+            role = ROLES.get(str(t[role_key]).lower()) if isinstance(t[role_key], str) else None
+            if role is None:
+                raise UsageError(f"{where}: `{style}`[{k}]: unknown role {t[role_key]!r}; expected one of {allowed}")
+            content = t[content_key]
+            if not isinstance(content, str):
+                raise UsageError(f"{where}: `{style}`[{k}]: {content_key!r} must be a string, got {type(content).__name__}")
+            if not content.strip():
+                raise UsageError(f"{where}: `{style}`[{k}]: empty {content_key!r}")
+            if role == "system" and k != 0:
+                raise UsageError(f"{where}: `{style}`[{k}]: a system turn may only come first")
+            out.append((role, content))
+        return out
+
+    def _fold(self, where: str, turns: list[tuple[str, str]], *, need_answer: bool) -> list[tuple[str, str]]:
+        """System folded into the first user turn; user/model alternating, starting with user."""
+        if turns and turns[0][0] == "system":
+            system = turns[0][1]
+            if len(turns) < 2 or turns[1][0] != "user":
+                raise UsageError(f"{where}: a system turn must be followed by a user turn")
+            turns = [("user", f"{system}\n\n{turns[1][1]}")] + turns[2:]
+        if not turns:
+            raise UsageError(f"{where}: the conversation has no turns")
+        expect = "user"
+        for k, (role, _) in enumerate(turns):
+            if role != expect:
+                raise UsageError(
+                    f"{where}: turn {k} is a {_say(role)} turn where a {_say(expect)} turn was expected "
+                    "(turns alternate user, assistant, starting with user)"
+                )
+            expect = "model" if role == "user" else "user"
+        if need_answer and not any(r == "model" for r, _ in turns):
+            raise UsageError(f"{where}: the conversation has no assistant turn: nothing to train on")
+        return turns
+
+    def _chat(self, where: str, record: dict[str, Any]) -> Rendered:
+        turns = self._fold(where, self.turns(where, record), need_answer=True)
+        pieces = [Piece(BOS, 0.0, special=True)]
+        for k, (role, content) in enumerate(turns):
+            pieces.extend(self._turn(k, role, content, closed=True))
+        return Rendered(where, pieces, turns=len(turns), chat=True)
+
+    def _turn(self, k: int, role: str, content: str | None, *, closed: bool) -> list[Piece]:
+        fmt = self.chat_format
+        answer = 1.0 if (role == "model" or self._loss_all) else 0.0
+        frame = 1.0 if self._loss_all else 0.0
+        header = fmt.roles["assistant" if role == "model" else "user"]
+        out = [Piece(fmt.start_turn, frame, k, special=True), Piece(f"{header}\n", frame, k)]
+        if content is not None:
+            out.append(Piece(content, answer, k))
+        if closed:
+            out += [Piece(fmt.end_turn, answer, k, special=True), Piece("\n", frame, k)]
+        return out
+
+    def prompt(self, turns: list[tuple[str, str]] | str) -> list[Piece]:
+        """Pieces of a generation prompt: the conversation so far, then an open model turn.
+
+        Args:
+            turns: list of (role, content), roles as in the data (user, assistant, system...),
+                ending with a user turn; or one user message as a string.
+        """
+        if isinstance(turns, str):
+            turns = [("user", turns)]
+        mapped = []
+        for k, (role, content) in enumerate(turns):
+            r = ROLES.get(role.lower())
+            if r is None:
+                raise UsageError(f"chat prompt: turn {k}: unknown role {role!r}")
+            mapped.append((r, content))
+        folded = self._fold("chat prompt", mapped, need_answer=False)
+        if folded[-1][0] != "user":
+            raise UsageError("chat prompt: the last turn must be the user's")
+        pieces = [Piece(BOS, 0.0, special=True)]
+        for k, (role, content) in enumerate(folded):
+            pieces.extend(self._turn(k, role, content, closed=True))
+        pieces.extend(self._turn(len(folded), "model", None, closed=False))
+        return pieces
+
+
+def _format_field(value: str, spec: str | None, conv: str | None) -> str:
+    if conv == "r":
+        value = repr(value)
+    elif conv == "a":
+        value = ascii(value)
+    return format(value, spec or "")
+
+
+def _say(role: str) -> str:
+    return {"model": "assistant", "user": "user", "system": "system"}[role]
