@@ -66,7 +66,7 @@ def generate(
     top_p: Annotated[float | None, typer.Option("--top-p", min=0.0001, max=1.0)] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Prompts per batch (rounded up to the batch axis).")] = None,
-    chat: Annotated[bool, typer.Option("--chat", help="Wrap prompts in the Gemma turn template; stop at <end_of_turn>.")] = False,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap prompts in the model family's turn template (Gemma: <start_of_turn>, Gemma 4: <|turn>); stop at the end-of-turn marker.")] = False,
     template: Annotated[
         bool, typer.Option("--template", help="Wrap prompts in the config's data.template (prompt → first field).")
     ] = False,

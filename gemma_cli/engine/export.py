@@ -8,10 +8,12 @@ GGUF (`export_gguf`); or write the LoRA adapter alone for PEFT (`export_peft`).
   keras 3's `Dense.kernel` / `EinsumDense.kernel` — computed in float32, then copied into a
   fresh backbone built from the same config without LoRA (so nothing downstream, neither
   `save_to_preset` nor the HF exporter, can see or re-add an adapter).
-- `export(cfg, checkpoint, out, fmt)`: `--format hf` → `CausalLM.export_to_transformers`,
-  `--format preset` → `save_to_preset`, `--format gguf` → `export_gguf.export_gguf` (one file),
-  `--format peft` → `export_peft.export_peft`; written atomically into a temporary sibling,
-  then renamed.
+- `export(cfg, checkpoint, out, fmt)`: `--format hf` → `CausalLM.export_to_transformers`, then
+  `fix_hf_export` (bos/eos ids from the tokenizer, the family's chat template in
+  tokenizer_config.json, and the family's fix-ups for what keras-hub's exporter writes wrong:
+  `Family.hf_export_fixup` / `hf_export_weights`); `--format preset` → `save_to_preset`,
+  `--format gguf` → `export_gguf.export_gguf` (one file), `--format peft` →
+  `export_peft.export_peft`; written atomically into a temporary sibling, then renamed.
 - `upload(dir, uri)`: `keras_hub.upload_preset` after a credentials check (no network).
 
 Example:
@@ -22,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +89,52 @@ def merge_lora(causal_lm: Any, log: Any = None) -> tuple[Any, int]:
         raise RuntimeFailure(f"internal: merged kernels not found in the rebuilt model: {sorted(missing)[:3]}")
     task = type(causal_lm)(backbone=clean, preprocessor=causal_lm.preprocessor)
     return task, len(layers)
+
+
+def fix_hf_export(causal_lm: Any, out: Path) -> list[str]:
+    """Correct what keras-hub's `export_to_transformers` wrote into `out`; returns what changed.
+
+    For every family: `bos_token_id` / `eos_token_id` / `pad_token_id` in config.json (and its
+    `text_config`) are the tokenizer's; tokenizer_config.json gets the family's chat template.
+    Then the family's own fix-ups (`Family.hf_export_fixup` edits config.json and
+    tokenizer_config.json, `Family.hf_export_weights` replaces model.safetensors).
+    """
+    from gemma_cli.engine import families
+
+    backbone = causal_lm.backbone
+    fam = families.for_backbone(type(backbone).__name__)
+    cfg_path, tok_path = out / "config.json", out / "tokenizer_config.json"
+    config = json.loads(cfg_path.read_text())
+    tok_cfg = json.loads(tok_path.read_text()) if tok_path.is_file() else {}
+    before = json.dumps([config, tok_cfg], sort_keys=True)
+    changed: list[str] = []
+    tokenizer = causal_lm.preprocessor.tokenizer if causal_lm.preprocessor is not None else None
+    ids = {}
+    if tokenizer is not None:
+        for key, attr in (("bos_token_id", "start_token_id"), ("eos_token_id", "end_token_id"), ("pad_token_id", "pad_token_id")):
+            value = getattr(tokenizer, attr, None)
+            if value is not None:
+                ids[key] = int(value)
+    for section in (config, config.get("text_config")):
+        if isinstance(section, dict):
+            section.update(ids)
+    if fam is not None:
+        template = fam.chat_template()
+        if template is not None and tok_path.is_file():
+            tok_cfg["chat_template"] = template
+        if fam.hf_export_fixup is not None:
+            fam.hf_export_fixup(backbone, config, tok_cfg)
+        if fam.hf_export_weights is not None:
+            from safetensors.numpy import save_file
+
+            save_file(fam.hf_export_weights(backbone), str(out / "model.safetensors"), metadata={"format": "pt"})
+            changed.append("model.safetensors")
+    if json.dumps([config, tok_cfg], sort_keys=True) != before:
+        cfg_path.write_text(json.dumps(config, indent=2))
+        if tok_cfg:
+            tok_path.write_text(json.dumps(tok_cfg, indent=2))
+        changed += ["config.json", "tokenizer_config.json"] if tok_cfg else ["config.json"]
+    return changed
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -175,6 +224,7 @@ def export_model(causal_lm: Any, out: str | Path, fmt: str = "hf", *, log: Any =
                 if "not implemented" in str(e):
                     raise UsageError(f"--format hf: keras-hub cannot export {backbone_cls} to transformers") from None
                 raise
+            fix_hf_export(causal_lm, Path(d))
     else:
         log.step(f"Saving keras-hub preset to {out} ...")
 

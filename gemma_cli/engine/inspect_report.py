@@ -146,10 +146,15 @@ def _dims(bb_config: dict[str, Any], cls: str) -> dict[str, int]:
         "head_dim": head_dim,
         "ffw": ffw,
         "vocab": int(c.get("vocabulary_size", 0)),
+        # Gemma 4 MoE: keras-hub runs every expert on every token (one batched einsum)
+        "experts": int(c.get("num_experts") or 0) if c.get("enable_moe_block") else 0,
+        "expert_dim": int(c.get("expert_intermediate_dim") or 0),
     }
 
 
-def activation_bytes(dims: dict[str, int], batch_per_device: int, seq: int, precision: str) -> int:
+def activation_bytes(
+    dims: dict[str, int], batch_per_device: int, seq: int, precision: str, model_axis_size: int = 1
+) -> int:
     """Estimated activation memory of one training step on one device.
 
     Formula (per device; stored for the backward pass, no rematerialization, plain attention):
@@ -164,6 +169,11 @@ def activation_bytes(dims: dict[str, int], batch_per_device: int, seq: int, prec
     product (3F), attention scores and probabilities (2*Nq*S); then float32 logits and their
     gradient (2*V*4). Activations are assumed split only over the batch axis (not the model
     axis), so this is an upper bound for model-parallel meshes.
+
+    A mixture-of-experts layer (Gemma 4 26B-A4B) adds, per token, E * (3*Ie + H) for keras-hub's
+    dense expert bank (gate, up and their product, E x Ie each, and every expert's output, E x H,
+    before the routing weights sum them), divided by `model_axis_size`: the expert dimension is
+    sharded over the model axis, and so are these activations.
     """
     a = 2 if precision in ("bfloat16", "mixed_bfloat16") else 4
     d = dims
@@ -173,6 +183,7 @@ def activation_bytes(dims: dict[str, int], batch_per_device: int, seq: int, prec
         + d["heads"] * d["head_dim"]
         + 3 * d["ffw"]
         + 2 * d["heads"] * seq
+        + d.get("experts", 0) * (3 * d.get("expert_dim", 0) + d["hidden"]) // max(model_axis_size, 1)
     )
     return int(batch_per_device * seq * (d["layers"] * per_layer * a + 2 * d["vocab"] * 4))
 
@@ -346,7 +357,7 @@ def describe(
         >>> doc = describe(load_config("configs/imdb_7b_tpu.yaml"), select=Selection(layer="decoder_block_1"))
         >>> doc["variables"][0]["spec"]
     """
-    from gemma_cli.engine import families, model
+    from gemma_cli.engine import families, hf_checkpoint, model
 
     preset = cfg.model.preset
     bb = _backbone_config(preset)
@@ -367,9 +378,10 @@ def describe(
     plan = mesh_lib.plan_variables(abstract, rules, shape, axes, cfg.layout.indivisible)
     sizes = dict(zip(axes, shape, strict=True))
     notes: list[str] = []
-    if families.is_vision(preset):
+    if families.is_vision(preset) or (model.is_local(preset) and hf_checkpoint.has_vision(preset)):
         notes.append(
-            f"{preset} is a vision+text model: planned as its text backbone (vision_encoder None); the vision tower (~0.42B params) is not shown"
+            f"{preset} is a vision+text model: planned as its text backbone (vision_encoder None); "
+            "the vision (and audio) towers are not shown"
         )
     if cfg.model.quantize != "none" and not live:
         notes.append(
@@ -401,7 +413,7 @@ def describe(
     w_bytes = sum(w["bytes_per_device"] for w in weights)
     g_bytes = sum(w["bytes_per_device"] for w in weights if w["path"] in trainable)
     o_bytes = sum(r["bytes_per_device"] for r in opt_rows)
-    a_bytes = activation_bytes(dims, per_dev_batch, seq, cfg.model.precision)
+    a_bytes = activation_bytes(dims, per_dev_batch, seq, cfg.model.precision, sizes.get(cfg.mesh.model_axis, 1))
     total = w_bytes + g_bytes + o_bytes + a_bytes
     totals = {
         "params": sum(math.prod(w["shape"]) for w in weights),
@@ -437,9 +449,12 @@ def describe(
         "optimizer_variables": select.rows(opt_rows, key="variable") if optimizer else [],
         "totals": totals,
         "problems": _problems(plan) + mismatches,
+        # a family's default rules cover all its variants (Gemma 4's MoE experts, per-layer
+        # inputs): only rules the config wrote are reported when they match nothing
         "unused_rules": [
             {"pattern": r.pattern, "axes": list(r.axes), "source": r.source}
             for r in plan.unused_rules
+            if r.source == "config"
         ],
         "notes": notes,
     }

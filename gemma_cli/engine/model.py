@@ -1,7 +1,7 @@
 """Presets, dtype policy, LoRA and quantization: from a config (or a run dir) to a CausalLM.
 
-A preset is a keras-hub name (`gemma_7b_en`), `kaggle://...`, `hf://...` or a local preset
-directory. The architecture (backbone config) is read without weights so that the layout can
+A preset is a keras-hub name (`gemma_7b_en`), `kaggle://...`, `hf://...`, a local preset
+directory or a local Hugging Face checkpoint directory (`engine/hf_checkpoint.py`). The architecture (backbone config) is read without weights so that the layout can
 be checked before anything is allocated.
 """
 
@@ -27,14 +27,23 @@ def is_local(preset: str) -> bool:
 def backbone_config(preset: str) -> dict[str, Any]:
     """The preset's serialized backbone config ({class_name, config, ...}), no weights.
 
-    Local dirs read config.json; known preset names use the architectures shipped with gemma
-    (no network); anything else asks keras-hub, which downloads only config.json.
+    Local dirs read config.json (a keras-hub preset's, or a Hugging Face checkpoint's through
+    keras-hub's converter); known preset names use the architectures shipped with gemma (no
+    network); anything else asks keras-hub, which downloads only config.json.
     """
     if is_local(preset):
         path = Path(preset).expanduser() / "config.json"
         if not path.exists():
-            hint = "run `make preset` to create it" if "gemma3_270m" in preset else "give a keras-hub preset directory"
-            raise UsageError(f"model.preset: {preset}: no keras-hub preset there (no config.json)", hint=hint)
+            hint = (
+                "run `make preset` to create it"
+                if "gemma3_270m" in preset
+                else "give a keras-hub preset directory or a Hugging Face checkpoint directory"
+            )
+            raise UsageError(f"model.preset: {preset}: no keras-hub preset or Hugging Face checkpoint there (no config.json)", hint=hint)
+        from gemma_cli.engine import hf_checkpoint
+
+        if hf_checkpoint.read_config(preset) is not None:
+            return hf_checkpoint.backbone_config(preset)
         return json.loads(path.read_text())
     from gemma_cli.engine import families
 
@@ -112,7 +121,11 @@ def load_causal_lm(preset: str, precision: str = "float32") -> Any:
     if not is_local(preset):
         _check_credentials(preset)
     else:
-        backbone_config(preset)  # clear error for a missing dir
+        backbone_config(preset)  # clear error for a missing dir or an unsupported checkpoint
+        from gemma_cli.engine import hf_checkpoint
+
+        if hf_checkpoint.is_hf_checkpoint(preset):
+            return hf_checkpoint.load_causal_lm(preset, dtype_for(precision))
     import keras_hub
 
     try:

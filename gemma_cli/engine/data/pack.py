@@ -133,14 +133,21 @@ def stack(rows_: list[Row]) -> dict[str, Any]:
     return {k: np.stack([r.arrays[k] for r in rows_]) for k in FIELDS}
 
 
-def model_batch(arrays: dict[str, Any], segment_ids: bool = True) -> tuple[dict[str, Any], Any, Any]:
+def model_batch(
+    arrays: dict[str, Any], segment_ids: bool = True, position_ids: bool = False
+) -> tuple[dict[str, Any], Any, Any]:
     """(x, y, sample_weight) for keras `fit` from stacked row arrays.
 
     Args:
         arrays: dict. Stacked row arrays (`stack`).
         segment_ids: bool. Feed segment ids as `padding_mask` (documents kept apart by the
             segment-aware attention); False feeds 0/1 (plain keras-hub attention).
+        position_ids: bool. Feed each token's position in its document as `position_ids`, for
+            backbones that take it as an input (Gemma 4); the others must not get the key.
     """
     seg = arrays["segment_ids"]
     mask = seg if segment_ids else (seg > 0).astype(seg.dtype)
-    return {"token_ids": arrays["token_ids"], "padding_mask": mask}, arrays["labels"], arrays["weights"]
+    x = {"token_ids": arrays["token_ids"], "padding_mask": mask}
+    if position_ids:
+        x["position_ids"] = arrays["positions"]
+    return x, arrays["labels"], arrays["weights"]

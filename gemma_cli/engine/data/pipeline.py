@@ -211,12 +211,13 @@ class _Train:
         workers: int,
         segment_ids: bool,
         keep: int,
+        position_ids: bool = False,
     ):
         self.source, self.order, self.renderer, self.encoder, self.cfg = source, order, renderer, encoder, cfg
         self.first, self.stop, self.total = streams
         self.rows_per_stream = batch_size // self.total
         self.start_step, self.positions, self.base = start_step, positions, base
-        self.workers, self.segment_ids = workers, segment_ids
+        self.workers, self.segment_ids, self.position_ids = workers, segment_ids, position_ids
         self._snaps: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._keep = keep
 
@@ -297,7 +298,7 @@ class _Train:
 
             def __next__(self) -> Any:
                 self._step, arrays = next(self._gen)
-                return pack.model_batch(arrays, train.segment_ids)
+                return pack.model_batch(arrays, train.segment_ids, train.position_ids)
 
             def get_state(self) -> dict[str, Any]:
                 return {"step": self._step}
@@ -410,7 +411,10 @@ def _estimate_steps(train: _Train, n: int, batch_size: int) -> tuple[int, bool]:
     return int(rows * n / s // batch_size), False
 
 
-def _eval_batches(ev: sources.Source, renderer: Renderer, encoder: Encoder, cfg: Any, streams: tuple[int, int, int], batch_size: int, segment_ids: bool) -> tuple[Any, int]:
+def _eval_batches(
+    ev: sources.Source, renderer: Renderer, encoder: Encoder, cfg: Any, streams: tuple[int, int, int], batch_size: int,
+    segment_ids: bool, position_ids: bool = False,
+) -> tuple[Any, int]:
     """(grain.MapDataset of this process's eval batches, eval sequences): read whole, in order."""
     first, stop, total = streams
 
@@ -430,7 +434,7 @@ def _eval_batches(ev: sources.Source, renderer: Renderer, encoder: Encoder, cfg:
     batches = []
     for b in range(n // eb):
         chunk = rows[b * eb : (b + 1) * eb][first * per : stop * per]
-        batches.append(pack.model_batch(pack.stack(chunk), segment_ids))
+        batches.append(pack.model_batch(pack.stack(chunk), segment_ids, position_ids))
     import grain
 
     return grain.MapDataset.source(batches), n
@@ -446,6 +450,7 @@ def build(
     streams: tuple[int, int, int] = (0, 1, 1),
     resume: dict[str, Any] | int | None = None,
     segment_ids: bool = False,
+    position_ids: bool = False,
     keep_positions: int = 1024,
     chat: Any = None,
     reporter: Any = None,
@@ -463,6 +468,8 @@ def build(
             older checkpoint's step; None starts at the beginning.
         segment_ids: bool. Feed segment ids as the padding mask (segment-aware attention
             enabled on the model); False feeds 0/1.
+        position_ids: bool. Also feed `position_ids` (each token's position in its document),
+            for backbones that take them as an input (Gemma 4).
         keep_positions: int. Steps whose data position stays known for `state`; at least the
             batches keras reads ahead of the step it reports.
         chat: families.ChatFormat, or a function returning it when chat data shows up: the
@@ -497,7 +504,7 @@ def build(
     train = _Train(
         train_src, order, renderer, encoder, cfg,
         streams=(first, stop, total), batch_size=b, start_step=start_step, positions=positions, base=base,
-        workers=workers, segment_ids=segment_ids, keep=keep_positions,
+        workers=workers, segment_ids=segment_ids, keep=keep_positions, position_ids=position_ids,
     )
     steps, exact = _estimate_steps(train, len(train_src), b)
     if steps == 0:
@@ -505,7 +512,7 @@ def build(
         raise UsageError(f"data.batch_size: {b} is more than the training {what} of one epoch; lower it or add data")
     ev, n_eval = (None, 0)
     if eval_src is not None:
-        ev, n_eval = _eval_batches(eval_src, renderer, encoder, cfg, (first, stop, total), b, segment_ids)
+        ev, n_eval = _eval_batches(eval_src, renderer, encoder, cfg, (first, stop, total), b, segment_ids, position_ids)
     peek = train.first_batch()
     info = DataInfo(
         kind=kind, source=sources.describe(train_src), records=len(train_src),

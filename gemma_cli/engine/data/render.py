@@ -15,7 +15,7 @@ record) and then required of every record:
   (the model family's `ChatFormat`, engine/families). The turn markers are special token
   ids taken from the tokenizer's vocabulary, never text to tokenize: in some Gemma vocabularies they are control pieces, and their text becomes
   seven ordinary tokens. A system message is folded into the first user turn, as Gemma's own
-  chat template does. With `loss_on: assistant` (the default) the model's answer and its
+  chat template does (Gemma 4's format, `<|turn>system\\n...<turn|>`, gives it a turn of its own). With `loss_on: assistant` (the default) the model's answer and its
   `<end_of_turn>` carry the loss; the markers, role headers and user turns weigh 0.
 
 Pieces are tokenized by the next stage (tokenize.py). `Renderer.prompt(turns)` renders the
@@ -261,7 +261,13 @@ class Renderer:
         return out
 
     def _fold(self, where: str, turns: list[tuple[str, str]], *, need_answer: bool) -> list[tuple[str, str]]:
-        """System folded into the first user turn; user/model alternating, starting with user."""
+        """System folded into the first user turn (a turn of its own where the family's format
+        says `system: turn`, Gemma 4); user/model alternating, starting with user."""
+        head: list[tuple[str, str]] = []
+        if turns and turns[0][0] == "system" and self.chat_format.system == "turn":
+            if len(turns) < 2 or turns[1][0] != "user":
+                raise UsageError(f"{where}: a system turn must be followed by a user turn")
+            head, turns = turns[:1], turns[1:]
         if turns and turns[0][0] == "system":
             system = turns[0][1]
             if len(turns) < 2 or turns[1][0] != "user":
@@ -279,7 +285,7 @@ class Renderer:
             expect = "model" if role == "user" else "user"
         if need_answer and not any(r == "model" for r, _ in turns):
             raise UsageError(f"{where}: the conversation has no assistant turn: nothing to train on")
-        return turns
+        return head + turns
 
     def _chat(self, where: str, record: dict[str, Any]) -> Rendered:
         turns = self._fold(where, self.turns(where, record), need_answer=True)
@@ -292,7 +298,7 @@ class Renderer:
         fmt = self.chat_format
         answer = 1.0 if (role == "model" or self._loss_all) else 0.0
         frame = 1.0 if self._loss_all else 0.0
-        header = fmt.roles["assistant" if role == "model" else "user"]
+        header = fmt.roles["assistant"] if role == "model" else fmt.roles.get(role, fmt.roles["user"])
         out = [Piece(fmt.start_turn, frame, k, special=True), Piece(f"{header}\n", frame, k)]
         if content is not None:
             out.append(Piece(content, answer, k))

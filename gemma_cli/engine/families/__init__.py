@@ -8,11 +8,19 @@ A family module (`gemma.py` for Gemma 1/2, `gemma3.py`, `llama3.py`, ...) define
 - `layout_rules`: the default layout rules (regex → mesh axes) on a mesh's model/batch axes;
 - `lora_targets`: the layers that get LoRA adapters by default;
 - `chat`: the turn format (special-token pieces and role names) for chat data and `--chat`;
-- `hf_model_types`: the Hugging Face `model_type`s whose checkpoints load into this family;
+- `hf_model_types`: the Hugging Face `model_type`s whose checkpoints load into this family
+  (through keras-hub's own converter in `keras_hub/src/utils/transformers/`), with
+  `hf_tokenizer_files` (one of them must be in a checkpoint), `hf_kwargs_fixup` (what the
+  converter reads wrong or leaves out of a config.json), `hf_export_fixup` /
+  `hf_export_weights` (what keras-hub's `export_to_transformers` writes wrong: config.json
+  and tokenizer_config.json edits, or a whole weight map) and the chat template written into
+  an export's tokenizer_config.json;
 - `gguf_archs` / `gguf_module`: the llama.cpp architectures the family maps to and the module
   here that holds that mapping (tensor names, metadata, vocabulary; `gemma convert gguf` and
   `gemma export --format gguf` both use it);
-- `tiny`: tiny backbone configs for tests (vocab ~128, 2 layers).
+- `tiny`: tiny backbone configs for tests (vocab ~128, 2 layers), and `tiny_hf`: tiny
+  Hugging Face configs with the family's distinctive settings (tests/hf_tiny.py builds them
+  with `transformers`).
 
 Adding a family is one module here (plus its tests) and one line in `FAMILIES` below. This
 package is plain data and light functions: it imports keras/keras_hub only inside the keras-hub
@@ -46,13 +54,39 @@ class ChatFormat:
         start_turn: str. The special piece opening a turn (`<start_of_turn>`).
         end_turn: str. The special piece closing a turn (`<end_of_turn>`).
         roles: dict. Our role names → the family's (`assistant` → `model`).
-        system: str. `fold`: a system message is prepended to the first user turn (Gemma).
+        system: str. `fold`: a system message is prepended to the first user turn (Gemma 1-3);
+            `turn`: it is a turn of its own, role `roles["system"]` (Gemma 4).
     """
 
     start_turn: str
     end_turn: str
     roles: dict[str, str]
     system: str = "fold"
+
+    def hf_template(self) -> str:
+        """This format as a `transformers` chat template (Jinja, for tokenizer_config.json).
+
+        `{{ bos_token }}`, then per message `<start><role>\\n<content><end>\\n`, roles mapped by
+        `roles`; with `add_generation_prompt` the model's turn is opened. A `fold` system
+        message is prepended to the first user turn (Gemma 1-3); a `turn` one is a turn of
+        its own (Gemma 4).
+        """
+        roles = "{" + ", ".join(f"{k!r}: {v!r}" for k, v in self.roles.items()) + "}"
+        fold = self.system == "fold"
+        return "".join([
+            "{{ bos_token }}",
+            f"{{%- set roles = {roles} %}}",
+            "{%- set prefix = '' %}",
+            "{%- if fold and messages and messages[0]['role'] == 'system' %}"
+            "{%- set prefix = messages[0]['content'] | trim + '\\n\\n' %}{%- set messages = messages[1:] %}"
+            "{%- endif %}".replace("fold", "true" if fold else "false"),
+            "{%- for message in messages %}",
+            "{%- set text = message['content'] | trim %}",
+            "{%- if loop.first and message['role'] == 'user' %}{%- set text = prefix + text %}{%- endif %}",
+            f"{{{{ {self.start_turn!r} + roles.get(message['role'], message['role']) + '\\n' + text + {self.end_turn + chr(10)!r} }}}}",
+            "{%- endfor %}",
+            f"{{%- if add_generation_prompt %}}{{{{ {self.start_turn + self.roles['assistant'] + chr(10)!r} }}}}{{%- endif %}}",
+        ])
 
 
 GEMMA_CHAT = ChatFormat(
@@ -90,6 +124,23 @@ class Family:
     aliases: dict[str, str] = field(default_factory=dict)
     vision_presets: frozenset[str] = frozenset()  # names whose vision tower the plan leaves out
     tiny: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hf_tokenizer_files: tuple[str, ...] = ("tokenizer.model",)
+    hf_kwargs_fixup: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    hf_export_fixup: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+    hf_export_weights: Callable[[Any], dict[str, Any]] | None = None  # replaces keras-hub's weight map
+    hf_chat_template: str | None = None  # defaults to `chat.hf_template()`
+    tiny_hf: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def chat_template(self) -> str | None:
+        """The `transformers` chat template of this family (None if it has no chat format)."""
+        if self.hf_chat_template is not None:
+            return self.hf_chat_template
+        return self.chat.hf_template() if self.chat is not None else None
+
+    @property
+    def causal_lm_class(self) -> str:
+        """The keras-hub CausalLM of this family (`Gemma4Backbone` → `Gemma4CausalLM`)."""
+        return self.backbone_class.replace("Backbone", "CausalLM")
 
     @property
     def backbone_class(self) -> str:
@@ -140,9 +191,9 @@ def named_rules(table: list[RuleSpec]) -> Callable[[str, str], list[RuleSpec]]:
 
 # ------------------------------------------------------------------------- registry ---
 def _families() -> list[Family]:
-    from gemma_cli.engine.families import gemma, gemma3, llama3
+    from gemma_cli.engine.families import gemma, gemma3, gemma4, llama3
 
-    return [gemma.FAMILY, gemma3.FAMILY, llama3.FAMILY]
+    return [gemma.FAMILY, gemma3.FAMILY, gemma4.FAMILY, llama3.FAMILY]
 
 
 FAMILIES: list[Family] = []
@@ -192,6 +243,7 @@ def gguf_mapping(family: Family) -> Any:
 
 
 def for_hf_model_type(model_type: str) -> Family | None:
+    """The family whose checkpoints have this Hugging Face `model_type` (`gemma4_text`), or None."""
     for f in all_families():
         if model_type in f.hf_model_types:
             return f
@@ -254,6 +306,19 @@ def is_vision(preset: str) -> bool:
     """Whether the real preset carries a vision tower (planned as its text backbone)."""
     hit = _lookup(preset)
     return bool(hit and hit[1] in hit[0].vision_presets)
+
+
+def hf_model_types() -> list[str]:
+    """Every Hugging Face `model_type` a local checkpoint may have."""
+    return sorted(t for f in all_families() for t in f.hf_model_types)
+
+
+def tiny_hf_config(name: str) -> tuple[Family, dict[str, Any]]:
+    """(family, {"config", "model", "kwargs"}) of a tiny Hugging Face test model."""
+    for f in all_families():
+        if name in f.tiny_hf:
+            return f, copy.deepcopy(f.tiny_hf[name])
+    raise KeyError(f"no tiny Hugging Face config {name!r}")
 
 
 def tiny_config(name: str) -> tuple[Family, dict[str, Any]]:

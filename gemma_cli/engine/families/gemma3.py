@@ -85,6 +85,30 @@ FAMILY = Family(
     vision_presets=frozenset(
         {"gemma3_4b", "gemma3_instruct_4b", "gemma3_12b", "gemma3_instruct_12b", "gemma3_27b", "gemma3_instruct_27b"}
     ),
+    hf_tokenizer_files=("tokenizer.model", "tokenizer.json"),
+    tiny_hf={
+        # 6 layers so that layer 5 is global (keras-hub: every 6th), with the 4B+ global RoPE
+        # scaling (linear, 8) and a 4-token local window
+        "gemma3": {
+            "config": "Gemma3TextConfig",
+            "model": "Gemma3ForCausalLM",
+            "kwargs": dict(
+                vocab_size=128,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=6,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=8,
+                query_pre_attn_scalar=8,
+                sliding_window=4,
+                rope_parameters={
+                    "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                },
+            ),
+        },
+    },
     tiny={
         "gemma3": dict(
             num_layers=2,

@@ -180,6 +180,7 @@ class Trainer:
             streams=datalib.streams_for(m.distribution, cfg.mesh.batch_axis),
             resume=position,
             segment_ids=d.packing,
+            position_ids="position_ids" in [i.name for i in m.causal_lm.backbone.inputs],
             keep_positions=max(1024, 4 * cfg.train.steps_per_execution),
             chat=lambda: datalib.chat_format_for(m.causal_lm.backbone),
             reporter=log,

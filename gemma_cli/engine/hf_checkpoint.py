@@ -1,0 +1,173 @@
+"""Local Hugging Face checkpoints (config.json + safetensors + tokenizer) as `model.preset`.
+
+A directory whose config.json has a `model_type` (what `save_pretrained` writes) is read the
+way keras-hub reads `hf://` presets: through keras-hub's own converters
+(`keras_hub/src/utils/transformers/convert_*.py`, picked by its `TransformersPresetLoader`),
+with the family's fix-ups for what those converters read wrong or leave out
+(`Family.hf_kwargs_fixup`, e.g. Gemma 4 head dims written by transformers 5, the RMSNorm
+epsilon and RoPE scaling of Llama 3). Which families load: `families.hf_model_types()`.
+
+- `backbone_config(dir)`: the serialized text-backbone config from config.json alone (no
+  weights; plan mode). A vision+text checkpoint is planned as its text backbone.
+- `load_causal_lm(dir, dtype)`: the family's keras-hub CausalLM with the converted weights
+  and tokenizer.
+
+Example:
+    >>> from gemma_cli.engine import hf_checkpoint
+    >>> hf_checkpoint.backbone_config("checkpoints/my-gemma3")["class_name"]
+    'Gemma3Backbone'
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gemma_cli.errors import RuntimeFailure, UsageError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def read_config(path: str | Path) -> dict[str, Any] | None:
+    """config.json of `path` if it is a Hugging Face checkpoint (has `model_type`), else None."""
+    f = Path(path).expanduser() / "config.json"
+    if not f.is_file():
+        return None
+    try:
+        cfg = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"model.preset: {f}: not readable JSON ({e})") from None
+    if not isinstance(cfg, dict) or "model_type" not in cfg or "registered_name" in cfg:
+        return None
+    return cfg
+
+
+def is_hf_checkpoint(path: str | Path) -> bool:
+    return read_config(path) is not None
+
+
+def family_of(path: str | Path, cfg: dict[str, Any]) -> Any:
+    """The family of a checkpoint's `model_type`; exit 2 naming it and the supported ones."""
+    from gemma_cli.engine import families
+
+    model_type = str(cfg.get("model_type"))
+    fam = families.for_hf_model_type(model_type)
+    if fam is None:
+        arch = ", ".join(cfg.get("architectures") or []) or "no architectures"
+        raise UsageError(
+            f"model.preset: {path}: a Hugging Face '{model_type}' checkpoint ({arch}); "
+            f"gemma loads these model_types: {', '.join(families.hf_model_types())}",
+            hint="convert it to one of those, or give a keras-hub preset",
+        )
+    return fam
+
+
+def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A vision+text config reduced to its text model (`gemma4` → `gemma4_text`, ...)."""
+    if isinstance(cfg.get("text_config"), dict) and cfg["model_type"] in ("gemma3", "gemma4"):
+        return {**cfg["text_config"], "model_type": f"{cfg['model_type']}_text"}
+    return cfg
+
+
+def has_vision(path: str | Path) -> bool:
+    cfg = read_config(path)
+    return bool(cfg and cfg.get("vision_config"))
+
+
+def check_files(path: str | Path, fam: Any) -> None:
+    p = Path(path).expanduser()
+    if not any((p / f).is_file() for f in WEIGHT_FILES):
+        raise UsageError(
+            f"model.preset: {p}: a Hugging Face checkpoint without weights (no {' or '.join(WEIGHT_FILES)})",
+            hint="save it with save_pretrained(..., safe_serialization=True)",
+        )
+    if not any((p / f).is_file() for f in fam.hf_tokenizer_files):
+        raise UsageError(
+            f"model.preset: {p}: no tokenizer ({' or '.join(fam.hf_tokenizer_files)}) for this {fam.name} checkpoint",
+            hint="save the tokenizer into the same directory (tokenizer.save_pretrained)",
+        )
+
+
+def _converter(path: str | Path, cfg: dict[str, Any]) -> Any:
+    from gemma_cli.engine import runtime
+
+    runtime.setup()
+    from keras_hub.src.utils.transformers.preset_loader import TransformersPresetLoader
+
+    return TransformersPresetLoader(str(path), cfg).converter
+
+
+def convert_kwargs(converter: Any, cfg: dict[str, Any], fam: Any) -> dict[str, Any]:
+    """Backbone kwargs from keras-hub's converter module, then the family's fix-up."""
+    kwargs = converter.convert_backbone_config(cfg)
+    if fam.hf_kwargs_fixup is not None:
+        kwargs = fam.hf_kwargs_fixup(cfg, kwargs)
+    return kwargs
+
+
+def backbone_config(path: str | Path, dtype: str = "bfloat16") -> dict[str, Any]:
+    """The serialized backbone config ({module, class_name, config, registered_name}), no weights.
+
+    A vision+text checkpoint gives its text backbone (what fine-tuning shards).
+    """
+    cfg = read_config(path)
+    if cfg is None:
+        raise UsageError(f"model.preset: {path}: not a Hugging Face checkpoint (config.json has no model_type)")
+    fam = family_of(path, cfg)
+    text = _text_config(cfg)
+    kwargs = convert_kwargs(_converter(path, text), text, fam)
+    for tower in ("vision_encoder", "audio_encoder"):
+        if tower in kwargs:
+            kwargs[tower] = None
+    return fam.serialized(kwargs, dtype)
+
+
+def load_causal_lm(path: str | Path, dtype: str) -> Any:
+    """The family's keras-hub CausalLM with the checkpoint's weights and tokenizer."""
+    cfg = read_config(path)
+    if cfg is None:
+        raise UsageError(f"model.preset: {path}: not a Hugging Face checkpoint (config.json has no model_type)")
+    fam = family_of(path, cfg)
+    check_files(path, fam)
+    from gemma_cli.engine import runtime
+
+    runtime.setup()
+    import keras_hub
+    from keras_hub.src.utils.preset_utils import PresetLoader, check_file_exists, jax_memory_cleanup
+    from keras_hub.src.utils.transformers.preset_loader import TransformersPresetLoader
+    from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
+
+    class Loader(TransformersPresetLoader):
+        """keras-hub's HF loader with the family's kwargs fix-up; processor_config.json optional."""
+
+        def load_backbone(self, cls: Any, load_weights: bool, **kwargs: Any) -> Any:
+            backbone = cls(**{**convert_kwargs(self.converter, self.config, fam), **kwargs})
+            if load_weights:
+                jax_memory_cleanup(backbone)
+                with SafetensorLoader(self.preset) as loader:
+                    self.converter.convert_weights(backbone, loader, self.config)
+            return backbone
+
+        def _processor_config(self) -> bool:
+            return check_file_exists(self.preset, "processor_config.json")
+
+        def load_preprocessor(self, cls: Any, config_file: Any = None, **kwargs: Any) -> Any:
+            if not self._processor_config():  # a text-only checkpoint (keras-hub's Gemma 4 reader needs it)
+                return PresetLoader.load_preprocessor(self, cls, **kwargs)
+            return super().load_preprocessor(cls, config_file, **kwargs)
+
+        def load_video_converter(self, cls: Any, **kwargs: Any) -> Any:
+            return super().load_video_converter(cls, **kwargs) if self._processor_config() else None
+
+    loader = Loader(str(Path(path).expanduser()), cfg)
+    # keras-hub's `CausalLM.from_preset` picks the first CausalLM of the backbone class, which
+    # for Gemma 4 is the speculative-decoding `Gemma4AssistantCausalLM`: name the class.
+    cls = getattr(keras_hub.models, fam.causal_lm_class)
+    try:
+        return loader.load_task(cls, True, True, dtype=dtype)
+    except (UsageError, RuntimeFailure):
+        raise
+    except Exception as e:  # a checkpoint whose tensors do not fit its config
+        text = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        raise RuntimeFailure(f"cannot load the Hugging Face checkpoint {path}: {text}") from None

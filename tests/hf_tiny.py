@@ -1,0 +1,135 @@
+"""Tiny random Hugging Face checkpoints, one per family, written by `transformers` itself.
+
+`make_hf_checkpoint(dir, name)` builds the tiny model `name` of `Family.tiny_hf` (gemma,
+gemma2, gemma3, gemma4, gemma4_moe, llama3: each family's distinctive settings live in its
+module in gemma_cli/engine/families/) with random weights, and writes what a Hub repository
+holds: config.json, model.safetensors (float32) and the tokenizer files keras-hub's converter
+reads for that family:
+
+- Gemma 1-3: tokenizer.model (the tiny SentencePiece model of tests/tiny.py), plus the
+  tokenizer.json / tokenizer_config.json transformers writes from it;
+- Gemma 4: tokenizer.json only (as the published Gemma 4 repositories), from a SentencePiece
+  model with byte fallback (keras-hub's Gemma 4 reader rebuilds one with byte pieces) and the
+  `<|turn>` / `<turn|>` turn markers;
+- Llama 3: a byte-level BPE tokenizer.json trained here with the Llama 3 special tokens, and
+  tokenizer_config.json naming bos/eos.
+
+`logits(dir, ids)` runs the checkpoint in transformers (float32) for comparisons. Heavy imports
+happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from tiny import CORPUS, tiny_proto
+
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+GEMMA4_SPECIAL = ["<|turn>", "<turn|>"]
+
+# ids every test feeds (all below each tiny vocabulary; longer than the local windows)
+IDS = [2, 17, 33, 40, 5, 9, 60, 70, 11, 12, 13, 14, 99, 100, 21, 22]
+
+
+def _gemma4_proto(vocab_size: int) -> bytes:
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 20),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        user_defined_symbols=GEMMA4_SPECIAL,
+        byte_fallback=True,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def _llama3_tokenizer(out: Path, vocab_size: int) -> tuple[int, int]:
+    """Byte-level BPE + Llama 3 specials → tokenizer.json, tokenizer_config.json; (bos, eos) ids."""
+    import transformers
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS * 20, vocab_size=vocab_size - len(LLAMA3_SPECIAL), min_frequency=1,
+                            show_progress=False)
+    bpe.add_special_tokens(LLAMA3_SPECIAL)
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"  # noqa: SLF001
+    )
+    tok.save_pretrained(str(out))
+    return tok.convert_tokens_to_ids("<|begin_of_text|>"), tok.convert_tokens_to_ids("<|end_of_text|>")
+
+
+def _init(model: Any, seed: int) -> None:
+    """Weights large enough that every setting shows in the logits (norm scales around 0)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            std = 0.3 if ("norm" in name or "scale" in name) else 0.2
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+        for name, b in model.named_buffers():
+            if name.endswith("layer_scalar"):
+                b.fill_(0.8)
+
+
+def make_hf_checkpoint(out_dir: str | Path, name: str, seed: int = 0) -> Path:
+    """Write the tiny Hugging Face checkpoint `name` (see the module docstring) to `out_dir`."""
+    import torch
+    import transformers
+
+    from gemma_cli.engine import families
+
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    fam, spec = families.tiny_hf_config(name)
+    kwargs = dict(spec["kwargs"])
+    if fam.name == "llama3":
+        kwargs["bos_token_id"], kwargs["eos_token_id"] = _llama3_tokenizer(out, kwargs["vocab_size"])
+    elif fam.name == "gemma4":
+        (out / "tokenizer.model").write_bytes(_gemma4_proto(kwargs["vocab_size"]))
+        transformers.GemmaTokenizer.from_pretrained(str(out)).save_pretrained(str(out))
+        (out / "tokenizer.model").unlink()
+    else:
+        (out / "tokenizer.model").write_bytes(tiny_proto(kwargs["vocab_size"]))
+        transformers.GemmaTokenizer.from_pretrained(str(out)).save_pretrained(str(out))
+    config = getattr(transformers, spec["config"])(**kwargs)
+    torch.manual_seed(seed)
+    model = getattr(transformers, spec["model"])(config).eval()
+    _init(model, seed)
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+def logits(path: str | Path, ids: list[int] | None = None) -> Any:
+    """float32 logits (1, len(ids), vocab) of a checkpoint run by transformers."""
+    import numpy as np
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model(torch.tensor([ids or IDS])).logits
+    return np.asarray(out.float().numpy())
+
+
+def config(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "config.json").read_text())
