@@ -90,6 +90,13 @@ def test_table_row_is_the_hf_config_through_keras_hub(tmp_path: Path, name: str)
     built = {p: s for p, s, _ in model.abstract_variables(ours, "bfloat16")}
     table = {p: s for p, s, _ in model.abstract_variables(row, "bfloat16")}
     assert built == table  # the same variables, the same shapes
+    skip = {"name", "dtype", "trainable", "layer_types", "sliding_window_pattern", "vocab_size_per_layer_input"}
+    converted = {k: v for k, v in ours["config"].items() if k not in skip}  # what the converter sets
+    assert converted == {k: row["config"][k] for k in converted}
+    pattern = row["config"]["sliding_window_pattern"]
+    assert ours["config"]["layer_types"] == [
+        "full_attention" if i % pattern == pattern - 1 else "sliding_attention" for i in range(config.num_hidden_layers)
+    ]
     params = sum(math.prod(s) for s in table.values())
     assert params == families.published_params(name)
     with torch.device("meta"):  # transformers' count of the same text model (+ one layer_scalar per layer)
@@ -115,7 +122,7 @@ def test_every_preset_plans_on_every_mesh_with_lora() -> None:
 
 
 def test_gemma4_31b_on_2x8_offline() -> None:
-    d = doc(G31, "--layer", "decoder_block_(0|5)", "--optimizer", "--device-memory", "95GiB")
+    d = doc(G31, "mesh.shape=[2,8]", "--layer", "decoder_block_(0|5)", "--optimizer", "--device-memory", "95GiB")
     assert d["mesh"] == {"shape": [2, 8], "axes": ["batch", "model"], "devices": 16}
     assert d["model"]["backbone"] == "Gemma4Backbone" and d["totals"]["params"] > 30_697_345_340  # + LoRA
     v = by_path(d["variables"])
@@ -194,6 +201,7 @@ def test_tiny_hf_gemma4_moe_plan_specs(tmp_path: Path) -> None:
     v = by_path(d["variables"])
     assert v["decoder_block_1/moe_expert_bank/gate_proj"]["shape"] == [8, 32, 16]
     assert v["decoder_block_1/moe_expert_bank/gate_proj"]["shard_shape"] == [2, 16, 16]
+    assert v["decoder_block_1/attention/query/kernel"]["spec"] == ["model", "batch", None]
     assert v["decoder_block_1/attention/key/kernel"]["shape"] == [1, 32, 16]
     assert v["decoder_block_1/attention/key/kernel"]["spec"] == [None, "batch", "model"]
     assert d["problems"] == []
@@ -204,15 +212,18 @@ def test_unsupported_hf_checkpoint_exits_2_naming_it(tmp_path: Path) -> None:
     (tmp_path / "qwen/config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
     cfg = tmp_path / "q.yaml"
     cfg.write_text(yaml.safe_dump({"model": {"preset": str(tmp_path / "qwen")}}))
-    r = gemma("inspect", cfg, code=2)
-    line = r.stderr.strip().splitlines()[0]
+    r = gemma("inspect", cfg, "-q", code=2)
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert line.startswith("Error: model.preset:") and "'qwen2'" in line and "Qwen2ForCausalLM" in line
     for t in ("gemma", "gemma2", "gemma3_text", "gemma4", "gemma4_text", "llama"):
         assert t in line
     assert "Traceback" not in r.stderr
     # a supported checkpoint without a tokenizer: exit 2 naming the missing file
     (tmp_path / "g4").mkdir()
-    (tmp_path / "g4/config.json").write_text(json.dumps({"model_type": "gemma4_text", **HF_TEXT["gemma4_2b"]}))
+    from gemma_cli.engine import families
+
+    tiny = families.tiny_hf_config("gemma4")[1]["kwargs"]
+    (tmp_path / "g4/config.json").write_text(json.dumps({"model_type": "gemma4_text", **tiny}))
     (tmp_path / "g4/model.safetensors").write_bytes(b"")
-    r = gemma("generate", tmp_path / "g4", "-p", "hi", code=2)
+    r = gemma("generate", tmp_path / "g4", "-p", "hi", "-q", code=2)
     assert "no tokenizer (tokenizer.json)" in r.stderr

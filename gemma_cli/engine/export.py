@@ -95,7 +95,7 @@ def fix_hf_export(causal_lm: Any, out: Path) -> list[str]:
     """Correct what keras-hub's `export_to_transformers` wrote into `out`; returns what changed.
 
     For every family: `bos_token_id` / `eos_token_id` / `pad_token_id` in config.json (and its
-    `text_config`) are the tokenizer's; tokenizer_config.json gets the family's chat template.
+    `text_config`) are the ids of the tokenizer's special tokens; tokenizer_config.json gets the family's chat template.
     Then the family's own fix-ups (`Family.hf_export_fixup` edits config.json and
     tokenizer_config.json, `Family.hf_export_weights` replaces model.safetensors).
     """
@@ -111,10 +111,10 @@ def fix_hf_export(causal_lm: Any, out: Path) -> list[str]:
     tokenizer = causal_lm.preprocessor.tokenizer if causal_lm.preprocessor is not None else None
     ids = {}
     if tokenizer is not None:
-        for key, attr in (("bos_token_id", "start_token_id"), ("eos_token_id", "end_token_id"), ("pad_token_id", "pad_token_id")):
-            value = getattr(tokenizer, attr, None)
-            if value is not None:
-                ids[key] = int(value)
+        # (Llama 3's keras-hub tokenizer has pad_token_id 0 without a pad token: left out)
+        for key, token in (("bos_token_id", "start_token"), ("eos_token_id", "end_token"), ("pad_token_id", "pad_token")):
+            if getattr(tokenizer, token, None) is not None:
+                ids[key] = int(getattr(tokenizer, f"{token}_id"))
     for section in (config, config.get("text_config")):
         if isinstance(section, dict):
             section.update(ids)
