@@ -297,6 +297,8 @@ def sec_inspect(report: dict[str, Any]) -> None:
     cases = [
         ("gemma2_27b_en on (2, 8)", ["configs/gemma2_9b_tpu.yaml", "model.preset=gemma2_27b_en", "mesh.shape=[2,8]"]),
         ("gemma_7b_en on (1, 8)", ["configs/imdb_7b_tpu.yaml"]),
+        ("gemma4_31b on (2, 8)", ["configs/gemma4_31b_tpu.yaml", "mesh.shape=[2,8]"]),
+        ("gemma4_26b_a4b (MoE) on (2, 4)", ["configs/gemma4_26b_moe.yaml"]),
     ]
     rows = []
     for label, args in cases:

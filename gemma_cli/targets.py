@@ -1,7 +1,7 @@
 """What a verb works on: the CONFIG / RUN / PRESET argument, or the default when it is omitted.
 
 The command line names a run config file (or `-` for stdin), a fine-tune run directory, or a
-preset (a keras-hub name, `kaggle://…`, `hf://…` or a local preset directory). Without one,
+preset (a keras-hub name, `kaggle://…`, `hf://…`, a local preset or Hugging Face checkpoint directory). Without one,
 `inspect`, `generate`, `export` and `config show|validate` look, in order, at
 
 1. `$GEMMA_CONFIG` (a config file or a run directory; naming nothing there is an error, not a
@@ -145,7 +145,7 @@ def _named(arg: str, overrides: list[str], verb: str, because: str = COMMAND_LIN
         kind = "preset"
     elif p.is_dir():
         raise UsageError(
-            f"{arg}: neither a run config, a finetune output_dir nor a keras-hub preset directory"
+            f"{arg}: neither a run config, a finetune output_dir, a keras-hub preset nor a Hugging Face checkpoint directory"
         )
     elif "://" in arg:
         kind = "preset"

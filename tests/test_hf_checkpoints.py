@@ -113,17 +113,24 @@ def check_config(src: Path, exported: Path) -> None:
 
 
 def check_chat_template(exported: Path, fam: Any) -> None:
+    """The exported chat template renders what `gemma generate --chat` and chat fine-tuning
+    render (engine/data/render.py), a system message included."""
     import transformers
 
-    from gemma_cli.engine.generate import chat_prompt
+    from gemma_cli.engine.data import Renderer
 
     tok = transformers.AutoTokenizer.from_pretrained(str(exported))
-    text = tok.apply_chat_template([{"role": "user", "content": "Hi there"}], tokenize=False, add_generation_prompt=True)
-    if fam.chat is not None:  # what `gemma generate --chat` feeds the model
-        assert text == "<bos>" + chat_prompt("Hi there", fam.chat)
+    turns = [("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello."), ("user", "And you?")]
+    messages = [{"role": r, "content": c} for r, c in turns]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if fam.chat is not None:
+        assert text == "".join(p.text for p in Renderer.for_chat(fam.chat).prompt(turns))
     else:  # Llama 3's format
         assert text == (
-            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nAnd you?<|eot_id|>"
             "<|start_header_id|>assistant<|end_header_id|>\n\n"
         )
 
@@ -188,3 +195,33 @@ def test_hf_checkpoint_end_to_end(tmp_path: Path, name: str) -> None:
         gemma("export", tmp_path / "full", "--format", "hf", "--out", tmp_path / "full_hf", "--json")
         assert np.abs(logits(tmp_path / "full_hf") - full).max() <= TOL
         assert np.abs(full - base).max() > 100 * TOL
+
+
+def test_hf_uri_goes_through_the_same_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hf://org/model` of a transformers repository: plan from its config.json, load with the
+    family's class and fix-ups (keras-hub's own `CausalLM.from_preset` picks the speculative-
+    decoding `Gemma4AssistantCausalLM` for a Gemma 4 repository). The Hub is mocked at
+    `huggingface_hub.hf_hub_download`, keras-hub's one download call."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from gemma_cli.engine import model
+
+    ckpt = make_hf_checkpoint(tmp_path / "hf", "gemma4")
+    asked: list[tuple[str, str]] = []
+
+    def download(repo_id: str, filename: str, **_: Any) -> str:
+        asked.append((repo_id, filename))
+        if not (ckpt / filename).is_file():
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return str(ckpt / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_not_used")
+    uri = "hf://someone/tiny-gemma4"
+    assert model.backbone_config(uri)["class_name"] == "Gemma4Backbone"
+    assert {f for _, f in asked} == {"config.json"}  # plan mode: nothing else downloaded
+    lm = model.load_causal_lm(uri, "float32")
+    assert type(lm).__name__ == "Gemma4CausalLM"
+    assert np.abs(keras_logits(lm) - logits(ckpt)).max() <= TOL
+    assert {r for r, _ in asked} == {"someone/tiny-gemma4"} and ("someone/tiny-gemma4", "model.safetensors") in asked

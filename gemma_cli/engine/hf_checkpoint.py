@@ -1,7 +1,7 @@
-"""Local Hugging Face checkpoints (config.json + safetensors + tokenizer) as `model.preset`.
+"""Hugging Face checkpoints (config.json + safetensors + tokenizer) as `model.preset`.
 
-A directory whose config.json has a `model_type` (what `save_pretrained` writes) is read the
-way keras-hub reads `hf://` presets: through keras-hub's own converters
+A local directory whose config.json has a `model_type` (what `save_pretrained` writes), or an
+`hf://org/model` repository of one, is read the way keras-hub reads `hf://` presets: through keras-hub's own converters
 (`keras_hub/src/utils/transformers/convert_*.py`, picked by its `TransformersPresetLoader`),
 with the family's fix-ups for what those converters read wrong or leave out
 (`Family.hf_kwargs_fixup`, e.g. Gemma 4 head dims written by transformers 5, the RMSNorm
@@ -30,14 +30,29 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
 def read_config(path: str | Path) -> dict[str, Any] | None:
-    """config.json of `path` if it is a Hugging Face checkpoint (has `model_type`), else None."""
-    f = Path(path).expanduser() / "config.json"
-    if not f.is_file():
-        return None
-    try:
-        cfg = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"model.preset: {f}: not readable JSON ({e})") from None
+    """config.json of `path` if it is a Hugging Face checkpoint (has `model_type`), else None.
+
+    `path` is a local directory, or an `hf://org/model` repository (config.json downloaded
+    through keras-hub, as `from_preset` does).
+    """
+    if str(path).startswith("hf://"):
+        from gemma_cli.engine import runtime
+
+        runtime.setup()
+        from keras_hub.src.utils.preset_utils import load_json
+
+        try:
+            cfg = load_json(str(path), "config.json")
+        except Exception:  # noqa: BLE001 — not reachable here: keras-hub's loader will say why
+            return None
+    else:
+        f = Path(path).expanduser() / "config.json"
+        if not f.is_file():
+            return None
+        try:
+            cfg = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"model.preset: {f}: not readable JSON ({e})") from None
     if not isinstance(cfg, dict) or "model_type" not in cfg or "registered_name" in cfg:
         return None
     return cfg
@@ -106,12 +121,13 @@ def convert_kwargs(converter: Any, cfg: dict[str, Any], fam: Any) -> dict[str, A
     return kwargs
 
 
-def backbone_config(path: str | Path, dtype: str = "bfloat16") -> dict[str, Any]:
+def backbone_config(path: str | Path, dtype: str = "bfloat16", hf_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The serialized backbone config ({module, class_name, config, registered_name}), no weights.
 
-    A vision+text checkpoint gives its text backbone (what fine-tuning shards).
+    A vision+text checkpoint gives its text backbone (what fine-tuning shards). `hf_config`:
+    the config.json already read.
     """
-    cfg = read_config(path)
+    cfg = hf_config if hf_config is not None else read_config(path)
     if cfg is None:
         raise UsageError(f"model.preset: {path}: not a Hugging Face checkpoint (config.json has no model_type)")
     fam = family_of(path, cfg)
@@ -129,7 +145,8 @@ def load_causal_lm(path: str | Path, dtype: str) -> Any:
     if cfg is None:
         raise UsageError(f"model.preset: {path}: not a Hugging Face checkpoint (config.json has no model_type)")
     fam = family_of(path, cfg)
-    check_files(path, fam)
+    if not str(path).startswith("hf://"):  # hf://: keras-hub downloads them and says what is missing
+        check_files(path, fam)
     from gemma_cli.engine import runtime
 
     runtime.setup()
@@ -160,7 +177,7 @@ def load_causal_lm(path: str | Path, dtype: str) -> Any:
         def load_video_converter(self, cls: Any, **kwargs: Any) -> Any:
             return super().load_video_converter(cls, **kwargs) if self._processor_config() else None
 
-    loader = Loader(str(Path(path).expanduser()), cfg)
+    loader = Loader(path if str(path).startswith("hf://") else str(Path(path).expanduser()), cfg)
     # keras-hub's `CausalLM.from_preset` picks the first CausalLM of the backbone class, which
     # for Gemma 4 is the speculative-decoding `Gemma4AssistantCausalLM`: name the class.
     cls = getattr(keras_hub.models, fam.causal_lm_class)

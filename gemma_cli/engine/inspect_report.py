@@ -378,7 +378,8 @@ def describe(
     plan = mesh_lib.plan_variables(abstract, rules, shape, axes, cfg.layout.indivisible)
     sizes = dict(zip(axes, shape, strict=True))
     notes: list[str] = []
-    if families.is_vision(preset) or (model.is_local(preset) and hf_checkpoint.has_vision(preset)):
+    hf = model.is_local(preset) or preset.startswith("hf://")
+    if families.is_vision(preset) or (hf and hf_checkpoint.has_vision(preset)):
         notes.append(
             f"{preset} is a vision+text model: planned as its text backbone (vision_encoder None); "
             "the vision (and audio) towers are not shown"

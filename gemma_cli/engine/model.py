@@ -55,9 +55,14 @@ def backbone_config(preset: str) -> dict[str, Any]:
     from keras_hub.src.utils.preset_utils import load_json
 
     try:
-        return load_json(preset, "config.json")
+        cfg = load_json(preset, "config.json")
     except Exception as e:  # network, auth, unknown name
         raise _load_error(preset, e) from None
+    if isinstance(cfg, dict) and "model_type" in cfg and "registered_name" not in cfg:
+        from gemma_cli.engine import hf_checkpoint  # an hf:// transformers repository
+
+        return hf_checkpoint.backbone_config(preset, hf_config=cfg)
+    return cfg
 
 
 def _check_credentials(preset: str) -> None:
@@ -118,12 +123,14 @@ def abstract_variables(
 def load_causal_lm(preset: str, precision: str = "float32") -> Any:
     """keras_hub CausalLM.from_preset with the dtype policy; errors become one line."""
     _setup()
+    from gemma_cli.engine import hf_checkpoint
+
     if not is_local(preset):
         _check_credentials(preset)
+        if preset.startswith("hf://") and hf_checkpoint.read_config(preset) is not None:
+            return hf_checkpoint.load_causal_lm(preset, dtype_for(precision))
     else:
         backbone_config(preset)  # clear error for a missing dir or an unsupported checkpoint
-        from gemma_cli.engine import hf_checkpoint
-
         if hf_checkpoint.is_hf_checkpoint(preset):
             return hf_checkpoint.load_causal_lm(preset, dtype_for(precision))
     import keras_hub
