@@ -185,6 +185,10 @@ def load_causal_lm(path: str | Path, dtype: str) -> Any:
         return loader.load_task(cls, True, True, dtype=dtype)
     except (UsageError, RuntimeFailure):
         raise
-    except Exception as e:  # a checkpoint whose tensors do not fit its config
+    except Exception as e:  # a checkpoint whose tensors do not fit its config; hf://: the network
+        if str(path).startswith("hf://"):
+            from gemma_cli.engine.model import _load_error
+
+            raise _load_error(str(path), e) from None
         text = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         raise RuntimeFailure(f"cannot load the Hugging Face checkpoint {path}: {text}") from None

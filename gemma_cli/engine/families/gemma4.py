@@ -247,12 +247,14 @@ FAMILY = Family(
                 "use_double_wide_mlp": True,
             },
         },
-        # MoE as in 26B-A4B: a dense MLP beside 8 experts, top 2
+        # MoE as in 26B-A4B: a dense MLP beside 8 experts, top 2 (with per-layer inputs too, so
+        # that one tiny model holds a variable of every default layout rule)
         "gemma4_moe": {
             "config": "Gemma4TextConfig",
             "model": "Gemma4ForCausalLM",
             "kwargs": {
                 **_TINY_HF_BASE,
+                "hidden_size_per_layer_input": 8,
                 "enable_moe_block": True,
                 "num_experts": 8,
                 "moe_intermediate_size": 16,
