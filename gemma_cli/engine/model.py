@@ -106,8 +106,15 @@ def abstract_variables(
     return [(p, tuple(s.shape), d) for (p, d), s in zip(paths, shapes, strict=True)]
 
 
-def load_causal_lm(preset: str, precision: str = "float32") -> Any:
-    """keras_hub CausalLM.from_preset with the dtype policy; errors become one line."""
+def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none") -> Any:
+    """keras_hub CausalLM.from_preset with the dtype policy; errors become one line.
+
+    Args:
+        preset: str. A preset name, handle or directory.
+        precision: str. `float32`, `bfloat16` or `mixed_bfloat16`.
+        remat: str. `blocks` builds the backbone so that each decoder block is rematerialised
+            in the backward pass (`engine/remat.py`); `none` (generation, export) does not.
+    """
     _setup()
     if not is_local(preset):
         _check_credentials(preset)
@@ -115,8 +122,14 @@ def load_causal_lm(preset: str, precision: str = "float32") -> Any:
         backbone_config(preset)  # clear error for a missing dir
     import keras_hub
 
+    from gemma_cli.engine import remat as rematlib
+
     try:
-        return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision))
+        return rematlib.build(
+            remat,
+            backbone_config(preset) if remat != "none" else {},
+            lambda: keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision)),
+        )
     except (UsageError, RuntimeFailure):
         raise
     except Exception as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gemma_cli.engine.families import Family, Preset, keras_hub_rules
+from gemma_cli.engine.families import GEMMA_DIM_NAMES, Family, Preset, keras_hub_rules
 
 GEMMA1_BASE: dict[str, Any] = {
     "vocabulary_size": 256000,
@@ -59,6 +59,7 @@ FAMILY = Family(
     layer_name="gemma_backbone",
     layout_rules=keras_hub_rules("GemmaBackbone"),
     layout_source="keras-hub GemmaBackbone.get_layout_map",
+    dim_names=GEMMA_DIM_NAMES,
     hf_model_types=("gemma", "gemma2"),
     presets={
         # Gemma 1 (HF intermediate_size 16384 / 24576 → keras-hub 32768 / 49152)
