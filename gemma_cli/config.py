@@ -408,6 +408,21 @@ def _pydantic_message(err: dict[str, Any]) -> str:
     return msg
 
 
+def _one_branch(errs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Errors of a union field (`layout.rules`: a name or a list of rules) from the branch the
+    input was meant for: pydantic reports every branch and puts the branch's type in `loc`."""
+    out = []
+    for er in errs:
+        loc = tuple(er["loc"])
+        branch = next((p for p in loc if isinstance(p, str) and "[" in p), None)
+        if branch is not None:
+            if branch.startswith("literal[") and isinstance(er.get("input"), (list, dict)):
+                continue  # a list given: the name branch's complaint is noise
+            er = {**er, "loc": tuple(p for p in loc if p != branch)}
+        out.append(er)
+    return out or errs
+
+
 def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
     """Checks that span several keys: one place, all reported together."""
     problems: list[tuple[_Loc, str]] = []
@@ -551,7 +566,7 @@ def parse_config(text: str, where: str = "<config>", overrides: list[str] | tupl
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
-        errs = e.errors(include_url=False)
+        errs = _one_branch(e.errors(include_url=False))
         errs.sort(key=lambda er: lines.get(tuple(er["loc"]), 10**9))
         raise ConfigError([located(tuple(er["loc"]), _pydantic_message(er)) for er in errs]) from None
     problems = _cross_checks(cfg)

@@ -386,7 +386,7 @@ def describe(
         weights, opt_rows, trainable, dev_mem, measured = _live(
             cfg, plan, rules, sizes, batch, seq, live if measure is None else measure, checkpoint
         )
-        mismatches = _against_plan(planned, weights, planned_opt, opt_rows)
+        mismatches = _against_plan(planned, weights, planned_opt, opt_rows, sizes)
         if dev_mem is not None and device_memory is None:
             device_memory, device_name = dev_mem, "this device (bytes_limit)"
         notes_of = {v.path: v.note for v in plan.variables}
@@ -496,9 +496,22 @@ def _against_plan(
     weights: list[dict[str, Any]],
     planned_opt: list[dict[str, Any]],
     opt_rows: list[dict[str, Any]],
+    sizes: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Set `plan_spec` on every live row; a `mismatch` problem per row the plan did not foresee."""
+    """Set `plan_spec` on every live row; a `mismatch` problem per row the plan did not foresee.
+
+    An axis of size 1 splits nothing: P('model', None) on a (1, 1) mesh is the replicated
+    P(None, None) that a single device's arrays report.
+    """
     out: list[dict[str, Any]] = []
+    sizes = sizes or {}
+
+    def same(a: list[Any], b: list[Any]) -> bool:
+        def norm(spec: list[Any]) -> list[Any]:
+            return [None if isinstance(x, str) and sizes.get(x) == 1 else x for x in spec]
+
+        return norm(a) == norm(b)
+
     by_path = {r["path"]: r for r in planned}
     for r in weights:
         want = by_path.pop(r["path"], None)
@@ -506,7 +519,7 @@ def _against_plan(
         if want is None:
             out.append({"level": "mismatch", "variable": r["path"],
                         "message": f"{r['path']}: live variable {_p(r['spec'])} is not in the plan"})
-        elif want["spec"] != r["spec"]:
+        elif not same(want["spec"], r["spec"]):
             out.append({"level": "mismatch", "variable": r["path"],
                         "message": f"{r['path']}: live {_p(r['spec'])} but the plan says {_p(want['spec'])}"})
     for path, want in by_path.items():
@@ -516,7 +529,7 @@ def _against_plan(
     for r in opt_rows:
         want = by_slot.get((r["variable"], r["slot"]))
         r["plan_spec"] = want["spec"] if want else None
-        if want is not None and want["spec"] != r["spec"]:
+        if want is not None and not same(want["spec"], r["spec"]):
             out.append({"level": "mismatch", "variable": r["variable"],
                         "message": f"{r['variable']} · {r['slot']}: live {_p(r['spec'])} but the plan says {_p(want['spec'])}"})
     return out
