@@ -109,7 +109,7 @@ def render(doc: dict[str, Any], console: Any) -> None:
         ]
         if live:  # the plan next to what the arrays say
             ps = r.get("plan_spec")
-            same = ps == r["spec"]
+            same = ps == r["spec"] or (ps is not None and level != "mismatch")  # size-1 axes split nothing
             cells.append(Text("= live" if same else (_spec(ps) if ps is not None else "— (not planned)"),
                               style="dim" if same else "red"))
         cells += [
