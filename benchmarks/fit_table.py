@@ -62,7 +62,7 @@ def main() -> int:
             f"data: {{paths: [x.jsonl], batch_size: {BATCH}, sequence_length: {SEQ}}}\n"
             "optimizer: {name: adamw}\n"
         )
-        alt = inspect_report.describe(cfg, layer="decoder_block_0")["memory"]["alternatives"]
+        alt = inspect_report.describe(cfg)["memory"]["alternatives"]
         return {"none": alt["remat_none_total"], "blocks": alt["remat_blocks_total"]}
 
     rows = []
