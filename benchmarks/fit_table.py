@@ -16,7 +16,6 @@ import functools
 import json
 import sys
 import time
-from typing import Any
 
 BATCH, SEQ, LORA_RANK = 16, 2048, 8
 MODELS = [("Gemma 7B", "gemma_7b_en"), ("Gemma 2 27B", "gemma2_27b_en"), ("Gemma 3 27B", "gemma3_27b_text"),
@@ -36,18 +35,8 @@ def main() -> int:
 
     runtime.setup(without_tensorflow=True)
     from gemma_cli.config import parse_config
-    from gemma_cli.engine import families, inspect_report, memory, model
+    from gemma_cli.engine import families, inspect_report, memory
 
-    plain = model.abstract_variables
-    model.abstract_variables = functools.cache(  # one trace per (model, LoRA): the meshes reuse it
-        lambda bb, precision="float32", rank=0, targets=None: plain(json.loads(bb), precision, rank, list(targets) if targets else None)
-    )
-    cached = model.abstract_variables
-
-    def abstract(bb: dict[str, Any], precision: str = "float32", rank: int = 0, targets: Any = None) -> Any:
-        return cached(json.dumps(bb, sort_keys=True), precision, rank, tuple(targets) if targets else None)
-
-    model.abstract_variables = abstract
     models = [(label, name) for label, name in MODELS if families.get_preset(name) is not None]
     missing = [label for label, name in MODELS if families.get_preset(name) is None]
     quick = "--quick" in sys.argv
