@@ -7,6 +7,7 @@ be checked before anything is allocated.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,21 @@ def dtype_for(precision: str) -> str:
 def abstract_variables(
     bb_config: dict[str, Any], precision: str = "float32", lora_rank: int = 0, lora_targets: list[str] | None = None
 ) -> list[tuple[str, tuple[int, ...], str]]:
-    """(path, shape, dtype) of every backbone variable, with LoRA, allocating nothing."""
+    """(path, shape, dtype) of every backbone variable, with LoRA, allocating nothing.
+
+    Traced once per (architecture, precision, LoRA) in a process: planning one model on many
+    meshes (`gemma init`, the bench's slice table, the layout tests) reuses the trace.
+    """
+    _setup()
+    key = json.dumps(bb_config, sort_keys=True, default=str)
+    return list(_abstract(key, precision, lora_rank, tuple(lora_targets) if lora_targets else None))
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract(
+    bb_json: str, precision: str, lora_rank: int, lora_targets: tuple[str, ...] | None
+) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    bb_config = json.loads(bb_json)
     _setup()
     import jax
     import keras
@@ -97,17 +112,24 @@ def abstract_variables(
         cfg["config"] = inner
         bb = keras.saving.deserialize_keras_object(cfg)
         if lora_rank:
-            bb.enable_lora(lora_rank, target_layer_names=lora_targets)
+            bb.enable_lora(lora_rank, target_layer_names=list(lora_targets) if lora_targets else None)
         paths.clear()
         paths.extend((v.path, str(v.dtype)) for v in bb.weights)
         return [v.value for v in bb.weights]
 
     shapes = jax.eval_shape(build)
-    return [(p, tuple(s.shape), d) for (p, d), s in zip(paths, shapes, strict=True)]
+    return tuple((p, tuple(s.shape), d) for (p, d), s in zip(paths, shapes, strict=True))
 
 
-def load_causal_lm(preset: str, precision: str = "float32") -> Any:
-    """keras_hub CausalLM.from_preset with the dtype policy; errors become one line."""
+def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none") -> Any:
+    """keras_hub CausalLM.from_preset with the dtype policy; errors become one line.
+
+    Args:
+        preset: str. A preset name, handle or directory.
+        precision: str. `float32`, `bfloat16` or `mixed_bfloat16`.
+        remat: str. `blocks` builds the backbone so that each decoder block is rematerialised
+            in the backward pass (`engine/remat.py`); `none` (generation, export) does not.
+    """
     _setup()
     if not is_local(preset):
         _check_credentials(preset)
@@ -115,8 +137,14 @@ def load_causal_lm(preset: str, precision: str = "float32") -> Any:
         backbone_config(preset)  # clear error for a missing dir
     import keras_hub
 
+    from gemma_cli.engine import remat as rematlib
+
     try:
-        return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision))
+        return rematlib.build(
+            remat,
+            backbone_config(preset) if remat != "none" else {},
+            lambda: keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision)),
+        )
     except (UsageError, RuntimeFailure):
         raise
     except Exception as e:

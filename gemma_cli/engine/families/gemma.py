@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gemma_cli.engine.families import Family, Preset, keras_hub_rules
+from gemma_cli.engine.families import GEMMA_DIM_NAMES, Family, Preset, keras_hub_rules
 
 GEMMA1_BASE: dict[str, Any] = {
     "vocabulary_size": 256000,
@@ -61,6 +61,7 @@ FAMILY = Family(
     layout_source="keras-hub GemmaBackbone.get_layout_map",
     gguf_archs=("gemma", "gemma2"),
     gguf_module="gemma_gguf",
+    dim_names=GEMMA_DIM_NAMES,
     hf_model_types=("gemma", "gemma2"),
     presets={
         # Gemma 1 (HF intermediate_size 16384 / 24576 → keras-hub 32768 / 49152)

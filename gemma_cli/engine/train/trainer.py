@@ -129,13 +129,15 @@ class Trainer:
         layout = layoutlib.layout_for(cfg)
         for w in layout.plan.warnings:
             log.warn(w)
+        for n in layout.plan.notes:
+            log.info(f"  layout: {n}")
         import keras
 
         # train.seed drives every random init (LoRA kernels, a resized head) as well as the
         # data order: two runs of one config start from the same weights, on every host alike
         keras.utils.set_random_seed(cfg.train.seed)
         log.step(f"Loading {cfg.model.preset} ({cfg.model.precision}) sharded over the mesh")
-        lm = runs.load(cfg, reporter=log, distribution=layout.distribution, adapters=True)
+        lm = runs.load(cfg, reporter=log, distribution=layout.distribution, adapters=True, remat=cfg.train.remat)
         counts = modellib.param_counts(lm)
         log.info(
             f"  parameters: {counts['total']:,} total, {counts['trainable']:,} trainable "
@@ -214,7 +216,9 @@ class Trainer:
         m, d = self.model, self.data
         assert m is not None and d is not None
         with m.distribution.scope():
-            self.optimizer = compile_model(m.causal_lm, self.cfg, d.total_steps // self.cfg.optimizer.gradient_accumulation_steps)
+            self.optimizer = compile_model(
+                m.causal_lm, self.cfg, d.total_steps // self.cfg.optimizer.gradient_accumulation_steps, m.batch_axis_size
+            )
             if self.resume_from is not None:
                 self.reporter.step(f"Resuming from {self.resume_from}")
                 checkpoint.restore(self.resume_from, m.causal_lm, self.optimizer)
