@@ -122,18 +122,11 @@ def _init_distributed() -> None:
 
 
 def _native_stdout_to_stderr() -> None:
-    """Point fd 1 at stderr and keep Python's sys.stdout on the real stdout.
+    """Gloo (CPU collectives) prints `[Gloo] Rank 0 is connected to ...` from C++ to fd 1
+    whenever it opens a communicator: keep stdout for documents for the rest of the process."""
+    from gemma_cli import stdio
 
-    Gloo (CPU collectives) prints `[Gloo] Rank 0 is connected to ...` from C++ to fd 1 whenever
-    it opens a communicator, which broke `--json` (one JSON document on stdout) on multi-host.
-    """
-    try:
-        sys.stdout.flush()
-        real = os.dup(1)
-        os.dup2(2, 1)
-    except (AttributeError, OSError, ValueError):
-        return
-    sys.stdout = os.fdopen(real, "w", buffering=1, encoding="utf-8", closefd=True)
+    stdio.native_stdout_to_stderr()
 
 
 def process_index() -> int:
