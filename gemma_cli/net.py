@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-DEADLINE_S = 4.0
+DEADLINE_S = 3.0
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gemma_cli.errors import RuntimeFailure, UsageError
+from gemma_cli.errors import RuntimeFailure, UsageError, translate
 
 
 def _setup() -> None:
@@ -115,12 +115,16 @@ def load_causal_lm(preset: str, precision: str = "float32") -> Any:
         backbone_config(preset)  # clear error for a missing dir
     import keras_hub
 
+    from gemma_cli.engine import runtime
+
     try:
-        return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision))
+        with runtime.quiet_native_info():
+            return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision))
     except (UsageError, RuntimeFailure):
         raise
     except Exception as e:
-        raise _load_error(preset, e) from None
+        known = translate(e, key="model.preset")
+        raise (known if known is not None else _load_error(preset, e)) from None
 
 
 def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any) -> None:
