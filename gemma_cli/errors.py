@@ -99,7 +99,9 @@ def _names(e: BaseException) -> set[str]:
 
 
 def _from(e: BaseException, *modules: str) -> bool:
-    return any(c.__module__.split(".")[0] in modules for c in type(e).__mro__)
+    """Whether a class of `e` comes from one of `modules` (top-level names; a trailing digit,
+    as in httpx2, is the same library)."""
+    return any(c.__module__.split(".")[0].rstrip("0123456789") in modules for c in type(e).__mro__)
 
 
 def _first(e: BaseException, limit: int = 240) -> str:
@@ -110,8 +112,14 @@ def _first(e: BaseException, limit: int = 240) -> str:
 
 def _host(e: BaseException) -> str | None:
     """The scheme://host[:port] an HTTP library exception was about, if it says."""
-    for obj in (getattr(e, "request", None), getattr(getattr(e, "response", None), "request", None)):
-        url = getattr(obj, "url", None)
+    def attr(obj: Any, name: str) -> Any:
+        try:  # httpx raises RuntimeError for an unset .request
+            return getattr(obj, name, None)
+        except Exception:  # noqa: BLE001
+            return None
+
+    for obj in (attr(e, "request"), attr(attr(e, "response"), "request")):
+        url = attr(obj, "url")
         if url is not None:
             m = re.match(r"^(\w+://[^/]+)", str(url))
             if m:
@@ -121,7 +129,10 @@ def _host(e: BaseException) -> str | None:
 
 
 def _status(e: BaseException) -> int | None:
-    resp = getattr(e, "response", None)
+    try:
+        resp = getattr(e, "response", None)
+    except Exception:  # noqa: BLE001
+        return None
     code = getattr(resp, "status_code", None) or getattr(resp, "status", None)
     return code if isinstance(code, int) else None
 
@@ -228,6 +239,11 @@ def translate(e: BaseException, path: Any = None, key: str | None = None) -> Gem
         return UsageError(f"{key or 'data.name'}: the tfds dataset is not prepared ({_first(e, 200)})",
                           hint="run `tfds build NAME` on a machine with network, or set data.data_dir")
     # ---- network, any HTTP client
+    if "URLError" in names and _from(e, "urllib"):
+        reason = getattr(e, "reason", None)
+        why = (getattr(reason, "strerror", None) or str(reason or _first(e))).lower()
+        return RuntimeFailure(f"{at}cannot reach {_host(e) or 'a download host'} ({why})",
+                              hint="check the network or a proxy")
     if any(n in names for n in _NET) and (_from(e, "requests", "urllib3", "httpx", "httpcore", "urllib")
                                           or isinstance(e, OSError)):
         host = _host(e)

@@ -338,6 +338,8 @@ def records(cfg: Any) -> list[Problem]:
     One reader of records in the project: this asks the data pipeline's streaming validator
     (`gemma_cli.engine.data.check_records`), which names `file:line` of the first bad record.
     """
+    if cfg.data is None or cfg.data.source != "local":
+        return []  # tfds records are checked as the pipeline reads them (no TensorFlow here)
     try:
         from gemma_cli.engine.data import check_records  # type: ignore[attr-defined]
     except ImportError:

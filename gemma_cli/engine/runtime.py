@@ -59,7 +59,8 @@ def setup(cpu_devices: int | None = None, without_tensorflow: bool = False) -> N
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     if not os.environ.get("GEMMA_DEBUG"):
         # a failed download is reported once, in one line; not each retry
-        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        for name in ("huggingface_hub", "urllib3"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     _init_distributed()
     _tf_off_accelerators()
 
