@@ -156,7 +156,7 @@ def translate(e: BaseException, path: Any = None, key: str | None = None) -> Gem
         key: str | None. The config key or option that named the file.
 
     Example:
-        >>> translate(json.JSONDecodeError("Expecting value", "{", 1), path="state.json").line()
+        >>> translate(json.JSONDecodeError("Expecting value", "{", 1), path="state.json").message
         'state.json:1: not valid JSON: Expecting value (column 2)'
     """
     if isinstance(e, GemmaError):
@@ -202,15 +202,16 @@ def translate(e: BaseException, path: Any = None, key: str | None = None) -> Gem
                               hint="check the hf://owner/name, or run `gemma login hf` for a private one")
         if "RevisionNotFoundError" in names:
             return UsageError(f"{at}no such revision on the Hugging Face Hub ({_first(e, 160)})")
-        if "EntryNotFoundError" in names or "RemoteEntryNotFoundError" in names:
-            return UsageError(f"{at}the repository has no such file ({_first(e, 160)})",
-                              hint="is it a keras-hub or transformers checkpoint?")
         if "OfflineModeIsEnabled" in names:
             return RuntimeFailure(f"{at}the Hugging Face Hub is off (HF_HUB_OFFLINE is set)",
                                   hint="unset HF_HUB_OFFLINE, or use a local preset directory")
         if "LocalEntryNotFoundError" in names or any(n in names for n in _NET):
+            # not in the local cache, and the Hub could not be asked
             return RuntimeFailure(f"{at}cannot reach the Hugging Face Hub{' at ' + host if host else ''}",
                                   hint="check the network, a proxy, or HF_ENDPOINT")
+        if "EntryNotFoundError" in names or "RemoteEntryNotFoundError" in names:
+            return UsageError(f"{at}the repository has no such file ({_first(e, 160)})",
+                              hint="is it a keras-hub or transformers checkpoint?")
         if "HfHubHTTPError" in names:
             return RuntimeFailure(f"{at}the Hugging Face Hub answered HTTP {_status(e)} ({_first(e, 160)})",
                                   hint="try again later")
