@@ -120,7 +120,9 @@ def test_kill_9_twenty_times_then_resume_equals_uninterrupted(tmp_path: Path, ti
     rounds: list[dict[str, Any]] = []
     for i in range(KILLS):
         before = _steps_on_disk(out)
-        resume_from = before[-1] if before else None
+        newest = checkpoint.latest(out)
+        resume_from = int(newest.name.split("_")[1]) if newest else None
+        assert resume_from == (before[-1] if before else None)  # the newest complete one
         mode = rng.choice(["startup", "step", "write"])
         delay = rng.uniform(0.3, 6.0) if mode == "startup" else rng.uniform(0.0, 0.06)
         log = tmp_path / f"child-{i:02d}.log"
@@ -183,3 +185,24 @@ def test_kill_9_twenty_times_then_resume_equals_uninterrupted(tmp_path: Path, ti
     assert mid_write >= 1, rounds  # some kill landed inside a checkpoint write
     assert progressed >= KILLS // 3, rounds  # and many after the run had moved on
     assert not any(".tmp-" in p.name for p in checkpoint.ckpt_root(out).iterdir())  # leftovers cleaned
+
+
+def test_a_pointer_left_behind_by_a_kill_is_overtaken(tmp_path: Path) -> None:
+    """Killed after a checkpoint was renamed into place but before `latest` moved: the newer
+    checkpoint is the one to continue from; a pointer set back by hand later is followed."""
+    root = checkpoint.ckpt_root(tmp_path)
+    for step in (2, 4):
+        d = root / f"step_{step:08d}"
+        d.mkdir(parents=True)
+        (d / "state.json").write_text(json.dumps({"step": step}))
+    (root / "latest").write_text("step_00000002\n")
+    time.sleep(0.01)
+    d = root / "step_00000006"
+    d.mkdir()
+    (d / "state.json").write_text(json.dumps({"step": 6}))
+    assert checkpoint.latest(tmp_path).name == "step_00000006"
+    (root / "latest").write_text("step_00000004\n")  # by hand, after: followed
+    assert checkpoint.latest(tmp_path).name == "step_00000004"
+    assert [p.name for p in checkpoint.prune(tmp_path, keep=1)] == ["step_00000002"]
+    assert [p.name for p in checkpoint.complete(tmp_path)] == ["step_00000004", "step_00000006"]
+    assert not [p for p in root.iterdir() if ".del-" in p.name]  # pruned by rename, then deleted

@@ -46,13 +46,25 @@ def complete(output_dir: Path) -> list[Path]:
 
 
 def latest(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint (the highest step on disk).
+    """The checkpoint to continue from: the one the `latest` pointer names, unless a newer
+    complete checkpoint was written after the pointer (a run killed between writing a
+    checkpoint and moving the pointer); without a usable pointer, the highest step on disk.
 
-    The `latest` pointer is written after the checkpoint it names, so a run killed between the
-    two leaves a pointer one checkpoint behind: the directories, not the pointer, decide.
+    A pointer set back by hand (newer than the checkpoints after it) is followed.
     """
     done = complete(output_dir)
-    return done[-1] if done else None
+    if not done:
+        return None
+    pointer = ckpt_root(output_dir) / "latest"
+    try:
+        named = pointer.parent / pointer.read_text().strip()
+        written = pointer.stat().st_mtime_ns
+    except OSError:
+        return done[-1]
+    if named not in done:
+        return done[-1]
+    after = [p for p in done if p.name > named.name and (p / "state.json").stat().st_mtime_ns > written]
+    return after[-1] if after else named
 
 
 def previous(ckpt: Path) -> Path | None:
@@ -70,9 +82,10 @@ def fallback_hint(ckpt: Path) -> str:
 
 
 def prune(output_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` complete checkpoints (never the newest one)."""
+    """Delete all but the newest `keep` complete checkpoints (never the `latest` one)."""
     done = complete(output_dir)
-    gone = done[: max(len(done) - keep, 0)]
+    current = latest(output_dir)
+    gone = [p for p in done[: max(len(done) - keep, 0)] if p != current]
     for p in gone:
         remove_dir(p)
     return gone
