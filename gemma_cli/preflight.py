@@ -259,8 +259,8 @@ def remote(preset: str, service: str, say: Any, *, network: bool) -> list[Proble
     """A preset that downloads from Kaggle or the Hugging Face Hub: credentials, then the host."""
     from gemma_cli import auth
 
-    if not network:
-        return []
+    if not network or cached(preset):
+        return []  # a download cached here loads without asking the service
     try:
         auth.require_credentials(preset)
     except UsageError as e:
@@ -286,6 +286,27 @@ def remote(preset: str, service: str, say: Any, *, network: bool) -> list[Proble
         return [Problem(say(f"{preset}: cannot reach Kaggle at {reply.host} ({reply.error}); "
                             "check the network, a proxy, or KAGGLE_API_ENDPOINT"), exit_code=1)]
     return []
+
+
+def cached(handle: str) -> bool:
+    """Whether the download cache already holds `handle` (kagglehub's and huggingface_hub's
+    own cache folders, by their rules); a bare keras-hub name is looked up by its handle."""
+    if not handle.startswith(("kaggle://", "hf://")):
+        handle = keras_hub_presets().get(handle, "")
+    home = Path.home()
+    if handle.startswith("kaggle://"):
+        parts = handle[len("kaggle://"):].strip("/").split("/")
+        if len(parts) < 4:
+            return False  # no version: kagglehub asks for the latest one
+        root = Path(os.environ.get("KAGGLEHUB_CACHE") or home / ".cache" / "kagglehub")
+        return (root / "models" / Path(*parts[:5])).is_dir() and len(parts) >= 5
+    if handle.startswith("hf://"):
+        repo = handle[len("hf://"):].strip("/")
+        hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+            os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or home / ".cache", "huggingface"),
+            "hub")
+        return (Path(hub) / f"models--{repo.replace('/', '--')}" / "snapshots").is_dir()
+    return False
 
 
 def _kaggle_host() -> str:

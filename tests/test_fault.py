@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -116,6 +117,7 @@ def test_kill_9_twenty_times_then_resume_equals_uninterrupted(tmp_path: Path, ti
     out = tmp_path / "out"
     cfg = _config(tmp_path, tiny_gemma3, out, "run.yaml")
     env = _env(tmp_path)
+    t0, cpu0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     rng = random.Random(SEED)
     rounds: list[dict[str, Any]] = []
     for i in range(KILLS):
@@ -177,9 +179,11 @@ def test_kill_9_twenty_times_then_resume_equals_uninterrupted(tmp_path: Path, ti
     modes = {m: sum(r["mode"] == m for r in rounds) for m in ("startup", "step", "write")}
     progressed = sum(1 for r in rounds if r["after"] != r["before"])
     mid_write = sum(1 for r in rounds if r["writing"])
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     print(f"\nfault: {KILLS} kills {modes}, {progressed} after progress, {mid_write} with a checkpoint half "
           f"written; final resume from step {summary['resumed_from']}; max |ref - resumed| LoRA {diff:.3g}, "
-          f"optimizer {odiff:.3g}")
+          f"optimizer {odiff:.3g}; {KILLS + 1} children: {time.monotonic() - t0:.0f} s wall, {cpu:.0f} s CPU")
     assert diff <= 1e-6 and odiff <= 1e-6, (diff, odiff)
     assert steps == list(range(1, STEPS + 1)), steps
     assert mid_write >= 1, rounds  # some kill landed inside a checkpoint write

@@ -426,3 +426,19 @@ def test_hf_answers_are_read(home: Path, monkeypatch: pytest.MonkeyPatch, tmp_pa
         assert "refused access (HTTP 401); run `gemma login hf`" in line
     finally:
         srv.shutdown()
+
+
+def test_a_cached_download_needs_no_network(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the download caches hold loads offline: no credentials or host are asked for."""
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kaggle"))
+    cfg = load_config(str(config(tmp_path, tmp_path)), ["model.preset=hf://google/gemma-3-270m"])
+    assert "no token is configured" in preflight.preset(cfg, weights=True, network=True)[0]
+    (tmp_path / "hf" / "hub" / "models--google--gemma-3-270m" / "snapshots").mkdir(parents=True)
+    assert preflight.preset(cfg, weights=True, network=True) == []
+    cfg = load_config(str(config(tmp_path, tmp_path)), ["model.preset=gemma3_1b"])
+    assert "downloads from Kaggle" in preflight.preset(cfg, weights=True, network=True)[0]
+    handle = preflight.keras_hub_presets()["gemma3_1b"]  # kaggle://keras/gemma3/keras/gemma3_1b/N
+    (tmp_path / "kaggle" / "models" / handle[len("kaggle://"):]).mkdir(parents=True)
+    assert preflight.preset(cfg, weights=True, network=True) == []
