@@ -373,21 +373,28 @@ def records(cfg: Any) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------- output ---
-def output(path: str | Path, key: str, *, cfg: Any = None, force: bool = True) -> list[Problem]:
-    """`path` is, or can be made, a directory this process can write into.
+def output(path: str | Path, key: str, *, cfg: Any = None, force: bool = True, file: bool = False) -> list[Problem]:
+    """`path` is, or can be made, a directory (or a `file`) this process can write.
 
     Args:
-        path: str | Path. The directory (train.output_dir, --out).
+        path: str | Path. The directory (train.output_dir, --out), or the file.
         key: str. The config key or option that named it.
         cfg: RunConfig | None. For the file:line of `key`.
-        force: bool. Whether an existing non-empty directory may be replaced (`--out` without
-            `--force` may not). Defaults to True.
+        force: bool. Whether an existing non-empty directory (an existing file) may be replaced
+            (`--out` without `--force` may not). Defaults to True.
+        file: bool. `path` names a file (`export --format gguf`). Defaults to False.
     """
     p = Path(path).expanduser()
     say = functools.partial(_say, cfg, key)
-    if p.exists():
+    if p.exists() and file:
+        if p.is_dir():
+            return [say(f"{p} is a directory; give the file to write")]
+        if not force:
+            return [say(f"{p}: exists (pass --force to replace it, or choose another)")]
+        where = p.parent
+    elif p.exists():
         if not p.is_dir():
-            return [say(f"{p} is an existing file; choose a directory (it would hold the run's files)")]
+            return [say(f"{p} is an existing file; choose a directory")]
         if not force and any(p.iterdir()):
             return [say(f"{p}: exists and is not empty (pass --force to replace it, or choose another)")]
         where = p

@@ -62,7 +62,7 @@ def export(
         tgt = targets.resolve(source, [], verb="export", log=out)
         from gemma_cli import preflight
 
-        preflight.require(preflight.target(tgt) + preflight.output(out_dir, "--out", force=force))
+        preflight.require(preflight.target(tgt) + preflight.output(out_dir, "--out", force=force, file=fmt == "gguf"))
         summary = {
             **ex.export(tgt.config, tgt.checkpoint, out_dir, fmt, dtype=dtype, log=out, force=force,
                         source=tgt.source),
