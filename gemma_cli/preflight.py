@@ -6,7 +6,7 @@ files, the config and a network probe is checked here first, and all problems ar
 once, one line each: `file:line: key: what to do`.
 
     finetune         finetune(cfg, resume=..., dry_run=...)
-    inspect          inspect(cfg, live=...)
+    inspect          inspect(tgt, live=...)
     generate         target(tgt)
     export           target(tgt) + output(out, "--out", force=...)
     config validate  validate(cfg, network=not offline)
@@ -88,10 +88,15 @@ def validate(cfg: Any, *, network: bool = True) -> list[Problem]:
     return out + (found or records(cfg))
 
 
-def inspect(cfg: Any, *, live: bool = False) -> list[Problem]:
+def inspect(tgt: Any, *, live: bool = False) -> list[Problem]:
     """Plan mode needs the architecture only (no weights, no credentials for a known name);
-    `--live` loads the model."""
-    return preset(cfg, weights=live, network=live)
+    `--live` loads the model, and a run's checkpoint with its optimizer state."""
+    if not live:
+        return preset(tgt.config, weights=False, network=False)
+    out = preset(tgt.config, weights=True, network=True)
+    if tgt.checkpoint is not None:
+        out += checkpoint(Path(tgt.checkpoint), optimizer=True)
+    return out
 
 
 def target(tgt: Any, *, network: bool = True) -> list[Problem]:

@@ -228,7 +228,7 @@ def inspect(
                     raise UsageError(f"{what} {rx!r}: regex does not compile: {e}") from None
         from gemma_cli import preflight
 
-        preflight.require(preflight.inspect(cfg, live=live))
+        preflight.require(preflight.inspect(target, live=live))
         from gemma_cli.engine import runtime
 
         # a plan reads shapes only: no tf.data, so skip TensorFlow's multi-second import
