@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gemma_cli.errors import ConfigError, UsageError
 
@@ -347,10 +355,19 @@ class RunConfig(_Strict):
 
     # set by the loader, not part of the schema
     source_path: str | None = Field(None, exclude=True, repr=False)
+    _located: Any = PrivateAttr(default=None)
 
     @property
     def output_dir(self) -> Path:
         return Path(self.train.output_dir or f"runs/{self.name or 'run'}")
+
+    def problem(self, key: str, message: str) -> str:
+        """One problem line about `key` (`data.paths[0]`): `file:line: key: message`, the line
+        being where the key is written (or `override 'k=v': ...` when an override set it)."""
+        loc = tuple(int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"[A-Za-z_]\w*|\[\d+\]", key))
+        if self._located is None:
+            return f"{key}: {message}"
+        return self._located(loc, message)
 
 
 # -------------------------------------------------------------------------- YAML + lines ---
@@ -423,6 +440,8 @@ class _Located:
         for i in range(len(loc), -1, -1):
             if loc[:i] in self.overrides:
                 return f"override '{self.overrides[loc[:i]]}': {_dotted(loc)}: {message}"
+        if self.where == "<preset>":  # a config made up for a preset TARGET: no file to name
+            return f"{_dotted(loc)}: {message}"
         for i in range(len(loc), -1, -1):
             if loc[:i] in self.lines:
                 return f"{self.where}:{self.lines[loc[:i]]}: {_dotted(loc)}: {message}"
@@ -632,6 +651,7 @@ def parse_config(text: str, where: str = "<config>", overrides: list[str] | tupl
     if problems:
         raise ConfigError([located(loc, msg) for loc, msg in problems])
     cfg.source_path = None if where.startswith("<") else where
+    cfg._located = located
     return cfg
 
 

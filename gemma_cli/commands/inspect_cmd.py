@@ -290,6 +290,9 @@ def inspect(
                     re.compile(rx)
                 except re.error as e:
                     raise UsageError(f"{what} {rx!r}: regex does not compile: {e}") from None
+        from gemma_cli import preflight
+
+        preflight.require(preflight.inspect(target, live=live))
         from gemma_cli.engine import runtime
 
         # a plan reads shapes only: no tf.data, so skip TensorFlow's multi-second import

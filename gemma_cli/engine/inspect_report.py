@@ -111,31 +111,13 @@ def layer_of(path: str) -> str:
 
 
 def _backbone_config(preset: str) -> dict[str, Any]:
-    from gemma_cli.engine import families, model
+    from gemma_cli import preflight
+    from gemma_cli.engine import model
 
-    if model.is_local(preset) or "://" in preset:
-        return model.backbone_config(preset)
-    if families.get_preset(preset) is not None:
-        return model.backbone_config(preset)
-    # A bare name we do not ship: keras-hub may know it (then its config.json downloads).
-    known: list[str] = []
-    try:
-        model._setup()  # noqa: SLF001
-        import keras_hub
-
-        known = list(keras_hub.models.Backbone.presets)
-    except Exception:  # noqa: BLE001 — no registry: let backbone_config report
-        return model.backbone_config(preset)
-    if preset not in known:
-        close = difflib.get_close_matches(
-            preset, sorted(set(known) | set(families.preset_names())), n=3, cutoff=0.6
-        )
-        hint = (
-            f"did you mean {', '.join(close)}?"
-            if close
-            else "give a keras-hub preset name, kaggle://, hf:// or a local preset directory"
-        )
-        raise UsageError(f"model.preset: unknown preset '{preset}'", hint=hint)
+    if not (model.is_local(preset) or "://" in preset):
+        unknown = preflight.unknown_preset(preset)
+        if unknown:
+            raise UsageError(f"model.preset: {unknown}")
     return model.backbone_config(preset)
 
 

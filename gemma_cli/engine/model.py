@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gemma_cli.errors import RuntimeFailure, UsageError
+from gemma_cli.errors import RuntimeFailure, UsageError, translate
 
 
 def _setup() -> None:
@@ -138,17 +138,20 @@ def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none")
     import keras_hub
 
     from gemma_cli.engine import remat as rematlib
+    from gemma_cli.engine import runtime
 
     try:
-        return rematlib.build(
-            remat,
-            backbone_config(preset) if remat != "none" else {},
-            lambda: keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision)),
-        )
+        with runtime.quiet_native_info():
+            return rematlib.build(
+                remat,
+                backbone_config(preset) if remat != "none" else {},
+                lambda: keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision)),
+            )
     except (UsageError, RuntimeFailure):
         raise
     except Exception as e:
-        raise _load_error(preset, e) from None
+        known = translate(e, key="model.preset")
+        raise (known if known is not None else _load_error(preset, e)) from None
 
 
 def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any) -> None:

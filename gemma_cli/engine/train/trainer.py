@@ -23,6 +23,7 @@ from typing import Any
 
 from gemma_cli.config import dump_config, to_yaml
 from gemma_cli.engine import checkpoint, runtime, status_file
+from gemma_cli.engine.files import atomic_write
 from gemma_cli.engine.report import Reporter
 from gemma_cli.errors import Interrupted, RuntimeFailure, UsageError
 
@@ -96,19 +97,18 @@ class Trainer:
 
     # ----------------------------------------------------------------------- steps ---
     def check_output_dir(self) -> None:
+        """Writable; with --resume a readable checkpoint; without it no earlier run (the same
+        checks the CLI ran before loading anything: `gemma_cli.preflight.run_dir`)."""
+        from gemma_cli import preflight
+
         cfg, out_dir = self.cfg, self.out_dir
+        preflight.require(preflight.run_dir(cfg, resume=self.resume, dry_run=self.dry_run))
         if self.resume:
             self.resume_from = checkpoint.latest(out_dir)
-            if self.resume_from is None:
-                raise UsageError(f"--resume: no checkpoint in {out_dir}/checkpoints", hint="run without --resume to start")
+            assert self.resume_from is not None  # run_dir checked it
             st = checkpoint.read_state(self.resume_from)
             if st.get("config_digest") and st["config_digest"] != config_digest(cfg):
                 self.reporter.warn(f"the config differs from the one {self.resume_from.name} was trained with")
-        elif not self.dry_run and checkpoint.latest(out_dir) is not None:
-            raise UsageError(
-                f"{out_dir} already holds checkpoints of an earlier run",
-                hint="add --resume to continue it, or set train.output_dir=<new dir> (nothing was overwritten)",
-            )
         if cfg.data is None:
             raise UsageError("data: the config has no data section; finetune needs one")
 
@@ -287,10 +287,10 @@ class Trainer:
 
     def write_config(self) -> None:
         if self.main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(
+            atomic_write(
+                self.out_dir / "config.yaml",
                 f"# resolved config of this run; rerun with: gemma finetune {self.out_dir}/config.yaml\n"
-                + to_yaml(dump_config(self.cfg))
+                + to_yaml(dump_config(self.cfg)),
             )
             d = self.data
             assert d is not None
@@ -344,7 +344,7 @@ class Trainer:
         summary["data"] = counts = d.bundle.counters(st.step)  # every process takes part (a gather)
         self.reporter.info(data_line(counts))
         if self.main:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2))
             status_file.ended(self.out_dir, "finished", step=st.step)
         return summary
 
