@@ -144,6 +144,10 @@ def save(
             bb.save_to_preset(str(tmp / FULL_DIR))
             if preprocessor is not None:
                 preprocessor.save_to_preset(str(tmp / FULL_DIR))
+            else:  # loaded without TensorFlow: the tokenizer alone
+                from gemma_cli.engine.model import tokenizer_of
+
+                tokenizer_of(causal_lm).save_to_preset(str(tmp / FULL_DIR))
         np.savez(tmp / "optimizer.npz", **arrays, __paths__=np.array(paths))
         # state.json last: a directory with it is complete
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "time": time.time()}, indent=2))

@@ -140,18 +140,36 @@ def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none")
     from gemma_cli.engine import remat as rematlib
     from gemma_cli.engine import runtime
 
+    # keras-hub's CausalLM preprocessors need TensorFlow; its tokenizers do not (sentencepiece).
+    # Without TensorFlow the task is built without a preprocessor and carries its tokenizer.
+    with_tf = runtime.tensorflow_available()
+    extra: dict[str, Any] = {} if with_tf else {"preprocessor": None}
     try:
         with runtime.quiet_native_info():
-            return rematlib.build(
+            lm = rematlib.build(
                 remat,
                 backbone_config(preset) if remat != "none" else {},
-                lambda: keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision)),
+                lambda: keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision), **extra),
             )
+            if not with_tf:
+                object.__setattr__(lm, "_gemma_tokenizer", keras_hub.tokenizers.Tokenizer.from_preset(preset))
+            return lm
     except (UsageError, RuntimeFailure):
         raise
     except Exception as e:
         known = translate(e, key="model.preset")
         raise (known if known is not None else _load_error(preset, e)) from None
+
+
+def tokenizer_of(causal_lm: Any) -> Any:
+    """The model's tokenizer: its preprocessor's, or the one loaded beside it without TensorFlow."""
+    pre = getattr(causal_lm, "preprocessor", None)
+    if pre is not None:
+        return pre.tokenizer
+    tok = getattr(causal_lm, "_gemma_tokenizer", None)
+    if tok is None:
+        raise RuntimeFailure("internal: the model has neither a preprocessor nor a tokenizer")
+    return tok
 
 
 def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any) -> None:

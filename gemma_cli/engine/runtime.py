@@ -183,6 +183,15 @@ def quiet_native_info() -> Iterator[None]:
         os.close(saved)
 
 
+def tensorflow_available() -> bool:
+    """Whether TensorFlow imports here (it is optional: only tfds data needs it)."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def process_index() -> int:
     import jax
 

@@ -159,6 +159,7 @@ class Trainer:
         """The streaming data of the run (engine/data): every check that can run before
         anything is written runs here; `--resume` continues at the checkpoint's data position."""
         from gemma_cli.engine import data as datalib
+        from gemma_cli.engine import model as modellib
 
         cfg, log, m = self.cfg, self.reporter, self.model
         assert m is not None
@@ -176,7 +177,7 @@ class Trainer:
             enable_segment_attention(m.causal_lm.backbone)
         bundle = datalib.build(
             d,
-            m.preprocessor.tokenizer,
+            modellib.tokenizer_of(m.causal_lm),
             seed=cfg.train.seed,
             start_step=start,
             streams=datalib.streams_for(m.distribution, cfg.mesh.batch_axis),
