@@ -337,6 +337,8 @@ VERB_FAILURES = [
     ["login", "kaggle"],
     ["login", "hf"],
     ["runs", "{tmp}/nowhere"],
+    ["generate", "--no-such-option"],  # the command line itself does not parse
+    ["export", "{tmp}/run"],  # --out is missing
 ]
 
 
