@@ -97,8 +97,11 @@ def documents_only() -> Iterator[TextIO]:
 
 def native_stdout_to_stderr() -> None:
     """Point fd 1 at stderr for the rest of the process; `sys.stdout` stays the real stdout."""
-    if _state.get("native") or _state["depth"]:
-        _state["depth"] = int(_state["depth"]) + 1 if _state["depth"] else 0  # type: ignore[call-overload]
+    if _state.get("native"):
+        return
+    _state["native"] = True
+    if _state["depth"]:  # a verb's --json diversion is on: it now stays on for good
+        _state["depth"] = int(_state["depth"]) + 1  # type: ignore[call-overload]
         return
     try:
         sys.stdout.flush()
@@ -106,7 +109,6 @@ def native_stdout_to_stderr() -> None:
         os.dup2(2, 1)
     except (AttributeError, OSError, ValueError):
         return
-    _state["native"] = True
     sys.stdout = os.fdopen(real, "w", buffering=1, encoding="utf-8", closefd=True)
 
 

@@ -337,6 +337,8 @@ VERB_FAILURES = [
     ["login", "kaggle"],
     ["login", "hf"],
     ["runs", "{tmp}/nowhere"],
+    ["generate", "--no-such-option"],  # the command line itself does not parse
+    ["export", "{tmp}/run"],  # --out is missing
 ]
 
 
@@ -355,3 +357,37 @@ def test_every_verb_fails_with_one_json_document_and_one_line(argv: list[str], t
     assert doc.get("exit_code") == 2 or doc.get("valid") is False, doc
     line = one_line(r.stderr)
     assert line[len("Error: "):].startswith(doc["error"] if "error" in doc else doc["problems"][0])
+
+
+# ---------------------------------------------------------------- stderr: native INFO lines ---
+SPM = r"""
+import io, sys
+from gemma_cli.engine import runtime
+runtime.setup()
+import keras_hub
+import sentencepiece as spm
+buf = io.BytesIO()
+spm.SentencePieceTrainer.train(sentence_iterator=iter(["the quick brown fox jumps over the lazy dog"] * 50),
+                               model_writer=buf, vocab_size=30, model_type="bpe", minloglevel=2,
+                               normalization_rule_name="identity")  # Gemma's normalizer
+if sys.argv[1] == "quiet":
+    with runtime.quiet_native_info():
+        keras_hub.tokenizers.SentencePieceTokenizer(proto=buf.getvalue())
+        print("a Python line on stderr", file=sys.stderr)
+else:
+    keras_hub.tokenizers.SentencePieceTokenizer(proto=buf.getvalue())
+print("loaded", file=sys.stderr)
+"""
+
+
+def test_sentencepiece_info_line_is_dropped_on_load() -> None:
+    """tensorflow-text's SentencePiece prints `normalizer.cc(51) LOG(INFO) ...` whenever a
+    tokenizer with Gemma's identity normalizer loads; model and tokenizer loads filter it."""
+    env = {k: v for k, v in os.environ.items() if k != "GEMMA_DEBUG"}
+    env["PYTHONPATH"] = str(ROOT)
+    runs = {how: subprocess.run([sys.executable, "-c", SPM, how], capture_output=True, text=True, cwd=ROOT,
+                                env=env, timeout=300) for how in ("loud", "quiet")}
+    for p in runs.values():
+        assert p.returncode == 0 and "loaded" in p.stderr, p.stderr[-2000:]
+    assert "normalizer.cc(51) LOG(INFO) precompiled_charsmap is empty" in runs["loud"].stderr
+    assert "LOG(INFO)" not in runs["quiet"].stderr and "a Python line on stderr" in runs["quiet"].stderr

@@ -3,8 +3,8 @@
 One run directory; each round starts `python -m gemma_cli finetune CONFIG [--resume]` as a
 child process and SIGKILLs it at a moment drawn from a seeded RNG, in one of three ways:
 
-- `startup`: after a random delay from the start (imports, model load, compilation, or the
-  first steps, depending on how fast the machine is);
+- `startup`: after a random delay from the start (imports, model load, compilation), or as
+  soon as it has saved its first step, whichever comes first;
 - `step`: once the child has written a new checkpoint, after a random fraction of a step (a
   step, or the checkpoint write that follows it);
 - `write`: as soon as a checkpoint being written (`step_N.tmp-*`) appears on disk.
@@ -40,7 +40,7 @@ from gemma_cli.engine import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 20
-STEPS = 60  # each round trains at most ~2 steps before its kill: the last round has steps left
+STEPS = 100  # each round trains a few steps at most before its kill: the last round has steps left
 SEED = 10
 CHILD_TIMEOUT = 300  # seconds a child may take to reach the moment it is killed at
 
@@ -132,10 +132,10 @@ def test_kill_9_twenty_times_then_resume_equals_uninterrupted(tmp_path: Path, ti
         with open(log, "w") as err:
             child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=tmp_path)
             try:
-                if mode == "startup":
+                if mode == "startup":  # at the delay, or once the child saved a step, whichever is first
                     deadline = time.monotonic() + delay
-                    while time.monotonic() < deadline and child.poll() is None:
-                        time.sleep(0.01)
+                    while time.monotonic() < deadline and child.poll() is None and _steps_on_disk(out) == before:
+                        time.sleep(0.005)
                 else:
                     _wait(lambda b=before: _steps_on_disk(out)[-1:] > b[-1:], child, log)
                     if mode == "write":

@@ -7,14 +7,16 @@ Nothing here imports keras, keras_hub, jax, tensorflow or tensorflow_datasets.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from gemma_cli import stdio
 from gemma_cli.errors import GemmaError, translate
@@ -107,6 +109,36 @@ def _fail(out: Output, line: str, code: int, problems: list[str] | None = None, 
             doc["hint"] = err.hint
         out.result(doc)
     raise typer.Exit(code) from None
+
+
+class Group(typer.core.TyperGroup):
+    """The root command group: with `--json` on the command line, a command line that does not
+    parse (an unknown option, a missing argument) is still answered with one JSON document on
+    stdout and one `Error:` line on stderr, exit 2, like every other failure."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if "--json" not in argv or not standalone_mode:
+            return super().main(args=argv, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=standalone_mode, **extra)
+        try:
+            rv = super().main(args=argv, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except typer.Abort:
+            sys.stderr.write("Error: aborted\n")
+            sys.exit(1)
+        except Exception as e:
+            if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+                raise  # not a command-line parsing error (click's ClickException, as vendored by typer)
+            line = " ".join(e.format_message().split())
+            sys.stderr.write(f"Error: {line}\n")
+            sys.stdout.write(json.dumps({"error": line, "exit_code": e.exit_code}, indent=2) + "\n")
+            sys.stdout.flush()
+            sys.exit(e.exit_code)
+        if isinstance(rv, int):  # a typer.Exit(code) from the verb
+            sys.exit(rv)
+        return rv
 
 
 def make_output(json_mode: bool = False, quiet: bool = False, debug: bool = False,
