@@ -149,46 +149,18 @@ def render(doc: dict[str, Any], console: Any) -> None:
 
     tot = doc["totals"]
     mdl = doc["model"]
-    mem = doc["memory"]
-    est = mem["estimate"]
-    alt = mem["alternatives"]
-    other_remat = "none" if mem["remat"] == "blocks" else "blocks"
-    chunked = (
-        f"loss in chunks of {mem['loss_chunk']} positions; whole logits ~{human_bytes(est['logits_plain'])}"
-        if mem["loss_chunk"]
-        else "whole logits"
-    )
+    layout = f", layout {mdl['layout']}" if mdl.get("layout") else ""
     lines = [
         f"[bold]{mdl['preset']}[/] ({mdl['backbone']}, {mdl['precision']}, "
         f"{'LoRA rank ' + str(mdl['lora_rank']) if mdl['lora_rank'] else 'full fine-tune'}, {mdl['optimizer']}) "
-        f"— {mdl['mode']} on mesh {mesh_txt} ({m['devices']} devices), layout {mdl['layout']}",
+        f"— {mdl['mode']} on mesh {mesh_txt} ({m['devices']} devices){layout}",
         f"params: {tot['params']:,} ({human_count(tot['params'])}), trainable: {tot['trainable_params']:,} "
         f"({human_count(tot['trainable_params'])}); shown {len(doc['variables'])} of {tot['variables']} variables",
         f"per device: weights {human_bytes(tot['weights_bytes_per_device'])}, gradients "
         f"{human_bytes(tot['gradients_bytes_per_device'])}, optimizer state {human_bytes(tot['optimizer_bytes_per_device'])} "
         f"({tot['optimizer_variables']} variables)",
-        f"  activations ~{human_bytes(est['activations'])} (remat {mem['remat']}; with remat {other_remat}: "
-        f"~{human_bytes(est['activations_remat_' + other_remat])}), logits ~{human_bytes(est['logits'])} ({chunked}); "
-        f"batch {tot['batch_per_device']}/device × {tot['sequence_length']} tokens",
     ]
-    total = f"total ~{human_bytes(tot['total_bytes_per_device'])} per device (estimate"
-    total += f"; remat {other_remat}: ~{human_bytes(alt['remat_' + other_remat + '_total'])})"
-    if tot["device_memory_bytes"]:
-        ok = tot["fits"]
-        name = f" ({tot['device']})" if tot.get("device") else ""
-        total += f" of {human_bytes(tot['device_memory_bytes'])}{name}: " + (
-            "[green]fits[/]" if ok else "[red]does not fit[/]"
-        )
-    lines.append(total)
-    if mem["measured"]:
-        ms = mem["measured"]
-        lines.append(
-            f"measured (XLA memory analysis of the compiled train step): peak {human_bytes(ms['peak'])} per device "
-            f"(arguments {human_bytes(ms['argument'])}, temporaries {human_bytes(ms['temp'])}); "
-            f"the estimate is {100 * mem['error']:+.0f}% off"
-        )
-    for n in doc.get("layout_notes", []):
-        lines.append(f"[cyan]layout:[/] {n}")
+    lines += _memory_lines(doc)
     if tot["unmatched_variables"]:
         lines.append(f"{tot['unmatched_variables']} variables match no rule and are replicated")
     for u in doc["unused_rules"]:
@@ -207,6 +179,46 @@ def render(doc: dict[str, Any], console: Any) -> None:
         lines.append(f"[dim]note: {n}[/]")
     for line in lines:
         console.print(line)
+
+
+def _memory_lines(doc: dict[str, Any]) -> list[str]:
+    """Activations, logits, the total against the device, and the measured peak (live)."""
+    tot = doc["totals"]
+    mem = doc.get("memory")
+    batch = f"batch {tot['batch_per_device']}/device × {tot['sequence_length']} tokens"
+    total = f"total ~{human_bytes(tot['total_bytes_per_device'])} per device (estimate"
+    if mem is None:
+        lines = [f"  activations ~{human_bytes(tot['activations_bytes_per_device'])} ({batch})"]
+        total += ")"
+    else:
+        est, alt = mem["estimate"], mem["alternatives"]
+        other = "none" if mem["remat"] == "blocks" else "blocks"
+        chunked = (
+            f"loss in chunks of {mem['loss_chunk']} positions; whole logits ~{human_bytes(est['logits_plain'])}"
+            if mem["loss_chunk"]
+            else "whole logits"
+        )
+        lines = [
+            f"  activations ~{human_bytes(est['activations'])} (remat {mem['remat']}; with remat {other}: "
+            f"~{human_bytes(est['activations_remat_' + other])}), logits ~{human_bytes(est['logits'])} ({chunked}); {batch}"
+        ]
+        total += f"; remat {other}: ~{human_bytes(alt['remat_' + other + '_total'])})"
+    if tot["device_memory_bytes"]:
+        name = f" ({tot['device']})" if tot.get("device") else ""
+        total += f" of {human_bytes(tot['device_memory_bytes'])}{name}: " + (
+            "[green]fits[/]" if tot["fits"] else "[red]does not fit[/]"
+        )
+    lines.append(total)
+    if mem is not None and mem.get("measured"):
+        ms = mem["measured"]
+        lines.append(
+            f"measured (XLA memory analysis of the compiled train step): peak {human_bytes(ms['peak'])} per device "
+            f"(arguments {human_bytes(ms['argument'])}, temporaries {human_bytes(ms['temp'])}); "
+            f"the estimate is {100 * mem['error']:+.0f}% off"
+        )
+    for n in doc.get("layout_notes", []):
+        lines.append(f"[cyan]layout:[/] {n}")
+    return lines
 
 
 def inspect(
