@@ -182,3 +182,29 @@ def test_live_arrays_follow_the_plan(tmp_path: Path, tiny_presets: dict[str, Pat
             assert any("lora_kernel" in p and planned[p].spec != (None,) * len(planned[p].shape) for p in planned)
         # data still splits over the batch axis only
         assert lay.distribution.batch_dim_name == "batch"
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "words"),
+    [
+        ("layout: {rules: fsdb}\n", 2, ["layout", "rules must be 'default', 'fsdp' or a list", "did you mean 'fsdp'?"]),
+        ("train:\n  remat: full\n", 3, ["train.remat", "'none' or 'blocks'", "got 'full'"]),
+        ("train:\n  loss_chunk: 0\n", 3, ["train.loss_chunk", "'auto', 'none' or a positive number"]),
+    ],
+    ids=["rules", "remat", "loss_chunk"],
+)
+def test_new_keys_are_checked_with_file_and_line(
+    tmp_path: Path, tiny_presets: dict[str, Path], body: str, line: int, words: list[str]
+) -> None:
+    model = f"model: {{preset: {tiny_presets['gemma3']}}}\n"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(model + body)
+    r = CliRunner().invoke(app, ["config", "validate", str(cfg)])
+    assert r.exit_code == 2 and r.stdout == ""
+    err = r.stderr.strip().splitlines()[0]
+    assert err.startswith(f"Error: {cfg}:{line}: "), err
+    for w in words:
+        assert w in err, (w, err)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(model + "layout: fsdp\ntrain: {remat: blocks, loss_chunk: 256}\n")
+    assert CliRunner().invoke(app, ["config", "validate", str(ok)]).exit_code == 0
