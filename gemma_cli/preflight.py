@@ -325,7 +325,7 @@ def _kaggle_host() -> str:
 
 # ------------------------------------------------------------------------------- data ---
 def data(cfg: Any, *, required: bool) -> list[Problem]:
-    """Every local data path matches readable files of a known format; a tfds data_dir exists."""
+    """Every local data path matches readable files of a known format; a tfds data_dir is, or can be made, a directory."""
     d = cfg.data
     if d is None:
         return [_say(cfg, "data", "the config has no data section; finetune needs one")] if required else []
@@ -353,8 +353,12 @@ def data(cfg: Any, *, required: bool) -> list[Problem]:
                         fh.read(1)
                 except OSError as e:
                     out.append(say(f"{f}: cannot read: {e.strerror or e}"))
-    if d.data_dir and not Path(d.data_dir).expanduser().is_dir():
-        out.append(_say(cfg, "data.data_dir", f"{d.data_dir}: no such directory (tfds reads prepared data there)"))
+    if d.data_dir:
+        where = Path(d.data_dir).expanduser()
+        if where.exists() and not where.is_dir():
+            out.append(_say(cfg, "data.data_dir", f"{d.data_dir} is a file; tfds reads and prepares datasets in a directory"))
+        elif not where.exists():  # tfds makes it when it downloads and prepares the dataset there
+            out += output(where, "data.data_dir", cfg=cfg)
     return out
 
 

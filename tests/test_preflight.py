@@ -204,6 +204,22 @@ def test_output_dir_read_only(tmp_path: Path, tiny_gemma3: Path) -> None:
         assert r.exit_code == 2 and f"cannot write in {ro}" in r.stderr
 
 
+def test_tfds_data_dir_is_made_by_tfds_unless_it_cannot_be(tmp_path: Path, tiny_gemma3: Path) -> None:
+    """A data_dir that does not exist yet is fine (tfds makes it as it prepares the dataset);
+    one that is a file, or under a read-only place, is named before anything loads."""
+    fresh = config(tmp_path, tiny_gemma3, data={"name": "imdb_reviews", "data_dir": str(tmp_path / "not" / "yet")})
+    assert preflight.data(load_config(str(fresh)), required=True) == []
+    f = tmp_path / "notes.txt"
+    f.write_text("mine\n")
+    cfg = config(tmp_path, tiny_gemma3, data={"name": "imdb_reviews", "data_dir": str(f)})
+    line = assert_one_error_line(gemma("finetune", cfg, "-q"))
+    assert f"data.data_dir: {f} is a file" in line and f.read_text() == "mine\n"
+    with read_only_dir(tmp_path) as ro:
+        cfg = config(tmp_path, tiny_gemma3, data={"name": "imdb_reviews", "data_dir": str(ro / "tfds")})
+        line = assert_one_error_line(gemma("finetune", cfg, "-q"))
+        assert f"data.data_dir: {ro / 'tfds'}: cannot write in {ro}" in line, line
+
+
 # ------------------------------------------------------------------------------------ records ---
 def test_later_records_lacking_the_field_named_by_file_and_line(tmp_path: Path, tiny_gemma3: Path) -> None:
     import gemma_cli.engine.data as datalib
