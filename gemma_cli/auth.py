@@ -42,7 +42,7 @@ from typing import Any
 from gemma_cli.errors import RuntimeFailure, UsageError
 
 SERVICES = ("kaggle", "hf")
-CHECK_TIMEOUT_S = 15.0
+CHECK_TIMEOUT_S = 3.0  # the whole check, name resolution included (gemma_cli.net.within)
 
 
 # ---- paths ---------------------------------------------------------------------------------
@@ -318,8 +318,11 @@ def kaggle_hello_url() -> str:
 
 
 def _unreachable(service: str, url: str, e: BaseException, env_var: str) -> RuntimeFailure:
+    from gemma_cli import net
+
     host = re.sub(r"^(\w+://[^/]+).*$", r"\1", url)
-    return RuntimeFailure(f"cannot reach {service} at {host} ({type(e).__name__})",
+    why = str(e) if isinstance(e, net.NoAnswer) else type(e).__name__
+    return RuntimeFailure(f"cannot reach {service} at {host} ({why})",
                           hint=f"check the network, a proxy, or {env_var}")
 
 
@@ -339,10 +342,12 @@ def check_kaggle(cred: Credential, timeout: float = CHECK_TIMEOUT_S) -> CheckRes
         auth = _Bearer()
     else:
         auth = (cred.username or "", cred.key or "")
+    from gemma_cli import net
+
     try:
-        r = requests.post(url, json={}, auth=auth, timeout=timeout,
-                          headers={"User-Agent": f"gemma-cli/{__version__}"})
-    except requests.RequestException as e:
+        r = net.within(timeout, lambda: requests.post(url, json={}, auth=auth, timeout=timeout,
+                                                      headers={"User-Agent": f"gemma-cli/{__version__}"}))
+    except (requests.RequestException, net.NoAnswer) as e:
         raise _unreachable("Kaggle", url, e, "KAGGLE_API_ENDPOINT") from None
     try:
         body = r.json()
@@ -362,10 +367,12 @@ def check_hf(cred: Credential, timeout: float = CHECK_TIMEOUT_S) -> CheckResult:
     """Ask the Hub `whoami` for `cred.token`, at `$HF_ENDPOINT` when set."""
     from huggingface_hub import HfApi
 
+    from gemma_cli import net
+
     endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     url = f"{endpoint}/api/whoami-v2"
     try:
-        info = HfApi(endpoint=endpoint).whoami(token=cred.token)
+        info = net.within(timeout, lambda: HfApi(endpoint=endpoint).whoami(token=cred.token))
     except Exception as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status in (401, 403):

@@ -24,10 +24,11 @@ from gemma_cli.commands import (
     login_cmd,
     runs_cmd,
 )
-from gemma_cli.commands.common import boundary, make_output  # noqa: F401  (re-exported for scripts)
+from gemma_cli.commands.common import Group, boundary, make_output  # noqa: F401  (re-exported for scripts)
 
 app = typer.Typer(
     name="gemma",
+    cls=Group,
     help="Fine-tune Gemma models with Keras 3, keras-hub and JAX from YAML run configs.\n\n"
     "Quick start (offline, this machine): make demo.  Every verb takes --json (one JSON "
     "document on stdout), --quiet and --debug. Exit codes: 0 ok, 1 runtime failure, "

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gemma_cli.errors import ConfigError, UsageError
 
@@ -143,33 +151,45 @@ class LayoutRule(_Strict):
 
 
 class LayoutConfig(_Strict):
-    rules: list[LayoutRule] | None = Field(
-        None, description="`default` (the family's rules) or a list of {pattern, axes}."
+    rules: Literal["default", "fsdp"] | list[LayoutRule] = Field(
+        "default",
+        description="`default`: the model family's rules (model axis on heads or the FFW width, "
+        "batch axis on the hidden dimension; an axis that does not divide its dimension moves to "
+        "one it divides). `fsdp`: the family's rules plus every mesh axis on every matrix (ZeRO-3: "
+        "weights, gradients and optimizer state divide by the whole device count). Or a list of "
+        "{pattern, axes}: strict, see `indivisible`.",
     )
     indivisible: Literal["error", "replicate"] = Field(
         "error",
-        description="A sharded dimension not divisible by its mesh axes: stop with an error, "
-        "or replicate that dimension and warn.",
+        description="A sharded dimension not divisible by its mesh axes (a rule from the config, "
+        "or a family rule that no dimension can take): stop with an error, or replicate that "
+        "dimension and warn.",
     )
 
     @model_validator(mode="before")
     @classmethod
     def _default(cls, v: Any) -> Any:
-        if isinstance(v, str):  # `layout: default`
+        if isinstance(v, str):  # `layout: default` / `layout: fsdp`
             v = {"rules": v}
         if isinstance(v, list):  # `layout: [{pattern, axes}, ...]`
             v = {"rules": v}
-        if isinstance(v, dict) and isinstance(v.get("rules"), str):
-            if v["rules"] != "default":
-                raise ValueError(
-                    f"rules must be 'default' or a list of {{pattern, axes}}, got {v['rules']!r}"
-                )
-            v = {**v, "rules": None}
+        if isinstance(v, dict) and v.get("rules", "default") is None:  # configs saved before fsdp
+            v = {**v, "rules": "default"}
+        if isinstance(v, dict) and isinstance(v.get("rules"), str) and v["rules"] not in ("default", "fsdp"):
+            close = difflib.get_close_matches(v["rules"], ["default", "fsdp"], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(
+                f"rules must be 'default', 'fsdp' or a list of {{pattern, axes}}, got {v['rules']!r}{hint}"
+            )
         return v
 
     @property
     def is_default(self) -> bool:
-        return self.rules is None
+        return self.rules == "default"
+
+    @property
+    def is_fsdp(self) -> bool:
+        return self.rules == "fsdp"
 
 
 # ----------------------------------------------------------------------------------- data ---
@@ -289,6 +309,26 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(3, ge=1, le=1000)
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps.")
     log_every: int = Field(10, ge=1, description="Write a metrics line every N steps.")
+    remat: Literal["none", "blocks"] = Field(
+        "none",
+        description="Rematerialisation: `blocks` keeps only each decoder block's input for the "
+        "backward pass and recomputes the rest (far less activation memory, ~1/3 more step time); "
+        "`none` keeps every activation. Generation never rematerialises.",
+    )
+    loss_chunk: Literal["auto", "none"] | int = Field(
+        "auto",
+        description="Compute the loss over the vocabulary in chunks of N sequence positions, so "
+        "the full [batch, sequence, vocabulary] logits never exist. `auto`: chunk when one step's "
+        "float32 logits would exceed 1 GiB per device (the 262k-token Gemma 3 vocabulary at "
+        "useful batch sizes), else not; `none`: never.",
+    )
+
+    @field_validator("loss_chunk", mode="before")
+    @classmethod
+    def _loss_chunk(cls, v: Any) -> Any:
+        if v in ("auto", "none") or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("must be 'auto', 'none' or a positive number of sequence positions")
 
 
 # ------------------------------------------------------------------------------- generate ---
@@ -315,10 +355,19 @@ class RunConfig(_Strict):
 
     # set by the loader, not part of the schema
     source_path: str | None = Field(None, exclude=True, repr=False)
+    _located: Any = PrivateAttr(default=None)
 
     @property
     def output_dir(self) -> Path:
         return Path(self.train.output_dir or f"runs/{self.name or 'run'}")
+
+    def problem(self, key: str, message: str) -> str:
+        """One problem line about `key` (`data.paths[0]`): `file:line: key: message`, the line
+        being where the key is written (or `override 'k=v': ...` when an override set it)."""
+        loc = tuple(int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"[A-Za-z_]\w*|\[\d+\]", key))
+        if self._located is None:
+            return f"{key}: {message}"
+        return self._located(loc, message)
 
 
 # -------------------------------------------------------------------------- YAML + lines ---
@@ -391,6 +440,8 @@ class _Located:
         for i in range(len(loc), -1, -1):
             if loc[:i] in self.overrides:
                 return f"override '{self.overrides[loc[:i]]}': {_dotted(loc)}: {message}"
+        if self.where == "<preset>":  # a config made up for a preset TARGET: no file to name
+            return f"{_dotted(loc)}: {message}"
         for i in range(len(loc), -1, -1):
             if loc[:i] in self.lines:
                 return f"{self.where}:{self.lines[loc[:i]]}: {_dotted(loc)}: {message}"
@@ -418,6 +469,21 @@ def _pydantic_message(err: dict[str, Any]) -> str:
     return msg
 
 
+def _one_branch(errs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Errors of a union field (`layout.rules`: a name or a list of rules) from the branch the
+    input was meant for: pydantic reports every branch and puts the branch's type in `loc`."""
+    out = []
+    for er in errs:
+        loc = tuple(er["loc"])
+        branch = next((p for p in loc if isinstance(p, str) and "[" in p), None)
+        if branch is not None:
+            if branch.startswith("literal[") and isinstance(er.get("input"), (list, dict)):
+                continue  # a list given: the name branch's complaint is noise
+            er = {**er, "loc": tuple(p for p in loc if p != branch)}
+        out.append(er)
+    return out or errs
+
+
 def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
     """Checks that span several keys: one place, all reported together."""
     problems: list[tuple[_Loc, str]] = []
@@ -428,9 +494,9 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
         )
     if m.batch_axis not in m.axes:
         problems.append((("mesh", "batch_axis"), f"'{m.batch_axis}' is not one of the axes {m.axes}"))
-    if cfg.layout.rules is None and m.model_axis not in m.axes:
+    if isinstance(cfg.layout.rules, str) and m.model_axis not in m.axes:
         problems.append((("mesh", "model_axis"), f"'{m.model_axis}' is not one of the axes {m.axes}"))
-    for i, rule in enumerate(cfg.layout.rules or []):
+    for i, rule in enumerate([] if isinstance(cfg.layout.rules, str) else cfg.layout.rules):
         for j, ax in enumerate(rule.axes):
             if ax is not None and ax not in m.axes:
                 problems.append(
@@ -578,13 +644,14 @@ def parse_config(text: str, where: str = "<config>", overrides: list[str] | tupl
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
-        errs = e.errors(include_url=False)
+        errs = _one_branch(e.errors(include_url=False))
         errs.sort(key=lambda er: lines.get(tuple(er["loc"]), 10**9))
         raise ConfigError([located(tuple(er["loc"]), _pydantic_message(er)) for er in errs]) from None
     problems = _cross_checks(cfg)
     if problems:
         raise ConfigError([located(loc, msg) for loc, msg in problems])
     cfg.source_path = None if where.startswith("<") else where
+    cfg._located = located
     return cfg
 
 

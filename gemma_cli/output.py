@@ -16,6 +16,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gemma_cli import stdio
+
 
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
@@ -32,16 +34,21 @@ class Output:
         json_mode: bool. Print one JSON document on stdout at the end. Defaults to False.
         quiet: bool. Only warnings and errors on stderr. Defaults to False.
         debug: bool. Show tracebacks and debug lines. Defaults to False.
+        documents: bool. Stdout carries machine-read documents only (`--json`, `--jsonl`):
+            while the verb runs, whatever else is printed to stdout, by Python code or native
+            libraries, goes to stderr (`gemma_cli.stdio`). Defaults to `json_mode`.
 
     Example:
         >>> out = Output(json_mode=True)
         >>> out.result({"ok": True})  # prints {"ok": true}
     """
 
-    def __init__(self, json_mode: bool = False, quiet: bool = False, debug: bool = False):
+    def __init__(self, json_mode: bool = False, quiet: bool = False, debug: bool = False,
+                 documents: bool | None = None):
         self.json_mode = json_mode
         self.quiet = quiet
         self.debug = debug
+        self.documents = json_mode if documents is None else documents
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
         self._emitted = False
@@ -84,8 +91,9 @@ class Output:
             if self._emitted:
                 raise RuntimeError("Output.result called twice in --json mode")
             self._emitted = True
-            sys.stdout.write(json.dumps(data, default=_json_default, indent=2) + "\n")
-            sys.stdout.flush()
+            doc = stdio.document_stream()
+            doc.write(json.dumps(data, default=_json_default, indent=2) + "\n")
+            doc.flush()
         elif human is not None:
             human(self.out)
         elif isinstance(data, str):
@@ -94,9 +102,15 @@ class Output:
             self.out.print_json(json.dumps(data, default=_json_default))
 
     def text(self, text: str) -> None:
-        """Raw text to stdout (e.g. a completion, a YAML document); not in --json mode."""
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        sys.stdout.flush()
+        """Raw text to stdout (e.g. a completion, a YAML document, a JSONL line)."""
+        doc = stdio.document_stream()
+        doc.write(text if text.endswith("\n") else text + "\n")
+        doc.flush()
+
+    @property
+    def emitted(self) -> bool:
+        """Whether the --json document was written."""
+        return self._emitted
 
     @contextmanager
     def status(self, message: str) -> Iterator[None]:

@@ -127,7 +127,7 @@ def test_show_json_is_one_document(tmp_path: Path) -> None:
 
 
 def test_validate_reads_stdin() -> None:
-    r = runner.invoke(app, ["config", "validate", "-", "--json"], input=GOOD)
+    r = runner.invoke(app, ["config", "validate", "-", "--json", "--offline"], input=GOOD)
     assert r.exit_code == 0 and json.loads(r.stdout)["valid"] is True
 
 

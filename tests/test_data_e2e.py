@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from test_finetune import assert_one_error_line, config, gemma
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +136,6 @@ print(x["token_ids"].shape, float(sw.sum()) > 0, scalars, loaded)
     assert p.stdout.strip().splitlines()[-1] == "(4, 48) True {'train/loss': [(3, 1.5)]} []"
 
 
-@pytest.mark.xfail(reason="model loading without TensorFlow (keras-hub's preprocessor needs it) is the lead's part", strict=False)
 def test_finetune_without_tensorflow(tmp_path, tiny_gemma3):
     cfg = config(tmp_path, tiny_gemma3, lora=4, mesh=[1, 1], train={"max_steps": 2})
     script = (
@@ -152,3 +150,19 @@ def test_finetune_without_tensorflow(tmp_path, tiny_gemma3):
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads(p.stdout)
     assert s["steps"] == 2 and (tmp_path / "out" / "tensorboard").is_dir()
+    # generate from the fine-tuned run, plain and --chat, still without TensorFlow
+    gen = (
+        "import sys; sys.modules['tensorflow'] = None\n"
+        "from gemma_cli.cli import main\n"
+        f"sys.argv = ['gemma', 'generate', {s['output_dir']!r}, '-p', 'the quick brown', '-p', 'a mesh has',"
+        " '--max-length', '32', '--json'] + sys.argv[1:]\n"
+        "try:\n    main()\nfinally:\n"
+        "    print('TF', [m for m, v in sys.modules.items() if m.startswith('tensorflow') and v is not None], file=sys.stderr)\n"
+    )
+    for extra in ([], ["--chat"]):
+        g = subprocess.run([sys.executable, "-c", gen, *extra], env=env, capture_output=True, text=True, timeout=600)
+        assert g.returncode == 0, g.stderr[-3000:]
+        doc = json.loads(g.stdout)
+        assert doc["kind"] == "run" and len(doc["results"]) == 2
+        assert all(r["completion_tokens"] >= 1 and isinstance(r["completion"], str) for r in doc["results"]), doc
+        assert "TF []" in g.stderr

@@ -257,7 +257,7 @@ def test_init_on_1_device(cwd: Path, tiny_gemma3: Path) -> None:
     env = {**os.environ, "GEMMA_CPU_DEVICES": "1", "PYTHONPATH": str(ROOT)}
     p = subprocess.run(
         [sys.executable, "-m", "gemma_cli", "init", "--preset", str(tiny_gemma3), "--data", "c.txt", "--json"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
     )
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)

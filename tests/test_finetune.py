@@ -107,14 +107,14 @@ def spec_of(v: Any) -> tuple[str | None, ...]:
 # ----------------------------------------------------------------------- 1. shardings ---
 # The family defaults: keras-hub's GemmaBackbone.get_layout_map for gemma/gemma2, ours for
 # gemma3 (the same shape). The tiny models have 4 query heads and 2 KV heads, so on a model
-# axis of 4 (mesh 2x4) the KV heads, and on 8 (mesh 1x8) all heads, are indivisible and
-# `layout.indivisible: replicate` replicates exactly that dimension.
+# axis of 4 (mesh 2x4) the KV heads, and on 8 (mesh 1x8) all heads, are indivisible: the
+# default rules move the model axis to the head dimension (8), which it divides.
 EXPECTED = {
     (2, 4): {
         "token_embedding/embeddings": ("model", "batch"),
         "decoder_block_0/attention/query/kernel": ("model", "batch", None),
-        "decoder_block_0/attention/key/kernel": (None, "batch", None),
-        "decoder_block_0/attention/value/kernel": (None, "batch", None),
+        "decoder_block_0/attention/key/kernel": (None, "batch", "model"),
+        "decoder_block_0/attention/value/kernel": (None, "batch", "model"),
         "decoder_block_0/attention/attention_output/kernel": ("model", None, "batch"),
         "decoder_block_1/ffw_gating/kernel": ("batch", "model"),
         "decoder_block_1/ffw_gating_2/kernel": ("batch", "model"),
@@ -124,10 +124,10 @@ EXPECTED = {
     },
     (1, 8): {
         "token_embedding/embeddings": ("model", "batch"),
-        "decoder_block_0/attention/query/kernel": (None, "batch", None),
-        "decoder_block_0/attention/key/kernel": (None, "batch", None),
-        "decoder_block_0/attention/value/kernel": (None, "batch", None),
-        "decoder_block_0/attention/attention_output/kernel": (None, None, "batch"),
+        "decoder_block_0/attention/query/kernel": (None, "batch", "model"),
+        "decoder_block_0/attention/key/kernel": (None, "batch", "model"),
+        "decoder_block_0/attention/value/kernel": (None, "batch", "model"),
+        "decoder_block_0/attention/attention_output/kernel": (None, "model", "batch"),
         "decoder_block_1/ffw_gating/kernel": ("batch", "model"),
         "decoder_block_1/ffw_gating_2/kernel": ("batch", "model"),
         "decoder_block_1/ffw_linear/kernel": ("model", "batch"),
@@ -135,6 +135,9 @@ EXPECTED = {
         "final_normalization/scale": (None,),
     },
 }
+
+# keras-hub's attention rule written in a config: config rules are strict
+KV_RULE = {"pattern": "decoder_block.*attention.*(query|key|value).kernel", "axes": ["model", "batch", None]}
 
 
 def _prepared(tmp: Path, preset: Path, mesh: list[int], lora: int | None) -> tuple[Any, Any]:
@@ -240,8 +243,8 @@ def test_json_run_prints_exactly_one_document(run_a):
     assert s["checkpoint"] == str(run_a["out"] / "checkpoints" / f"step_{STEPS:08d}")
     assert Path(s["files"]["metrics"]).is_file() and Path(s["files"]["loss_curve"]).is_file()
     assert [e["step"] for e in s["evals"]] == [0, 12, 24]  # 0: the baseline before any update
-    # progress and the layout warning went to stderr
-    assert "Warning:" in r.stderr and "replicated that dimension" in r.stderr
+    # progress and the layout note went to stderr: 2 KV heads on a model axis of 4
+    assert "layout:" in r.stderr and "moved from dimension 0 (heads, 2) to dimension 2 (head_dim, 8)" in r.stderr
     print(f"\nrun A: {STEPS} steps in {run_a['seconds']:.1f}s, step {s['step_seconds'] * 1000:.0f} ms, "
           f"{s['tokens_per_second']:.0f} tok/s, first step (compile) {s['time_to_first_step']:.1f}s")
 
@@ -433,14 +436,18 @@ def test_batch_size_must_divide_by_the_batch_axis(tmp_path, tiny_gemma3):
 
 
 def test_indivisible_layout_is_an_error_naming_variable_dim_rule_and_fix(tmp_path, tiny_gemma3):
-    # 2 KV heads on a model axis of 4: what gemma_2b's single KV head does on real meshes
-    cfg = config(tmp_path, tiny_gemma3, mesh=[2, 4], layout={"indivisible": "error"})
+    # 2 KV heads on a model axis of 4, under a rule from the config (strict; the family's own
+    # rules would move the axis to the head dimension instead)
+    cfg = config(tmp_path, tiny_gemma3, mesh=[2, 4], layout={"rules": [KV_RULE], "indivisible": "error"})
     line = assert_one_error_line(gemma("finetune", cfg, "-q"))
     for w in ("decoder_block_0/attention/key/kernel", "(2, 32, 8)", "dimension 0 (2)", "mesh axis 'model' (4)",
               "rule 'decoder_block.*attention.*(query|key|value).kernel'", "layout.indivisible: replicate"):
         assert w in line, (w, line)
     assert not (tmp_path / "out").exists()
-    # `replicate` trains (run A) with one warning instead: see test_json_run_prints_exactly_one_document
+    # `replicate` plans with a warning instead
+    cfg = config(tmp_path, tiny_gemma3, mesh=[2, 4], layout={"rules": [KV_RULE], "indivisible": "replicate"})
+    r = gemma("finetune", cfg, "--dry-run", "--json")
+    assert r.exit_code == 0 and "replicated that dimension" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize(

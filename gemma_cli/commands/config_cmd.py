@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from gemma_cli.commands.common import (
@@ -23,6 +25,9 @@ config_app = typer.Typer(
 def validate(
     config: TargetConfigArg = None,
     overrides: OverridesArg = None,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Skip what concerns downloads: credentials and the host answering.")
+    ] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -31,29 +36,35 @@ def validate(
 
     Without CONFIG: $GEMMA_CONFIG, ./gemma.yaml, or the most recent run's config.yaml.
 
+    Beyond the schema, what `gemma finetune` checks before it loads anything: the preset (a
+    local directory complete, a name known, a download's credentials and host), the data
+    (paths, every record's fields), train.output_dir writable.
+
     Example: gemma config validate configs/imdb_7b_tpu.yaml train.max_steps=10
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
         from rich.text import Text
 
-        from gemma_cli import targets
+        from gemma_cli import preflight, targets
+        from gemma_cli.errors import ConfigError, PreflightError
 
         shown = config
         try:
             if targets.split_overrides(config, overrides)[0] is None:
                 shown = targets.default_source()  # named in the --json document when invalid
             cfg = targets.resolve(config, overrides, verb="config", log=out).config
-        except Exception as e:  # report --json errors as a document too
-            from gemma_cli.errors import ConfigError
-
-            if json_ and isinstance(e, ConfigError):
+            preflight.require(preflight.validate(cfg, network=not offline))
+        except (ConfigError, PreflightError) as e:  # report --json errors as a document too
+            if json_:
+                out.error(e.line())
                 out.result({"valid": False, "config": shown, "problems": e.problems})
-                raise typer.Exit(2) from None
+                raise typer.Exit(e.exit_code) from None
             raise
         shown = cfg.source_path or shown or "<stdin>"
         out.result(
-            {"valid": True, "config": shown, "name": cfg.name, "preset": cfg.model.preset},
+            {"valid": True, "config": shown, "name": cfg.name, "preset": cfg.model.preset,
+             "checked": "schema, preset, data, output_dir" + ("" if offline else ", credentials, network")},
             human=lambda c: c.print(Text("✓ ", style="green") + Text(f"{shown} is valid ({cfg.model.preset})")),
         )
 

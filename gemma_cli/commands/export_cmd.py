@@ -60,6 +60,9 @@ def export(
         from gemma_cli import targets
 
         tgt = targets.resolve(source, [], verb="export", log=out)
+        from gemma_cli import preflight
+
+        preflight.require(preflight.target(tgt) + preflight.output(out_dir, "--out", force=force, file=fmt == "gguf"))
         summary = {
             **ex.export(tgt.config, tgt.checkpoint, out_dir, fmt, dtype=dtype, log=out, force=force,
                         source=tgt.source),

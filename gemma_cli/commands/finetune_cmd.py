@@ -50,6 +50,9 @@ def finetune(
         from gemma_cli.config import load_config
 
         cfg = load_config(targets.finetune_config(config), overrides or [])
+        from gemma_cli import preflight
+
+        preflight.require(preflight.finetune(cfg, resume=resume, dry_run=dry_run))
         from gemma_cli.engine import runtime
 
         runtime.setup()

@@ -93,7 +93,7 @@ def generate(
 
       gemma generate presets/gemma3_270m --chat -p "Write a haiku about TPUs" --sampler top_p
     """
-    out = make_output(json_, quiet, debug)
+    out = make_output(json_, quiet, debug, documents=json_ or jsonl)
     with boundary(out):
         if json_ and jsonl:
             raise UsageError("--json and --jsonl: choose one")
@@ -116,6 +116,9 @@ def generate(
         prompts = read_prompts(prompt or [], prompt_file, stdin_text)
         tgt = targets.resolve(target, items, verb="generate", log=out)
         cfg = tgt.config
+        from gemma_cli import preflight
+
+        preflight.require(preflight.target(tgt))
         if template:
             if cfg.data is None or not cfg.data.template:
                 raise UsageError("--template: the config has no data.template")

@@ -26,13 +26,32 @@ from gemma_cli.output import human_bytes, human_count
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 
 
-def parse_size(text: str) -> int:
+# Memory per chip, as engine/memory.py's DEVICES (kept here so that parsing imports no engine).
+DEVICE_NAMES = ("v4", "v5e", "v5p", "v6e", "a100-40", "a100-80", "h100", "h200")
+
+
+def parse_size(text: str, option: str = "--device-memory") -> int:
     """`16GiB`, `16G`, `80GB`, `1024` (bytes) → bytes. Binary units for G/Gi alike."""
     m = _SIZE.match(text)
     if not m:
-        raise UsageError(f"--device-memory {text!r}: expected a size such as 16GiB or 95G")
+        raise UsageError(f"{option} {text!r}: expected a size such as 16GiB or 95G")
     unit = (m.group(2) or "b").lower().rstrip("b").rstrip("i")
     return int(float(m.group(1)) * 1024 ** {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}[unit])
+
+
+def parse_device(text: str) -> tuple[str, int | None]:
+    """`--device`: a known chip (`v5e`, `h100`, ...) → (name, None: the engine knows its size),
+    or a size (`24GiB`) → (the size as given, bytes)."""
+    key = text.strip().lower()
+    if key in DEVICE_NAMES:
+        return key, None
+    if _SIZE.match(text):
+        return text.strip(), parse_size(text, "--device")
+    import difflib
+
+    close = difflib.get_close_matches(key, DEVICE_NAMES, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"known devices: {', '.join(DEVICE_NAMES)}; or a size such as 24GiB"
+    raise UsageError(f"--device {text!r}: not a known device or a size", hint=hint)
 
 
 def _spec(spec: list[Any]) -> str:
@@ -77,6 +96,8 @@ def render(doc: dict[str, Any], console: Any) -> None:
         level = bad.get(r[key])
         style = "red" if level in ("error", "mismatch") else "yellow" if level == "warning" else None
         rule = r["rule"] if r["rule"] is not None else "— (no rule: replicated)"
+        if r.get("note"):
+            rule = f"{r['rule'] or '— (no rule)'}\n↳ {r['note']}"
         cells = [
             Text(path, style=style),
             _shape(r["shape"]),
@@ -88,7 +109,7 @@ def render(doc: dict[str, Any], console: Any) -> None:
         ]
         if live:  # the plan next to what the arrays say
             ps = r.get("plan_spec")
-            same = ps == r["spec"]
+            same = ps == r["spec"] or (ps is not None and level != "mismatch")  # size-1 axes split nothing
             cells.append(Text("= live" if same else (_spec(ps) if ps is not None else "— (not planned)"),
                               style="dim" if same else "red"))
         cells += [
@@ -128,24 +149,18 @@ def render(doc: dict[str, Any], console: Any) -> None:
 
     tot = doc["totals"]
     mdl = doc["model"]
+    layout = f", layout {mdl['layout']}" if mdl.get("layout") else ""
     lines = [
         f"[bold]{mdl['preset']}[/] ({mdl['backbone']}, {mdl['precision']}, "
         f"{'LoRA rank ' + str(mdl['lora_rank']) if mdl['lora_rank'] else 'full fine-tune'}, {mdl['optimizer']}) "
-        f"— {mdl['mode']} on mesh {mesh_txt} ({m['devices']} devices)",
+        f"— {mdl['mode']} on mesh {mesh_txt} ({m['devices']} devices){layout}",
         f"params: {tot['params']:,} ({human_count(tot['params'])}), trainable: {tot['trainable_params']:,} "
         f"({human_count(tot['trainable_params'])}); shown {len(doc['variables'])} of {tot['variables']} variables",
         f"per device: weights {human_bytes(tot['weights_bytes_per_device'])}, gradients "
         f"{human_bytes(tot['gradients_bytes_per_device'])}, optimizer state {human_bytes(tot['optimizer_bytes_per_device'])} "
-        f"({tot['optimizer_variables']} variables), activations ~{human_bytes(tot['activations_bytes_per_device'])} "
-        f"(batch {tot['batch_per_device']}/device × {tot['sequence_length']} tokens)",
+        f"({tot['optimizer_variables']} variables)",
     ]
-    total = f"total ~{human_bytes(tot['total_bytes_per_device'])} per device"
-    if tot["device_memory_bytes"]:
-        ok = tot["fits"]
-        total += f" of {human_bytes(tot['device_memory_bytes'])}: " + (
-            "[green]fits[/]" if ok else "[red]does not fit[/]"
-        )
-    lines.append(total)
+    lines += _memory_lines(doc)
     if tot["unmatched_variables"]:
         lines.append(f"{tot['unmatched_variables']} variables match no rule and are replicated")
     for u in doc["unused_rules"]:
@@ -164,6 +179,46 @@ def render(doc: dict[str, Any], console: Any) -> None:
         lines.append(f"[dim]note: {n}[/]")
     for line in lines:
         console.print(line)
+
+
+def _memory_lines(doc: dict[str, Any]) -> list[str]:
+    """Activations, logits, the total against the device, and the measured peak (live)."""
+    tot = doc["totals"]
+    mem = doc.get("memory")
+    batch = f"batch {tot['batch_per_device']}/device × {tot['sequence_length']} tokens"
+    total = f"total ~{human_bytes(tot['total_bytes_per_device'])} per device (estimate"
+    if mem is None:
+        lines = [f"  activations ~{human_bytes(tot['activations_bytes_per_device'])} ({batch})"]
+        total += ")"
+    else:
+        est, alt = mem["estimate"], mem["alternatives"]
+        other = "none" if mem["remat"] == "blocks" else "blocks"
+        chunked = (
+            f"loss in chunks of {mem['loss_chunk']} positions; whole logits ~{human_bytes(est['logits_plain'])}"
+            if mem["loss_chunk"]
+            else "whole logits"
+        )
+        lines = [
+            f"  activations ~{human_bytes(est['activations'])} (remat {mem['remat']}; with remat {other}: "
+            f"~{human_bytes(est['activations_remat_' + other])}), logits ~{human_bytes(est['logits'])} ({chunked}); {batch}"
+        ]
+        total += f"; remat {other}: ~{human_bytes(alt['remat_' + other + '_total'])})"
+    if tot["device_memory_bytes"]:
+        name = f" ({tot['device']})" if tot.get("device") else ""
+        total += f" of {human_bytes(tot['device_memory_bytes'])}{name}: " + (
+            "[green]fits[/]" if tot["fits"] else "[red]does not fit[/]"
+        )
+    lines.append(total)
+    if mem is not None and mem.get("measured"):
+        ms = mem["measured"]
+        lines.append(
+            f"measured (XLA memory analysis of the compiled train step): peak {human_bytes(ms['peak'])} per device "
+            f"(arguments {human_bytes(ms['argument'])}, temporaries {human_bytes(ms['temp'])}); "
+            f"the estimate is {100 * mem['error']:+.0f}% off"
+        )
+    for n in doc.get("layout_notes", []):
+        lines.append(f"[cyan]layout:[/] {n}")
+    return lines
 
 
 def inspect(
@@ -191,11 +246,23 @@ def inspect(
             "read the specs from the arrays and flag any that differ from the plan.",
         ),
     ] = False,
-    device_memory: Annotated[
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure/--no-measure",
+            help="With --live: compile the train step for the config's batch and show XLA's measured peak per device.",
+        ),
+    ] = True,
+    device: Annotated[
         str | None,
         typer.Option(
-            "--device-memory", help="Memory per device to compare with, e.g. 16GiB (plan mode)."
+            "--device",
+            help="Say whether the step fits this device: v5e, v5p, v4, v6e, h100, a100-80, a100-40, h200, or a size such as 24GiB.",
         ),
+    ] = None,
+    device_memory: Annotated[
+        str | None,
+        typer.Option("--device-memory", help="Memory per device to compare with, e.g. 16GiB (as --device SIZE)."),
     ] = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -203,13 +270,18 @@ def inspect(
 ) -> None:
     """Show how weights and optimizer state are sharded: spec, shard shape, bytes per device.
 
-    Plans any preset on the config's mesh without weights or devices. Exit 2 if a sharded dimension does not divide its mesh axis (shown in red, with the fix); with --live, exit 1 if a live variable is not laid out as planned.
+    Plans any preset on the config's mesh without weights or devices, with an estimate of each
+    device's memory in a training step (weights, gradients, optimizer state, activations with
+    and without remat, logits) and whether it fits --device. Exit 2 if a sharded dimension does
+    not divide its mesh axis (shown in red, with the fix); with --live, exit 1 if a live variable
+    is not laid out as planned. --live also compiles the train step and prints XLA's measured
+    peak per device next to the estimate.
 
     Without CONFIG: $GEMMA_CONFIG, ./gemma.yaml, or the most recent run under runs/.
 
     Examples:
 
-      gemma inspect configs/imdb_7b_tpu.yaml --layer decoder_block_1 --optimizer
+      gemma inspect configs/imdb_7b_tpu.yaml --layer decoder_block_1 --optimizer --device v5e
 
       gemma inspect --layer decoder_block_1 --live
     """
@@ -219,13 +291,20 @@ def inspect(
 
         target = targets.resolve(config, overrides, verb="inspect", log=out)
         cfg = target.config
-        mem = parse_size(device_memory) if device_memory else None
+        if device and device_memory:
+            raise UsageError("give --device or --device-memory, not both")
+        dev_name, mem = parse_device(device) if device else (None, None)
+        if device_memory:
+            dev_name, mem = device_memory.strip(), parse_size(device_memory)
         for what, rx in (("--layer", layer), ("--match", match)):
             if rx is not None:
                 try:
                     re.compile(rx)
                 except re.error as e:
                     raise UsageError(f"{what} {rx!r}: regex does not compile: {e}") from None
+        from gemma_cli import preflight
+
+        preflight.require(preflight.inspect(target, live=live))
         from gemma_cli.engine import runtime
 
         # a plan reads shapes only: no tf.data, so skip TensorFlow's multi-second import
@@ -237,6 +316,10 @@ def inspect(
         with out.status(
             f"{'Loading' if live else 'Planning'} {cfg.model.preset} on mesh {cfg.mesh.shape} ..."
         ):
+            if dev_name is not None and mem is None:
+                from gemma_cli.engine import memory
+
+                mem = memory.DEVICES[dev_name]
             select = inspect_report.Selection(layer, match, names=("--layer", "--match"))
             doc = inspect_report.describe(
                 cfg,
@@ -244,6 +327,8 @@ def inspect(
                 select=select,
                 optimizer=optimizer,
                 device_memory=mem,
+                device_name=dev_name,
+                measure=live and measure,
                 checkpoint=target.checkpoint,
             )
         doc["target"] = target.to_dict()

@@ -293,11 +293,14 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
 
     _, tokenizer_cls, preprocessor_cls, causal_lm_cls = (getattr(keras_hub.models, c) for c in family)
-    if arch == "gemma3":
-        has_vision = all(s in set(tokens) for s in ("<img>", "<start_of_image>", "<end_of_image>"))
-        tokenizer = tokenizer_cls(proto=proto, has_vision_tokens=has_vision)
-    else:
-        tokenizer = tokenizer_cls(proto=proto)
+    from gemma_cli.engine.runtime import quiet_native_info
+
+    with quiet_native_info():  # SentencePiece's INFO line about the identity normalizer
+        if arch == "gemma3":
+            has_vision = all(s in set(tokens) for s in ("<img>", "<start_of_image>", "<end_of_image>"))
+            tokenizer = tokenizer_cls(proto=proto, has_vision_tokens=has_vision)
+        else:
+            tokenizer = tokenizer_cls(proto=proto)
     preprocessor = preprocessor_cls(tokenizer=tokenizer, sequence_length=sequence_length)
     causal_lm = causal_lm_cls(backbone=backbone, preprocessor=preprocessor)
     params = int(backbone.count_params())

@@ -1,4 +1,11 @@
-"""Writing files and directories so that a reader never sees half of one."""
+"""Writing files and directories so that a reader never sees half of one.
+
+A process killed at any instant (`kill -9`, a preempted VM) leaves either the old content or
+the new, never a mix: everything is written under a temporary name in the same directory,
+flushed to the disk (fsync), and renamed over the final name, which the file system does
+atomically. Temporary names hold the final name and `.tmp-`, so a later writer
+can tell and remove what a killed one left (`remove_leftovers`).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,34 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+TMP_MARKS = (".tmp-", ".old-", ".del-")
+
+
+def _fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            _fsync_path(Path(dirpath) / name)
+        _fsync_path(Path(dirpath))
+
 
 def atomic_dir(out: Path, write: Callable[[Path], None]) -> None:
     """Run `write(tmp)` into a temporary sibling of `out`, then swap it in with a rename.
 
-    An existing `out` is replaced only once the new one is complete; on any failure the
-    temporary directory is removed and `out` is left as it was.
+    An existing `out` is replaced only once the new one is complete and on disk; on any
+    failure the temporary directory is removed and `out` is left as it was.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
@@ -22,11 +51,13 @@ def atomic_dir(out: Path, write: Callable[[Path], None]) -> None:
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a preset dir is an ordinary dir
     try:
         write(tmp)
+        _fsync_tree(tmp)
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
             os.rename(out, old / out.name)
         os.rename(tmp, out)
+        _fsync_path(out.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -55,3 +86,36 @@ def atomic_file(out: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` with `atomic_file` (see the module docstring)."""
+    atomic_file(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def remove_dir(path: Path) -> None:
+    """Delete a directory so that no reader sees it half deleted: rename it away first."""
+    gone = Path(tempfile.mkdtemp(prefix=f"{path.name}.del-", dir=path.parent))
+    os.rename(path, gone / path.name)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def remove_leftovers(directory: Path) -> list[Path]:
+    """Remove what killed writers left in `directory` (names holding `.tmp-`, `.old-`,
+    `.del-`); only one process may write there at a time. Returns what was removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if any(m in p.name for m in TMP_MARKS):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                try:
+                    p.unlink()
+                except OSError:
+                    continue
+            removed.append(p)
+    return removed

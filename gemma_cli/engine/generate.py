@@ -82,7 +82,9 @@ class Generator:
             self.lm.compile(sampler=make_sampler(cfg.generate))
         want = batch_size or max(self.batch_axis, 1)
         self.batch_size = math.ceil(want / self.batch_axis) * self.batch_axis
-        self.tokenizer = self.lm.preprocessor.tokenizer
+        from gemma_cli.engine.model import tokenizer_of
+
+        self.tokenizer = tokenizer_of(self.lm)
         self.compiles = 0
         self._shapes: set[tuple[int, int]] = set()
 
@@ -123,6 +125,8 @@ class Generator:
             with self.distribution.scope():
                 if chat:
                     outs = self._chat_batch(batch, max_length, stop)
+                elif self.lm.preprocessor is None:  # no TensorFlow: token ids in, token ids out
+                    outs = self._text_batch(batch, max_length, stop)
                 else:
                     outs = self.lm.generate(batch, max_length=max_length, stop_token_ids=stop, strip_prompt=False)
             dt = time.perf_counter() - t0
@@ -131,7 +135,7 @@ class Generator:
             outs = list(outs)[: len(chunk)]
             new_tokens = 0
             for orig, full in zip(chunk, outs, strict=True):
-                if chat:
+                if isinstance(full, tuple):
                     prompt_text, completion, n_prompt, n_new = full
                 else:
                     full = full if isinstance(full, str) else full.decode("utf-8", errors="replace")
@@ -153,21 +157,34 @@ class Generator:
             self.log.debug_line(f"batch of {len(chunk)} (+{pad} padding): {dt:.2f}s, {new_tokens} new tokens")
         return results
 
+    def _text_batch(self, prompts: list[str], max_length: int, stop: tuple[int, ...]) -> list[tuple[str, str, int, int]]:
+        """Plain prompts as `<bos> + ids`, as keras-hub's preprocessor would feed them."""
+        ids = [[self.tokenizer.start_token_id, *self._ids(p)] for p in prompts]
+        return [(p, completion, n, k) for p, (_, completion, n, k) in zip(prompts, self._id_batch(ids, max_length, stop), strict=True)]
+
     def _chat_batch(self, prompts: list[str], max_length: int, stop: tuple[int, ...]) -> list[tuple[str, str, int, int]]:
         """Generate from chat prompts given as token ids; (prompt text, completion, prompt
         tokens, new tokens) per prompt."""
+        from gemma_cli.engine.data import Renderer
+        from gemma_cli.engine.data.render import BOS
+
+        renderer = Renderer.for_chat(self.chat_format)
+        ids = [self.chat_prompt_ids(p) for p in prompts]
+        shown = ["".join(piece.text for piece in renderer.prompt(p) if piece.text != BOS) for p in prompts]
+        return [(s, completion, n, k) for s, (_, completion, n, k) in zip(shown, self._id_batch(ids, max_length, stop), strict=True)]
+
+    def _id_batch(self, ids: list[list[int]], max_length: int, stop: tuple[int, ...]) -> list[tuple[str, str, int, int]]:
+        """Generate from prompts given as token ids: ("", completion, prompt tokens, new tokens)."""
         import keras
         import numpy as np
 
-        from gemma_cli.engine.data import Encoder, Renderer
-        from gemma_cli.engine.data.render import BOS
+        from gemma_cli.engine.data import Encoder
 
         enc = Encoder(self.tokenizer)
-        ids = [self.chat_prompt_ids(p) for p in prompts]
         longest = max(len(x) for x in ids)
         if longest >= max_length:
             raise UsageError(
-                f"generate.max_length: {max_length} tokens leave no room after a chat prompt of {longest} tokens; raise it"
+                f"generate.max_length: {max_length} tokens leave no room after a prompt of {longest} tokens; raise it"
             )
         tokens = np.full((len(ids), max_length), enc.pad_id, dtype="int32")
         mask = np.zeros((len(ids), max_length), dtype=bool)
@@ -180,16 +197,14 @@ class Generator:
             inputs = {k: keras.distribution.distribute_tensor(v, dist.get_data_layout(v.shape)) for k, v in inputs.items()}
         out = self.lm.make_generate_function()(inputs, stop_token_ids=stop)
         out_ids = np.asarray(out["token_ids"])
-        renderer = Renderer.for_chat(self.chat_format)
         results = []
-        for r, (p, seq) in enumerate(zip(prompts, ids, strict=True)):
+        for r, seq in enumerate(ids):
             new = [int(t) for t in out_ids[r, len(seq) :]]
             for k, t in enumerate(new):
                 if t in stop:
                     new = new[:k]
                     break
-            shown = "".join(piece.text for piece in renderer.prompt(p) if piece.text != BOS)
-            results.append((shown, enc.decode(new), len(seq), len(new)))
+            results.append(("", enc.decode(new), len(seq), len(new)))
         return results
 
     def _ids(self, text: str) -> list[int]:

@@ -3,10 +3,17 @@
 `describe(cfg)` returns plain data (the document `gemma inspect --json` prints):
 
     {"mesh": {"shape", "axes", "devices"},
-     "variables": [{"path", "shape", "dtype", "spec", "shard_shape", "bytes_per_device", "rule"}],
+     "variables": [{"path", "shape", "dtype", "spec", "shard_shape", "bytes_per_device", "rule",
+                    "note"}],
      "optimizer_variables": [... same keys + "variable" (the weight) and "slot"],
-     "totals": {...}, "problems": [{"level", "variable", "message"}], "unused_rules": [...],
-     "notes": [...], "model": {...}}
+     "totals": {...}, "memory": {"estimate", "remat", "loss_chunk", "alternatives", "measured",
+     "error"}, "problems": [{"level", "variable", "message"}], "unused_rules": [...],
+     "notes": [...], "layout_notes": [...], "model": {...}}
+
+`note` says why a variable's layout differs from its rule's (an axis moved to a dimension it
+divides, fsdp); `layout_notes` groups them. `memory.estimate` is `engine/memory.py`'s
+per-device estimate of a training step; `memory.measured` (live mode) is XLA's memory analysis
+of the compiled train step and `memory.error` the estimate's relative error against its peak.
 
 Two modes:
 
@@ -43,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli.engine import layout as mesh_lib
+from gemma_cli.engine import losses, memory
 from gemma_cli.errors import UsageError
 
 # keras 3 default optimizer names (the prefix of their variables' paths)
@@ -103,31 +111,13 @@ def layer_of(path: str) -> str:
 
 
 def _backbone_config(preset: str) -> dict[str, Any]:
-    from gemma_cli.engine import families, model
+    from gemma_cli import preflight
+    from gemma_cli.engine import model
 
-    if model.is_local(preset) or "://" in preset:
-        return model.backbone_config(preset)
-    if families.get_preset(preset) is not None:
-        return model.backbone_config(preset)
-    # A bare name we do not ship: keras-hub may know it (then its config.json downloads).
-    known: list[str] = []
-    try:
-        model._setup()  # noqa: SLF001
-        import keras_hub
-
-        known = list(keras_hub.models.Backbone.presets)
-    except Exception:  # noqa: BLE001 — no registry: let backbone_config report
-        return model.backbone_config(preset)
-    if preset not in known:
-        close = difflib.get_close_matches(
-            preset, sorted(set(known) | set(families.preset_names())), n=3, cutoff=0.6
-        )
-        hint = (
-            f"did you mean {', '.join(close)}?"
-            if close
-            else "give a keras-hub preset name, kaggle://, hf:// or a local preset directory"
-        )
-        raise UsageError(f"model.preset: unknown preset '{preset}'", hint=hint)
+    if not (model.is_local(preset) or "://" in preset):
+        unknown = preflight.unknown_preset(preset)
+        if unknown:
+            raise UsageError(f"model.preset: {unknown}")
     return model.backbone_config(preset)
 
 
@@ -150,42 +140,6 @@ def _dims(bb_config: dict[str, Any], cls: str) -> dict[str, int]:
         "experts": int(c.get("num_experts") or 0) if c.get("enable_moe_block") else 0,
         "expert_dim": int(c.get("expert_intermediate_dim") or 0),
     }
-
-
-def activation_bytes(
-    dims: dict[str, int], batch_per_device: int, seq: int, precision: str, model_axis_size: int = 1
-) -> int:
-    """Estimated activation memory of one training step on one device.
-
-    Formula (per device; stored for the backward pass, no rematerialization, plain attention):
-
-        B * S * ( L * (4*H + (Nq + 2*Nkv)*Dh + Nq*Dh + 3*F + 2*Nq*S) * a  +  2*V*4 )
-
-    B = data.batch_size / size of the batch mesh axis, S = data.sequence_length, L layers,
-    H hidden, Nq/Nkv query/key-value heads, Dh head dim, F the width of one FFW gate
-    (keras-hub Gemma 1/2: intermediate_dim/2; Gemma 3, Llama: intermediate_dim), V vocabulary;
-    a = 2 bytes for bfloat16/mixed_bfloat16 compute, 4 for float32. Per layer: residual and
-    norm inputs/outputs (4H), q/k/v, the attention context, the two gate branches and their
-    product (3F), attention scores and probabilities (2*Nq*S); then float32 logits and their
-    gradient (2*V*4). Activations are assumed split only over the batch axis (not the model
-    axis), so this is an upper bound for model-parallel meshes.
-
-    A mixture-of-experts layer (Gemma 4 26B-A4B) adds, per token, E * (3*Ie + H) for keras-hub's
-    dense expert bank (gate, up and their product, E x Ie each, and every expert's output, E x H,
-    before the routing weights sum them), divided by `model_axis_size`: the expert dimension is
-    sharded over the model axis, and so are these activations.
-    """
-    a = 2 if precision in ("bfloat16", "mixed_bfloat16") else 4
-    d = dims
-    per_layer = (
-        4 * d["hidden"]
-        + (d["heads"] + 2 * d["kv_heads"]) * d["head_dim"]
-        + d["heads"] * d["head_dim"]
-        + 3 * d["ffw"]
-        + 2 * d["heads"] * seq
-        + d.get("experts", 0) * (3 * d.get("expert_dim", 0) + d["hidden"]) // max(model_axis_size, 1)
-    )
-    return int(batch_per_device * seq * (d["layers"] * per_layer * a + 2 * d["vocab"] * 4))
 
 
 def _mesh_shape(cfg: Any) -> tuple[int, ...]:
@@ -332,6 +286,8 @@ def describe(
     optimizer: bool = False,
     device_memory: int | None = None,
     checkpoint: Path | None = None,
+    device_name: str | None = None,
+    measure: bool | None = None,
 ) -> dict[str, Any]:
     """Sharding tables and memory totals for a run config (see the module docstring).
 
@@ -342,16 +298,20 @@ def describe(
         select: Selection | None. Only some variables (a layer such as `decoder_block_1`,
             a path regex). Defaults to all.
         optimizer: bool. Also list the optimizer state rows. Totals always count it.
-        device_memory: int | None. Bytes per device to compare against (plan mode; live mode
-            reads the devices' `bytes_limit` when jax reports it).
+        device_memory: int | None. Bytes per device to compare against (when not given, live
+            mode reads the devices' `bytes_limit` if jax reports it).
+        device_name: str | None. The name of that device (`v5e`, `h100`, ...), for the report.
+        measure: bool | None. Live mode: also compile the train step for the config's batch
+            and read XLA's memory analysis (the measured peak next to the estimate). Defaults
+            to `live`.
         checkpoint: Path | None. Live mode: a fine-tune checkpoint of this config's run to
             load (weights and optimizer state) before the specs are read. Defaults to None.
 
     Returns:
-        dict. Plain data: mesh, variables, optimizer_variables, totals, problems,
-        unused_rules, notes, model. In live mode every row also carries `plan_spec` (what
-        the plan says) and each row whose live spec differs is a problem of level
-        `mismatch`.
+        dict. Plain data: mesh, variables, optimizer_variables, totals, memory, problems,
+        unused_rules, notes, layout_notes, model. In live mode every row also carries
+        `plan_spec` (what the plan says) and each row whose live spec differs is a problem of
+        level `mismatch`.
 
     Example:
         >>> doc = describe(load_config("configs/imdb_7b_tpu.yaml"), select=Selection(layer="decoder_block_1"))
@@ -375,7 +335,7 @@ def describe(
     shape = _mesh_shape(cfg)
     axes = tuple(cfg.mesh.axes)
     rules = mesh_lib.resolve_rules(cfg, cls, shape)
-    plan = mesh_lib.plan_variables(abstract, rules, shape, axes, cfg.layout.indivisible)
+    plan = mesh_lib.plan_for(cfg, cls, abstract, shape)
     sizes = dict(zip(axes, shape, strict=True))
     notes: list[str] = []
     hf = model.is_local(preset) or preset.startswith("hf://")
@@ -389,33 +349,53 @@ def describe(
             f"model.quantize={cfg.model.quantize}: the plan shows unquantized weights; use --live for the quantized layout"
         )
 
-    weights = [
-        _row(v.path, v.shape, v.dtype, v.spec, v.shard_shape, v.rule) for v in plan.variables
-    ]
-    trainable = _trainable_plan([w["path"] for w in weights], lora_rank)
-    opt_rows = _plan_optimizer(
-        cfg.optimizer, [w for w in weights if w["path"] in trainable], rules, sizes
-    )
-    mismatches: list[dict[str, Any]] = []
-    if live:
-        mesh_lib.raise_for(plan)
-        planned, planned_opt = weights, opt_rows
-        weights, opt_rows, trainable, dev_mem = _live(cfg, plan, rules, sizes, checkpoint)
-        mismatches = _against_plan(planned, weights, planned_opt, opt_rows)
-        if dev_mem is not None:
-            device_memory = dev_mem
-
     data = cfg.data
     batch = data.batch_size if data else 2
     seq = data.sequence_length if data else 128
     batch_size_axis = sizes.get(cfg.mesh.batch_axis, 1)
     per_dev_batch = max(1, math.ceil(batch / batch_size_axis))
     dims = _dims(bb, cls)
+    chunk = losses.resolve_chunk(cfg.train.loss_chunk, dims["vocab"], per_dev_batch, seq)
+
+    weights = [
+        {**_row(v.path, v.shape, v.dtype, v.spec, v.shard_shape, v.rule), "note": v.note}
+        for v in plan.variables
+    ]
+    trainable = _trainable_plan([w["path"] for w in weights], lora_rank)
+    opt_rows = _plan_optimizer(
+        cfg.optimizer, [w for w in weights if w["path"] in trainable], rules, sizes
+    )
+    mismatches: list[dict[str, Any]] = []
+    measured: dict[str, int] | None = None
+    if live:
+        mesh_lib.raise_for(plan)
+        planned, planned_opt = weights, opt_rows
+        weights, opt_rows, trainable, dev_mem, measured = _live(
+            cfg, plan, rules, sizes, batch, seq, live if measure is None else measure, checkpoint
+        )
+        mismatches = _against_plan(planned, weights, planned_opt, opt_rows, sizes)
+        if dev_mem is not None and device_memory is None:
+            device_memory, device_name = dev_mem, "this device (bytes_limit)"
+        notes_of = {v.path: v.note for v in plan.variables}
+        for w in weights:
+            w["note"] = notes_of.get(w["path"])
+
     w_bytes = sum(w["bytes_per_device"] for w in weights)
     g_bytes = sum(w["bytes_per_device"] for w in weights if w["path"] in trainable)
     o_bytes = sum(r["bytes_per_device"] for r in opt_rows)
-    a_bytes = activation_bytes(dims, per_dev_batch, seq, cfg.model.precision, sizes.get(cfg.mesh.model_axis, 1))
-    total = w_bytes + g_bytes + o_bytes + a_bytes
+    est = memory.estimate(
+        dims,
+        weights=w_bytes,
+        gradients=g_bytes,
+        optimizer=o_bytes,
+        batch_per_device=per_dev_batch,
+        seq=seq,
+        precision=cfg.model.precision,
+        remat=cfg.train.remat,
+        chunk=chunk,
+        model_axis=sizes.get(cfg.mesh.model_axis, 1),
+    )
+    total = est["total"]
     totals = {
         "params": sum(math.prod(w["shape"]) for w in weights),
         "trainable_params": sum(math.prod(w["shape"]) for w in weights if w["path"] in trainable),
@@ -426,14 +406,28 @@ def describe(
         "weights_bytes_per_device": w_bytes,
         "gradients_bytes_per_device": g_bytes,
         "optimizer_bytes_per_device": o_bytes,
-        "activations_bytes_per_device": a_bytes,
+        "activations_bytes_per_device": est["activations"],
+        "logits_bytes_per_device": est["logits"],
         "total_bytes_per_device": total,
+        "device": device_name,
         "device_memory_bytes": device_memory,
         "fits": None if not device_memory else total <= device_memory,
         "mismatches": len(mismatches) if live else None,
         "batch_size": batch,
         "batch_per_device": per_dev_batch,
         "sequence_length": seq,
+    }
+    mem = {
+        "estimate": est,
+        "remat": cfg.train.remat,
+        "loss_chunk": chunk,
+        "alternatives": {
+            "remat_none_total": total - est["activations"] + est["activations_remat_none"],
+            "remat_blocks_total": total - est["activations"] + est["activations_remat_blocks"],
+            "logits_plain_total": total - est["logits"] + est["logits_plain"],
+        },
+        "measured": measured,
+        "error": memory.error(total, measured["peak"]) if measured else None,
     }
     return {
         "mesh": {"shape": list(shape), "axes": list(axes), "devices": math.prod(shape)},
@@ -445,10 +439,12 @@ def describe(
             "optimizer": cfg.optimizer.name,
             "mode": "live" if live else "plan",
             "checkpoint": str(checkpoint) if live and checkpoint is not None else None,
+            "layout": plan.mode,
         },
         "variables": select.rows(weights),
         "optimizer_variables": select.rows(opt_rows, key="variable") if optimizer else [],
         "totals": totals,
+        "memory": mem,
         "problems": _problems(plan) + mismatches,
         # a family's default rules cover all its variants (Gemma 4's MoE experts, per-layer
         # inputs): only rules the config wrote are reported when they match nothing
@@ -458,6 +454,7 @@ def describe(
             if r.source == "config"
         ],
         "notes": notes,
+        "layout_notes": plan.notes,
     }
 
 
@@ -489,9 +486,22 @@ def _against_plan(
     weights: list[dict[str, Any]],
     planned_opt: list[dict[str, Any]],
     opt_rows: list[dict[str, Any]],
+    sizes: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Set `plan_spec` on every live row; a `mismatch` problem per row the plan did not foresee."""
+    """Set `plan_spec` on every live row; a `mismatch` problem per row the plan did not foresee.
+
+    An axis of size 1 splits nothing: P('model', None) on a (1, 1) mesh is the replicated
+    P(None, None) that a single device's arrays report.
+    """
     out: list[dict[str, Any]] = []
+    sizes = sizes or {}
+
+    def same(a: list[Any], b: list[Any]) -> bool:
+        def norm(spec: list[Any]) -> list[Any]:
+            return [None if isinstance(x, str) and sizes.get(x) == 1 else x for x in spec]
+
+        return norm(a) == norm(b)
+
     by_path = {r["path"]: r for r in planned}
     for r in weights:
         want = by_path.pop(r["path"], None)
@@ -499,7 +509,7 @@ def _against_plan(
         if want is None:
             out.append({"level": "mismatch", "variable": r["path"],
                         "message": f"{r['path']}: live variable {_p(r['spec'])} is not in the plan"})
-        elif want["spec"] != r["spec"]:
+        elif not same(want["spec"], r["spec"]):
             out.append({"level": "mismatch", "variable": r["path"],
                         "message": f"{r['path']}: live {_p(r['spec'])} but the plan says {_p(want['spec'])}"})
     for path, want in by_path.items():
@@ -509,7 +519,7 @@ def _against_plan(
     for r in opt_rows:
         want = by_slot.get((r["variable"], r["slot"]))
         r["plan_spec"] = want["spec"] if want else None
-        if want is not None and want["spec"] != r["spec"]:
+        if want is not None and not same(want["spec"], r["spec"]):
             out.append({"level": "mismatch", "variable": r["variable"],
                         "message": f"{r['variable']} · {r['slot']}: live {_p(r['spec'])} but the plan says {_p(want['spec'])}"})
     return out
@@ -520,8 +530,11 @@ def _live(
     plan: mesh_lib.Plan,
     rules: list[mesh_lib.Rule],
     sizes: dict[str, int],
+    batch: int,
+    seq: int,
+    measure: bool,
     checkpoint: Path | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], int | None]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], int | None, dict[str, int] | None]:
     from gemma_cli.engine import model
     from gemma_cli.engine.optim import compile_model
 
@@ -532,9 +545,9 @@ def _live(
         )
     distribution = mesh_lib.build_distribution(device_mesh, plan, cfg.mesh.batch_axis)
     with distribution.scope():
-        causal_lm = model.load_causal_lm(cfg.model.preset, cfg.model.precision)
+        causal_lm = model.load_causal_lm(cfg.model.preset, cfg.model.precision, remat=cfg.train.remat)
         model.apply_lora_and_quantize(causal_lm, cfg.model)
-        opt = compile_model(causal_lm, cfg, cfg.train.max_steps or 1000)
+        opt = compile_model(causal_lm, cfg, cfg.train.max_steps or 1000, sizes.get(cfg.mesh.batch_axis, 1))
         if checkpoint is not None:  # the run's weights and optimizer state, as a resume loads them
             from gemma_cli.engine import checkpoint as ckpt_lib
 
@@ -561,7 +574,15 @@ def _live(
                     r, _ = mesh_lib.match(w.path, rules)
                     row["rule"] = r.pattern if r else None
                 opt_rows.append({**row, "variable": w.path, "slot": slot})
-    return weights, opt_rows, trainable, _device_memory()
+    measured = None
+    if measure:
+        preprocessor, causal_lm.preprocessor = causal_lm.preprocessor, None
+        try:
+            with distribution.scope():
+                measured = memory.measure_train_step(causal_lm, batch, seq, distribution)
+        finally:
+            causal_lm.preprocessor = preprocessor
+    return weights, opt_rows, trainable, _device_memory(), measured
 
 
 def _device_memory() -> int | None:

@@ -1,18 +1,30 @@
 """Device mesh, layout rules and the ModelParallel distribution, with divisibility checks.
 
-The rules are the config's `layout.rules`, or the model family's defaults
-(`engine/families/`: keras-hub's own `get_layout_map` for Gemma 1/2 and Llama, ours for
-Gemma 3, which keras-hub ships none for). Matching
-mirrors `keras.distribution.LayoutMap` exactly: an exact path first, else `re.fullmatch` of
-every pattern, and two matching patterns are an error. Everything here but `build_mesh` and
-`build_distribution` works on plain data, so `inspect` can plan a 27B model on a 16-device
-mesh on a laptop.
+The rules are the config's `layout.rules`: a list of `{pattern, axes}`, `default` (the model
+family's rules, `engine/families/`: keras-hub's own `get_layout_map` for Gemma 1/2 and Llama,
+ours for Gemma 3) or `fsdp` (the family's rules, plus every other mesh axis on each matrix).
+Matching mirrors `keras.distribution.LayoutMap` exactly: an exact path first, else
+`re.fullmatch` of every pattern, and two matching patterns are an error.
+
+Rules from the config are strict: a dimension its axis does not divide is an error (or, with
+`layout.indivisible: replicate`, replicated). Family rules are *flexible*: they say where an
+axis should go, and when that dimension does not divide (4 query heads on a model axis of 8)
+the planner moves the axis to another dimension of the same weight that it divides (the head
+or hidden dimension), and says so in a note. `fsdp` then places each mesh axis the weight does
+not use yet on its largest free dimension that axis divides (ZeRO-3 style: weights, gradients
+and optimizer state divide by the whole device count), leaving vectors (norm scales)
+replicated. Every variable whose layout differs from its rule's becomes an exact-path entry of
+the LayoutMap, so the live arrays follow the plan.
+
+Everything here but `build_mesh` and `build_distribution` works on plain data, so `inspect`
+can plan a 27B model on a 16-device mesh on a laptop.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +38,7 @@ class Rule:
     pattern: str
     axes: tuple[str | None, ...]
     source: str = "config"
+    flexible: bool = False  # family defaults: an indivisible axis may move to another dimension
 
 
 @dataclass
@@ -39,8 +52,9 @@ class VarPlan:
     rule: str | None
     shard_shape: tuple[int, ...]
     bytes_per_device: int
-    adjusted: bool = False  # a dimension was replicated because it was indivisible
+    adjusted: bool = False  # the spec differs from the rule's axes (an exact LayoutMap entry)
     problem: str | None = None
+    note: str | None = None  # why the spec differs from the rule (moved, fsdp, replicated)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +67,7 @@ class VarPlan:
             "rule": self.rule,
             "adjusted": self.adjusted,
             "problem": self.problem,
+            "note": self.note,
         }
 
 
@@ -64,6 +79,8 @@ class Plan:
     variables: list[VarPlan]
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # adjustments, grouped (one line per kind)
+    mode: str = "config"  # config | default | fsdp
 
     @property
     def unused_rules(self) -> list[Rule]:
@@ -74,6 +91,10 @@ class Plan:
     def overrides(self) -> dict[str, tuple[str | None, ...]]:
         """Exact-path layouts for variables whose spec differs from their rule's."""
         return {v.path: v.spec for v in self.variables if v.adjusted}
+
+    @property
+    def device_count(self) -> int:
+        return math.prod(self.mesh_shape)
 
 
 # --------------------------------------------------------------------------------- rules ---
@@ -87,13 +108,18 @@ def default_rules(backbone_class: str, mesh_axes: tuple[str, ...], batch_axis: s
             f"no default layout for {backbone_class}",
             hint="give layout.rules in the config as a list of {pattern, axes}",
         )
-    return [Rule(p, axes, fam.layout_source) for p, axes in fam.layout_rules(model_axis, batch_axis)]
+    return [Rule(p, axes, fam.layout_source, flexible=True) for p, axes in fam.layout_rules(model_axis, batch_axis)]
 
 
 def config_rules(layout_cfg: Any) -> list[Rule] | None:
-    if layout_cfg.rules is None:
+    if isinstance(layout_cfg.rules, str):
         return None
     return [Rule(r.pattern, tuple(r.axes), "config") for r in layout_cfg.rules]
+
+
+def layout_mode(layout_cfg: Any) -> str:
+    """`default`, `fsdp` or `config` (a list of rules in the config)."""
+    return layout_cfg.rules if isinstance(layout_cfg.rules, str) else "config"
 
 
 def resolve_rules(cfg: Any, backbone_class: str, mesh_shape: tuple[int, ...]) -> list[Rule]:
@@ -101,6 +127,29 @@ def resolve_rules(cfg: Any, backbone_class: str, mesh_shape: tuple[int, ...]) ->
     if rules is not None:
         return rules
     return default_rules(backbone_class, tuple(cfg.mesh.axes), cfg.mesh.batch_axis, cfg.mesh.model_axis)
+
+
+def plan_for(cfg: Any, backbone_class: str, variables: list[tuple[str, tuple[int, ...], str]], mesh_shape: tuple[int, ...]) -> Plan:
+    """The plan of `variables` under the config's layout (rules, fsdp, indivisible) on `mesh_shape`."""
+    axes = tuple(cfg.mesh.axes)
+    mode = layout_mode(cfg.layout)
+    return plan_variables(
+        variables,
+        resolve_rules(cfg, backbone_class, mesh_shape),
+        mesh_shape,
+        axes,
+        cfg.layout.indivisible,
+        fsdp_axes=axes if mode == "fsdp" else (),
+        dim_names=_dim_namer(backbone_class),
+        mode=mode,
+    )
+
+
+def _dim_namer(backbone_class: str) -> Any:
+    from gemma_cli.engine import families
+
+    fam = families.for_backbone(backbone_class)
+    return fam.dim_names_of if fam is not None else None
 
 
 # ---------------------------------------------------------------------------------- plan ---
@@ -119,23 +168,74 @@ def _itemsize(dtype: str) -> int:
     return {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int32": 4, "float64": 8, "int64": 8}.get(dtype, 4)
 
 
+def _dim(d: int, shape: tuple[int, ...], names: tuple[str, ...] | None) -> str:
+    return f"dimension {d} ({names[d]}, {shape[d]})" if names else f"dimension {d} ({shape[d]})"
+
+
+def _free(shape: tuple[int, ...], spec: list[str | None], n: int) -> int | None:
+    """The largest dimension without an axis that `n` divides (the first of equals), or None."""
+    free = [d for d in range(len(shape)) if spec[d] is None and shape[d] % n == 0]
+    return max(free, key=lambda d: (shape[d], -d)) if free else None
+
+
+def _place(shape: tuple[int, ...], spec: list[str | None], ax: str, sizes: dict[str, int]) -> list[tuple[str, int]] | None:
+    """Put axis `ax` on a dimension it divides: a free one, else one whose axis can move to a
+    free one. Mutates `spec`; returns [(axis, new dimension), ...] or None if nothing fits."""
+    n = sizes[ax]
+    d = _free(shape, spec, n)
+    if d is not None:
+        spec[d] = ax
+        return [(ax, d)]
+    for d in sorted(range(len(shape)), key=lambda d: (-shape[d], d)):
+        other = spec[d]
+        if other is None or other == ax or shape[d] % n:
+            continue
+        e = _free(shape, spec, sizes[other])
+        if e is not None:
+            spec[e], spec[d] = other, ax
+            return [(ax, d), (other, e)]
+    return None
+
+
 def plan_variables(
     variables: list[tuple[str, tuple[int, ...], str]],
     rules: list[Rule],
     mesh_shape: tuple[int, ...],
     mesh_axes: tuple[str, ...],
     indivisible: str = "error",
+    *,
+    fsdp_axes: tuple[str, ...] = (),
+    dim_names: Callable[[str, int], tuple[str, ...] | None] | None = None,
+    mode: str = "config",
 ) -> Plan:
-    """Lay out `variables` (path, shape, dtype) on a mesh by `rules`; check every dimension."""
+    """Lay out `variables` (path, shape, dtype) on a mesh by `rules`; check every dimension.
+
+    Args:
+        variables: list. (path, shape, dtype) of every variable.
+        rules: list[Rule]. Matched as `keras.distribution.LayoutMap` does. A strict rule's axis
+            that does not divide its dimension is an error (`indivisible="error"`) or is
+            replicated (`"replicate"`); a flexible rule's axis moves to another dimension of the
+            weight that it divides, and only if there is none does `indivisible` apply.
+        mesh_shape: tuple[int, ...]. Devices per mesh axis.
+        mesh_axes: tuple[str, ...]. The mesh's axis names.
+        indivisible: str. `error` or `replicate`.
+        fsdp_axes: tuple[str, ...]. Mesh axes to add to every weight of rank >= 2 that its
+            rule does not already use, each on the largest free dimension it divides.
+        dim_names: callable. (path, rank) → names of the dimensions, for notes. Optional.
+        mode: str. `config`, `default` or `fsdp`, recorded in the plan.
+    """
     sizes = dict(zip(mesh_axes, mesh_shape, strict=True))
-    plan = Plan(tuple(mesh_shape), tuple(mesh_axes), list(rules), [])
+    plan = Plan(tuple(mesh_shape), tuple(mesh_axes), list(rules), [], mode=mode)
     grouped: dict[tuple[str, int, int, str], list[str]] = {}
+    noted: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
     for path, shape, dtype in variables:
         shape = tuple(int(s) for s in shape)
+        names = dim_names(path, len(shape)) if dim_names else None
         rule, err = match(path, rules)
-        spec: tuple[str | None, ...] = (None,) * len(shape)
+        spec: list[str | None] = [None] * len(shape)
         problem = None
-        adjusted = False
+        reasons: list[str] = []
+        key: list[Any] = [rule.pattern if rule else None, shape]
         if err:
             plan.errors.append(err)
             problem = err
@@ -147,7 +247,7 @@ def plan_variables(
                 )
                 plan.errors.append(problem)
             else:
-                new = list(rule.axes)
+                homeless: list[tuple[int, str]] = []
                 for dim, ax in enumerate(rule.axes):
                     if ax is None:
                         continue
@@ -157,37 +257,77 @@ def plan_variables(
                         plan.errors.append(problem)
                         break
                     if shape[dim] % n:
-                        msg = (
-                            f"{path} {shape}: dimension {dim} ({shape[dim]}) is not divisible by mesh axis "
-                            f"'{ax}' ({n}) from rule '{rule.pattern}'"
+                        homeless.append((dim, ax))
+                    else:
+                        spec[dim] = ax
+                for dim, ax in [] if problem else homeless:
+                    n = sizes[ax]
+                    moves = _place(shape, spec, ax, sizes) if rule.flexible else None
+                    if moves:
+                        why = (
+                            f"'{ax}' ({n}) moved from {_dim(dim, shape, names)} to {_dim(moves[0][1], shape, names)}: "
+                            f"{shape[dim]} is not divisible by {n}"
                         )
-                        if indivisible == "replicate":
-                            new[dim] = None
-                            adjusted = True
-                            key = (rule.pattern, dim, shape[dim], ax)
-                            grouped.setdefault(key, []).append(path)
-                        else:
-                            problem = msg
-                            plan.errors.append(
-                                msg + f"; use a mesh whose '{ax}' axis divides {shape[dim]}, change the rule, "
-                                "or set layout.indivisible: replicate"
-                            )
-                spec = tuple(new)
+                        if len(moves) > 1:
+                            why += f"; '{moves[1][0]}' moved to {_dim(moves[1][1], shape, names)} to make room"
+                        reasons.append(why)
+                        key.append(("moved", dim, tuple(moves)))
+                        continue
+                    msg = (
+                        f"{path} {shape}: dimension {dim} ({shape[dim]}) is not divisible by mesh axis "
+                        f"'{ax}' ({n}) from rule '{rule.pattern}'"
+                        + ("" if not rule.flexible else " nor is any other free dimension")
+                    )
+                    if indivisible == "replicate":
+                        grouped.setdefault((rule.pattern, dim, shape[dim], ax), []).append(path)
+                        reasons.append(f"'{ax}' ({n}) replicated: {_dim(dim, shape, names)} is not divisible by {n}")
+                        key.append(("replicated", dim, ax))
+                    else:
+                        problem = msg
+                        plan.errors.append(
+                            msg + f"; use a mesh whose '{ax}' axis divides {shape[dim]}, change the rule, "
+                            "or set layout.indivisible: replicate"
+                        )
+        if fsdp_axes and len(shape) >= 2 and problem is None:
+            # the larger split on the larger dimension: big axes first, the innermost of equals first
+            order = sorted(fsdp_axes, key=lambda a: (-sizes[a], -list(mesh_axes).index(a)))
+            parts: list[str] = []
+            for ax in order:
+                if sizes[ax] <= 1 or ax in spec:
+                    continue
+                moves = _place(shape, spec, ax, sizes)
+                if moves:
+                    part = f"'{ax}' ({sizes[ax]}) on {_dim(moves[0][1], shape, names)}"
+                    if len(moves) > 1:
+                        part += f" ('{moves[1][0]}' moved to {_dim(moves[1][1], shape, names)} to make room)"
+                    key.append(("fsdp", tuple(moves)))
+                else:
+                    part = f"not over '{ax}' ({sizes[ax]}): no free dimension of {shape} is divisible by it"
+                    key.append(("fsdp-none", ax))
+                parts.append(part)
+            if parts:
+                reasons.append("fsdp: " + ", ".join(parts))
+        final = tuple(spec)
+        wanted = tuple(rule.axes) if rule is not None and len(rule.axes) == len(shape) else (None,) * len(shape)
+        note = "; ".join(reasons) or None
+        if note:
+            noted.setdefault(tuple(key), (note, []))[1].append(path)
         shard = tuple(
             s // sizes[a] if a is not None and a in sizes and s % sizes[a] == 0 else s
-            for s, a in zip(shape, spec, strict=False)
+            for s, a in zip(shape, final, strict=False)
         )
         plan.variables.append(
             VarPlan(
                 path=path,
                 shape=shape,
                 dtype=dtype,
-                spec=spec,
+                spec=final,
                 rule=rule.pattern if rule else None,
                 shard_shape=shard,
                 bytes_per_device=math.prod(shard) * _itemsize(dtype),
-                adjusted=adjusted,
+                adjusted=problem is None and final != wanted,
                 problem=problem,
+                note=note,
             )
         )
     for (pattern, dim, size, ax), paths in grouped.items():
@@ -196,6 +336,9 @@ def plan_variables(
             f"{paths[0]}{many}: dimension {dim} ({size}) is not divisible by mesh axis '{ax}' "
             f"({sizes[ax]}) from rule '{pattern}'; replicated that dimension (layout.indivisible: replicate)"
         )
+    for note, paths in noted.values():
+        many = f" and {len(paths) - 1} more like it" if len(paths) > 1 else ""
+        plan.notes.append(f"{paths[0]}{many}: {note}")
     return plan
 
 
@@ -271,9 +414,7 @@ def layout_for(cfg: Any, *, with_lora: bool = True) -> Layout:
     variables = modellib.abstract_variables(
         bb_cfg, cfg.model.precision, lora.rank if lora else 0, lora.target_layers if lora else None
     )
-    plan = plan_variables(
-        variables, resolve_rules(cfg, cls, shape), shape, tuple(cfg.mesh.axes), cfg.layout.indivisible
-    )
+    plan = plan_for(cfg, cls, variables, shape)
     raise_for(plan)
     distribution = build_distribution(build_mesh(cfg.mesh), plan, cfg.mesh.batch_axis)
     return Layout(plan, distribution, cls, shape, n_dev, cfg.mesh.batch_axis)

@@ -3,7 +3,8 @@
 `gemma init` asks here (and nowhere else needs it): the device count and platform come from
 jax (`GEMMA_CPU_DEVICES` simulates CPU devices, as everywhere), and `mesh_for` plans the
 preset's architecture (no weights) on each (batch, model) split of the devices, widest model
-axis first, and keeps the first one the family's default layout divides without error.
+axis first, and keeps the first one on which every axis of the family's default layout divides
+the dimension its rule names (no axis moved to another dimension).
 
 Example:
     >>> devices, platform = describe()
@@ -14,6 +15,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from gemma_cli.errors import RuntimeFailure
 
@@ -64,12 +66,29 @@ def mesh_for(preset: str, devices: int, *, precision: str, lora_rank: int) -> Me
         shape = (devices // m, m)
         rules = lay.default_rules(cls, axes, "batch", "model")
         plan = lay.plan_variables(variables, rules, shape, axes, "error")
-        if not plan.errors:
+        # evenly: every axis where the family's rules put it (the planner could move the model
+        # axis of 4 heads onto their head dimension, but a narrower axis that divides the heads
+        # is the better mesh)
+        moved = [v for v in plan.variables if v.adjusted]
+        if not plan.errors and not moved:
             return MeshChoice(shape, tried)
-        tried.append(f"{list(shape)}: {plan.errors[0].split(';')[0]}")
+        tried.append(f"{list(shape)}: {plan.errors[0].split(';')[0] if plan.errors else _why(moved[0], plan)}")
     return MeshChoice(
         (1, devices),
         tried,
         note="no split of the devices divides evenly: indivisible dimensions are replicated",
         indivisible="replicate",
     )
+
+
+def _why(var: Any, plan: Any) -> str:
+    """`path shape: dimension d (n) is not divisible by mesh axis 'a' (k)` for a moved variable."""
+    sizes = dict(zip(plan.mesh_axes, plan.mesh_shape, strict=True))
+    rule = next(r for r in plan.rules if r.pattern == var.rule)
+    for dim, ax in enumerate(rule.axes):
+        if ax is not None and var.shape[dim] % sizes[ax]:
+            return (
+                f"{var.path} {var.shape}: dimension {dim} ({var.shape[dim]}) is not divisible by "
+                f"mesh axis '{ax}' ({sizes[ax]})"
+            )
+    return f"{var.path}: {var.note}"

@@ -7,11 +7,12 @@ be checked before anything is allocated.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
-from gemma_cli.errors import RuntimeFailure, UsageError
+from gemma_cli.errors import RuntimeFailure, UsageError, translate
 
 
 def _setup() -> None:
@@ -97,7 +98,21 @@ def dtype_for(precision: str) -> str:
 def abstract_variables(
     bb_config: dict[str, Any], precision: str = "float32", lora_rank: int = 0, lora_targets: list[str] | None = None
 ) -> list[tuple[str, tuple[int, ...], str]]:
-    """(path, shape, dtype) of every backbone variable, with LoRA, allocating nothing."""
+    """(path, shape, dtype) of every backbone variable, with LoRA, allocating nothing.
+
+    Traced once per (architecture, precision, LoRA) in a process: planning one model on many
+    meshes (`gemma init`, the bench's slice table, the layout tests) reuses the trace.
+    """
+    _setup()
+    key = json.dumps(bb_config, sort_keys=True, default=str)
+    return list(_abstract(key, precision, lora_rank, tuple(lora_targets) if lora_targets else None))
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract(
+    bb_json: str, precision: str, lora_rank: int, lora_targets: tuple[str, ...] | None
+) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    bb_config = json.loads(bb_json)
     _setup()
     import jax
     import keras
@@ -111,17 +126,24 @@ def abstract_variables(
         cfg["config"] = inner
         bb = keras.saving.deserialize_keras_object(cfg)
         if lora_rank:
-            bb.enable_lora(lora_rank, target_layer_names=lora_targets)
+            bb.enable_lora(lora_rank, target_layer_names=list(lora_targets) if lora_targets else None)
         paths.clear()
         paths.extend((v.path, str(v.dtype)) for v in bb.weights)
         return [v.value for v in bb.weights]
 
     shapes = jax.eval_shape(build)
-    return [(p, tuple(s.shape), d) for (p, d), s in zip(paths, shapes, strict=True)]
+    return tuple((p, tuple(s.shape), d) for (p, d), s in zip(paths, shapes, strict=True))
 
 
-def load_causal_lm(preset: str, precision: str = "float32") -> Any:
-    """keras_hub CausalLM.from_preset with the dtype policy; errors become one line."""
+def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none") -> Any:
+    """keras_hub CausalLM.from_preset with the dtype policy; errors become one line.
+
+    Args:
+        preset: str. A preset name, handle or directory.
+        precision: str. `float32`, `bfloat16` or `mixed_bfloat16`.
+        remat: str. `blocks` builds the backbone so that each decoder block is rematerialised
+            in the backward pass (`engine/remat.py`); `none` (generation, export) does not.
+    """
     _setup()
     from gemma_cli.engine import hf_checkpoint
 
@@ -135,12 +157,39 @@ def load_causal_lm(preset: str, precision: str = "float32") -> Any:
             return hf_checkpoint.load_causal_lm(preset, dtype_for(precision))
     import keras_hub
 
+    from gemma_cli.engine import remat as rematlib
+    from gemma_cli.engine import runtime
+
+    # keras-hub's CausalLM preprocessors need TensorFlow; its tokenizers do not (sentencepiece).
+    # Without TensorFlow the task is built without a preprocessor and carries its tokenizer.
+    with_tf = runtime.tensorflow_available()
+    extra: dict[str, Any] = {} if with_tf else {"preprocessor": None}
     try:
-        return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision))
+        with runtime.quiet_native_info():
+            lm = rematlib.build(
+                remat,
+                backbone_config(preset) if remat != "none" else {},
+                lambda: keras_hub.models.CausalLM.from_preset(preset, dtype=dtype_for(precision), **extra),
+            )
+            if not with_tf:
+                object.__setattr__(lm, "_gemma_tokenizer", keras_hub.tokenizers.Tokenizer.from_preset(preset))
+            return lm
     except (UsageError, RuntimeFailure):
         raise
     except Exception as e:
-        raise _load_error(preset, e) from None
+        known = translate(e, key="model.preset")
+        raise (known if known is not None else _load_error(preset, e)) from None
+
+
+def tokenizer_of(causal_lm: Any) -> Any:
+    """The model's tokenizer: its preprocessor's, or the one loaded beside it without TensorFlow."""
+    pre = getattr(causal_lm, "preprocessor", None)
+    if pre is not None:
+        return pre.tokenizer
+    tok = getattr(causal_lm, "_gemma_tokenizer", None)
+    if tok is None:
+        raise RuntimeFailure("internal: the model has neither a preprocessor nor a tokenizer")
+    return tok
 
 
 def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any) -> None:

@@ -70,9 +70,15 @@ def build_optimizer(opt_cfg: Any, total_steps: int) -> Any:
     return opt
 
 
-def compile_model(causal_lm: Any, cfg: Any, total_steps: int) -> Any:
-    """Compile `causal_lm` for training as the run config says; build and return the optimizer."""
+def compile_model(causal_lm: Any, cfg: Any, total_steps: int, batch_axis_size: int = 1) -> Any:
+    """Compile `causal_lm` for training as the run config says; build and return the optimizer.
+
+    The loss is computed in sequence chunks when `train.loss_chunk` asks for it
+    (`engine/losses.py`; `batch_axis_size` — devices the batch splits over — sizes `auto`).
+    """
     import keras
+
+    from gemma_cli.engine import losses
 
     opt = build_optimizer(cfg.optimizer, total_steps)
     causal_lm.compile(
@@ -82,4 +88,5 @@ def compile_model(causal_lm: Any, cfg: Any, total_steps: int) -> Any:
         steps_per_execution=cfg.train.steps_per_execution,
     )
     opt.build(causal_lm.trainable_variables)
+    losses.configure(causal_lm, cfg, batch_axis_size)
     return opt

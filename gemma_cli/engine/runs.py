@@ -22,6 +22,7 @@ def load(
     reporter: Reporter | None = None,
     distribution: Any = None,
     adapters: bool | None = None,
+    remat: str = "none",
 ) -> Any:
     """A keras-hub CausalLM for `cfg`, with the weights of `checkpoint` when given.
 
@@ -32,6 +33,8 @@ def load(
         distribution: keras Distribution | None. Load inside its scope (born sharded).
         adapters: bool | None. Enable the configured LoRA/quantization. Defaults to True when
             a checkpoint is given (its adapter must have somewhere to go), else False.
+        remat: str. `blocks` rematerialises the decoder blocks (training: `train.remat`);
+            `none` for everything that does not train (generation, export).
     """
     from gemma_cli.engine import checkpoint as ckptlib
     from gemma_cli.engine import model as modellib
@@ -41,7 +44,7 @@ def load(
         adapters = checkpoint is not None
     scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
     with scope:
-        lm = modellib.load_causal_lm(cfg.model.preset, cfg.model.precision)
+        lm = modellib.load_causal_lm(cfg.model.preset, cfg.model.precision, remat=remat)
         if adapters:
             modellib.apply_lora_and_quantize(lm, cfg.model)
         if checkpoint is not None:

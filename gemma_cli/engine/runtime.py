@@ -10,7 +10,11 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _state: dict[str, Any] = {"setup": False, "distributed": False}
@@ -49,9 +53,14 @@ def setup(cpu_devices: int | None = None, without_tensorflow: bool = False) -> N
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     _state["setup"] = True
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+    if not os.environ.get("GEMMA_DEBUG"):
+        # a failed download is reported once, in one line; not each retry
+        for name in ("huggingface_hub", "urllib3"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     _init_distributed()
     _tf_off_accelerators()
 
@@ -122,18 +131,65 @@ def _init_distributed() -> None:
 
 
 def _native_stdout_to_stderr() -> None:
-    """Point fd 1 at stderr and keep Python's sys.stdout on the real stdout.
+    """Gloo (CPU collectives) prints `[Gloo] Rank 0 is connected to ...` from C++ to fd 1
+    whenever it opens a communicator: keep stdout for documents for the rest of the process."""
+    from gemma_cli import stdio
 
-    Gloo (CPU collectives) prints `[Gloo] Rank 0 is connected to ...` from C++ to fd 1 whenever
-    it opens a communicator, which broke `--json` (one JSON document on stdout) on multi-host.
+    stdio.native_stdout_to_stderr()
+
+
+_NATIVE_INFO = re.compile(rb"^[\w./-]+\.(cc|cpp|h)\(\d+\) LOG\(INFO\) ")
+
+
+@contextmanager
+def quiet_native_info() -> Iterator[None]:
+    """Drop the INFO lines native code writes to stderr while entered; all else passes.
+
+    SentencePiece, as built into tensorflow-text, prints `normalizer.cc(51) LOG(INFO)
+    precompiled_charsmap is empty. use identity normalization.` whenever a tokenizer with
+    Gemma's identity normalizer loads, and offers no setting to stop it. Entered around
+    model and tokenizer loading; `GEMMA_DEBUG=1` keeps everything.
     """
     try:
-        sys.stdout.flush()
-        real = os.dup(1)
-        os.dup2(2, 1)
+        fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
+        fd = -1
+    if os.environ.get("GEMMA_DEBUG") or fd < 0:
+        yield
         return
-    sys.stdout = os.fdopen(real, "w", buffering=1, encoding="utf-8", closefd=True)
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    r, w = os.pipe()
+    os.dup2(w, fd)
+    os.close(w)
+
+    def forward() -> None:
+        with os.fdopen(r, "rb") as src:
+            for line in src:
+                if not _NATIVE_INFO.match(line):
+                    os.write(saved, line)
+
+    t = threading.Thread(target=forward, daemon=True, name="gemma-stderr-filter")
+    t.start()
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, fd)  # closes the pipe's last write end: the reader sees EOF
+        t.join(timeout=5)
+        os.close(saved)
+
+
+def tensorflow_available() -> bool:
+    """Whether TensorFlow imports here (it is optional: only tfds data needs it)."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def process_index() -> int:

@@ -20,7 +20,11 @@ A family module (`gemma.py` for Gemma 1/2, `gemma3.py`, `llama3.py`, ...) define
   `gemma export --format gguf` both use it);
 - `tiny`: tiny backbone configs for tests (vocab ~128, 2 layers), and `tiny_hf`: tiny
   Hugging Face configs with the family's distinctive settings (tests/hf_tiny.py builds them
-  with `transformers`).
+  with `transformers`);
+- `block_name`: the name of decoder block i (`decoder_block_{i}`), the unit `train.remat`
+  rematerialises;
+- `dim_names`: regex → names of a weight's dimensions (`heads`, `hidden`, `head_dim`, ...), which
+  the layout planner uses to say which dimension it sharded.
 
 Adding a family is one module here (plus its tests) and one line in `FAMILIES` below. This
 package is plain data and light functions: it imports keras/keras_hub only inside the keras-hub
@@ -124,6 +128,8 @@ class Family:
     aliases: dict[str, str] = field(default_factory=dict)
     vision_presets: frozenset[str] = frozenset()  # names whose vision tower the plan leaves out
     tiny: dict[str, dict[str, Any]] = field(default_factory=dict)
+    block_name: str = "decoder_block_{i}"
+    dim_names: tuple[tuple[str, tuple[str, ...]], ...] = ()
     hf_tokenizer_files: tuple[str, ...] = ("tokenizer.model",)
     hf_kwargs_fixup: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
     hf_export_fixup: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
@@ -145,6 +151,17 @@ class Family:
     @property
     def backbone_class(self) -> str:
         return self.backbone_classes[0]
+
+    def block_names(self, num_layers: int) -> list[str]:
+        """The layer names of the decoder blocks of a `num_layers`-layer backbone."""
+        return [self.block_name.format(i=i) for i in range(num_layers)]
+
+    def dim_names_of(self, path: str, rank: int) -> tuple[str, ...] | None:
+        """The names of the dimensions of the weight at `path`, if the family knows them."""
+        for pattern, names in self.dim_names:
+            if len(names) == rank and re.fullmatch(pattern, path):
+                return names
+        return None
 
     def serialized(self, config: dict[str, Any], dtype: str = "bfloat16") -> dict[str, Any]:
         """`{"module", "class_name", "config", "registered_name"}` as a preset's config.json."""
@@ -187,6 +204,18 @@ def named_rules(table: list[RuleSpec]) -> Callable[[str, str], list[RuleSpec]]:
         return [(p, tuple(names[a] if a else None for a in axes)) for p, axes in table]
 
     return rules
+
+
+# Dimension names of the keras-hub Gemma weights (Gemma 1/2/3 share the layer structure).
+GEMMA_DIM_NAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("token_embedding/embeddings", ("vocab", "hidden")),
+    (r".*attention/(query|key|value)/kernel", ("heads", "hidden", "head_dim")),
+    (r".*attention/attention_output/kernel", ("heads", "head_dim", "hidden")),
+    (r".*ffw_gating(_2)?/kernel", ("hidden", "ffw")),
+    (r".*ffw_linear/kernel", ("ffw", "hidden")),
+    (r".*attention/(query|key|value)/lora_kernel_a", ("heads", "hidden", "rank")),
+    (r".*attention/(query|key|value)/lora_kernel_b", ("rank", "head_dim")),
+)
 
 
 # ------------------------------------------------------------------------- registry ---

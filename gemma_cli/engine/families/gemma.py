@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gemma_cli.engine.families import Family, Preset, keras_hub_rules
+from gemma_cli.engine.families import GEMMA_DIM_NAMES, Family, Preset, keras_hub_rules
 
 
 def _np(variable: Any) -> Any:
@@ -154,6 +154,7 @@ FAMILY = Family(
     layout_source="keras-hub GemmaBackbone.get_layout_map",
     gguf_archs=("gemma", "gemma2"),
     gguf_module="gemma_gguf",
+    dim_names=GEMMA_DIM_NAMES,
     hf_model_types=("gemma", "gemma2"),
     hf_export_fixup=hf_config,
     hf_export_weights=hf_weights,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gemma_cli.engine.families import Family, Preset, named_rules
+from gemma_cli.engine.families import GEMMA_DIM_NAMES, Family, Preset, named_rules
 from gemma_cli.engine.families.gemma import dims
 
 BASE: dict[str, Any] = {
@@ -57,6 +57,7 @@ FAMILY = Family(
     layout_source="gemma built-in rules for Gemma 3",
     gguf_archs=("gemma3",),
     gguf_module="gemma_gguf",
+    dim_names=GEMMA_DIM_NAMES,
     hf_model_types=("gemma3", "gemma3_text"),
     presets={
         "gemma3_270m": Preset({**BASE, **dims(18, 4, 1, 640, 2048, 256), **_SMALL}, 268_098_176),

@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from gemma_cli.engine.families import GEMMA_CHAT, Family, Preset, named_rules
+from gemma_cli.engine.families import GEMMA_CHAT, GEMMA_DIM_NAMES, Family, Preset, named_rules
 from gemma_cli.engine.families.gemma import dims
 
 CHAT = dataclasses.replace(
@@ -176,6 +176,15 @@ FAMILY = Family(
     layer_name="gemma4_backbone",
     layout_rules=named_rules(RULES),
     layout_source="gemma built-in rules for Gemma 4",
+    dim_names=GEMMA_DIM_NAMES
+    + (
+        ("per_layer_token_embedding/embeddings", ("vocab", "per_layer")),
+        ("per_layer_model_projection/kernel", ("hidden", "per_layer")),
+        (r".*(per_layer_input_gate)/kernel", ("hidden", "per_layer")),
+        (r".*(per_layer_up_proj)/kernel", ("per_layer", "hidden")),
+        (r".*moe_expert_bank/(gate_proj|up_proj)", ("experts", "hidden", "expert_dim")),
+        (r".*moe_expert_bank/down_proj", ("experts", "expert_dim", "hidden")),
+    ),
     chat=CHAT,
     hf_model_types=("gemma4", "gemma4_text"),
     hf_tokenizer_files=("tokenizer.json",),

@@ -61,6 +61,16 @@ FAMILY = Family(
     layer_name="llama3_backbone",
     layout_rules=keras_hub_rules("LlamaBackbone"),
     layout_source="keras-hub LlamaBackbone.get_layout_map",
+    block_name="transformer_layer_{i}",
+    dim_names=(
+        ("token_embedding/embeddings", ("vocab", "hidden")),
+        ("token_embedding/reverse_embeddings", ("hidden", "vocab")),
+        (r".*self_attention/(query|key|value)/kernel", ("hidden", "heads", "head_dim")),
+        (r".*self_attention/attention_output/kernel", ("heads", "head_dim", "hidden")),
+        (r".*feedforward_(intermediate|gate)_dense/kernel", ("hidden", "ffw")),
+        (r".*feedforward_output_dense/kernel", ("ffw", "hidden")),
+        (r".*self_attention/(query|key|value)/lora_kernel_a", ("hidden", "heads", "rank")),
+    ),
     chat=None,
     hf_model_types=("llama",),
     hf_tokenizer_files=("tokenizer.json",),
@@ -107,4 +117,6 @@ FAMILY = Family(
             ),
         },
     },
+    # backbone only (no tokenizer preset yet): for engine tests that build the model directly
+    tiny={"llama3": dict(num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=32, intermediate_dim=64)},
 )

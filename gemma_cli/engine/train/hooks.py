@@ -143,7 +143,10 @@ class MetricsLog(keras.callbacks.Callback):
         if not self.write:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        path = self.out_dir / "metrics.jsonl"
+        if self.state.start and path.exists():
+            keep_metrics_until(path, self.state.start)
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self.state.files["metrics"] = str(self.out_dir / "metrics.jsonl")
         self.state.files["tensorboard"] = str(self.out_dir / "tensorboard")
         try:
@@ -185,6 +188,23 @@ class MetricsLog(keras.callbacks.Callback):
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Before a resumed run appends: keep the whole lines of steps up to `step` (the
+    checkpoint it resumes from). A killed run may have left a cut line, and lines of the
+    steps after its last checkpoint, which the resumed run writes again."""
+    from gemma_cli.engine.files import atomic_write
+
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if line.endswith("\n") and isinstance(rec, dict) and rec.get("step", 0) <= step:
+            kept.append(line)
+    atomic_write(path, "".join(kept))
 
 
 def learning_rate(model: Any) -> float:

@@ -23,6 +23,7 @@ from typing import Any
 
 from gemma_cli.config import dump_config, to_yaml
 from gemma_cli.engine import checkpoint, runtime, status_file
+from gemma_cli.engine.files import atomic_write
 from gemma_cli.engine.report import Reporter
 from gemma_cli.errors import Interrupted, RuntimeFailure, UsageError
 
@@ -96,19 +97,18 @@ class Trainer:
 
     # ----------------------------------------------------------------------- steps ---
     def check_output_dir(self) -> None:
+        """Writable; with --resume a readable checkpoint; without it no earlier run (the same
+        checks the CLI ran before loading anything: `gemma_cli.preflight.run_dir`)."""
+        from gemma_cli import preflight
+
         cfg, out_dir = self.cfg, self.out_dir
+        preflight.require(preflight.run_dir(cfg, resume=self.resume, dry_run=self.dry_run))
         if self.resume:
             self.resume_from = checkpoint.latest(out_dir)
-            if self.resume_from is None:
-                raise UsageError(f"--resume: no checkpoint in {out_dir}/checkpoints", hint="run without --resume to start")
+            assert self.resume_from is not None  # run_dir checked it
             st = checkpoint.read_state(self.resume_from)
             if st.get("config_digest") and st["config_digest"] != config_digest(cfg):
                 self.reporter.warn(f"the config differs from the one {self.resume_from.name} was trained with")
-        elif not self.dry_run and checkpoint.latest(out_dir) is not None:
-            raise UsageError(
-                f"{out_dir} already holds checkpoints of an earlier run",
-                hint="add --resume to continue it, or set train.output_dir=<new dir> (nothing was overwritten)",
-            )
         if cfg.data is None:
             raise UsageError("data: the config has no data section; finetune needs one")
 
@@ -129,13 +129,15 @@ class Trainer:
         layout = layoutlib.layout_for(cfg)
         for w in layout.plan.warnings:
             log.warn(w)
+        for n in layout.plan.notes:
+            log.info(f"  layout: {n}")
         import keras
 
         # train.seed drives every random init (LoRA kernels, a resized head) as well as the
         # data order: two runs of one config start from the same weights, on every host alike
         keras.utils.set_random_seed(cfg.train.seed)
         log.step(f"Loading {cfg.model.preset} ({cfg.model.precision}) sharded over the mesh")
-        lm = runs.load(cfg, reporter=log, distribution=layout.distribution, adapters=True)
+        lm = runs.load(cfg, reporter=log, distribution=layout.distribution, adapters=True, remat=cfg.train.remat)
         counts = modellib.param_counts(lm)
         log.info(
             f"  parameters: {counts['total']:,} total, {counts['trainable']:,} trainable "
@@ -157,6 +159,7 @@ class Trainer:
         """The streaming data of the run (engine/data): every check that can run before
         anything is written runs here; `--resume` continues at the checkpoint's data position."""
         from gemma_cli.engine import data as datalib
+        from gemma_cli.engine import model as modellib
 
         cfg, log, m = self.cfg, self.reporter, self.model
         assert m is not None
@@ -174,7 +177,7 @@ class Trainer:
             enable_segment_attention(m.causal_lm.backbone)
         bundle = datalib.build(
             d,
-            m.preprocessor.tokenizer,
+            modellib.tokenizer_of(m.causal_lm),
             seed=cfg.train.seed,
             start_step=start,
             streams=datalib.streams_for(m.distribution, cfg.mesh.batch_axis),
@@ -215,7 +218,9 @@ class Trainer:
         m, d = self.model, self.data
         assert m is not None and d is not None
         with m.distribution.scope():
-            self.optimizer = compile_model(m.causal_lm, self.cfg, d.total_steps // self.cfg.optimizer.gradient_accumulation_steps)
+            self.optimizer = compile_model(
+                m.causal_lm, self.cfg, d.total_steps // self.cfg.optimizer.gradient_accumulation_steps, m.batch_axis_size
+            )
             if self.resume_from is not None:
                 self.reporter.step(f"Resuming from {self.resume_from}")
                 checkpoint.restore(self.resume_from, m.causal_lm, self.optimizer)
@@ -284,10 +289,10 @@ class Trainer:
 
     def write_config(self) -> None:
         if self.main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(
+            atomic_write(
+                self.out_dir / "config.yaml",
                 f"# resolved config of this run; rerun with: gemma finetune {self.out_dir}/config.yaml\n"
-                + to_yaml(dump_config(self.cfg))
+                + to_yaml(dump_config(self.cfg)),
             )
             d = self.data
             assert d is not None
@@ -341,7 +346,7 @@ class Trainer:
         summary["data"] = counts = d.bundle.counters(st.step)  # every process takes part (a gather)
         self.reporter.info(data_line(counts))
         if self.main:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2))
             status_file.ended(self.out_dir, "finished", step=st.step)
         return summary
 
