@@ -249,8 +249,17 @@ def local_preset(d: Path, say: Any, *, weights: bool) -> list[Problem]:
                     out.append(say(f"{d / missing[0]}: missing (a shard listed in model.safetensors.index.json)"))
         elif not (d / "model.safetensors").exists():
             out.append(say(f"{d / 'model.safetensors'}: missing: the checkpoint has no weights"))
-        if not ((d / "tokenizer.model").exists() or (d / "tokenizer.json").exists()):
-            out.append(say(f"{d / 'tokenizer.model'}: missing: the checkpoint has no tokenizer"))
+        from gemma_cli.engine import hf_checkpoint  # light: json and the family tables
+
+        try:
+            hf_cfg = hf_checkpoint.read_config(d)
+            fam = hf_checkpoint.family_of(d, hf_cfg) if hf_cfg is not None else None
+        except UsageError as e:
+            return out + [Problem(e.line())]
+        names = fam.hf_tokenizer_files if fam is not None else ("tokenizer.model", "tokenizer.json")
+        if not any((d / n).exists() for n in names):
+            out.append(say(f"{d}: no tokenizer ({' or '.join(names)}) in this "
+                           f"{fam.name + ' ' if fam else ''}checkpoint; save it there (tokenizer.save_pretrained)"))
     return out
 
 

@@ -90,8 +90,8 @@ def test_fsdp_divides_every_matrix_by_every_device(name: str) -> None:
         for v in plan.variables:
             if len(v.shape) >= 2:
                 assert math.prod(v.shard_shape) * n == math.prod(v.shape), (mesh, v.path, v.shape, v.spec)
-            else:  # vectors (norm scales) stay whole
-                assert v.spec == (None,), v.path
+            else:  # vectors (norm scales) and scalars (Gemma 4's layer scalars) stay whole
+                assert v.spec == (None,) * len(v.shape), v.path
         default = _plan(name, mesh, "default")
         assert sum(v.bytes_per_device for v in plan.variables) <= sum(v.bytes_per_device for v in default.variables)
 

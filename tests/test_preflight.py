@@ -151,7 +151,7 @@ def test_broken_preset_dir_named_before_loading(tmp_path: Path, tiny_gemma3: Pat
         assert w in line, (w, line)
     # the same check for a preset given to generate / export directly (no config file to name)
     if how == "config":  # without config.json a directory is not taken for a preset at all
-        words = ["neither a run config, a finetune output_dir nor a keras-hub preset directory"]
+        words = ["neither a run config, a finetune output_dir, a keras-hub preset nor a Hugging Face checkpoint directory"]
     line = assert_one_error_line(gemma("generate", preset, "-p", "hi", "-q"))
     assert words[0] in line, line
     line = assert_one_error_line(gemma("export", preset, "--out", tmp_path / "x", "-q"))

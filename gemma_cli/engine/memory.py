@@ -164,6 +164,8 @@ def measure_train_step(causal_lm: Any, batch: int, seq: int, distribution: Any =
     import numpy as np
 
     x = {"token_ids": np.zeros((batch, seq), "int32"), "padding_mask": np.ones((batch, seq), bool)}
+    if "position_ids" in [i.name for i in causal_lm.backbone.inputs]:  # Gemma 4 takes its positions
+        x["position_ids"] = np.broadcast_to(np.arange(seq, dtype="int32"), (batch, seq)).copy()
     y = np.zeros((batch, seq), "int32")
     sw = np.ones((batch, seq), "float32")
     causal_lm._symbolic_build(data_batch=(x, y, sw))  # noqa: SLF001 — what fit does first
