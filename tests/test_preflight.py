@@ -222,10 +222,6 @@ def test_tfds_data_dir_is_made_by_tfds_unless_it_cannot_be(tmp_path: Path, tiny_
 
 # ------------------------------------------------------------------------------------ records ---
 def test_later_records_lacking_the_field_named_by_file_and_line(tmp_path: Path, tiny_gemma3: Path) -> None:
-    import gemma_cli.engine.data as datalib
-
-    if not hasattr(datalib, "check_records"):  # preflight.records asks the data pipeline
-        pytest.skip("the data pipeline's record validator (engine/data check_records) is not here yet")
     data = corpus_file(tmp_path / "corpus.jsonl")
     rows = data.read_text().splitlines()
     rows[29] = json.dumps({"txt": "a typo in the field name"})
@@ -236,6 +232,25 @@ def test_later_records_lacking_the_field_named_by_file_and_line(tmp_path: Path, 
     line = assert_one_error_line(gemma("finetune", cfg, "-q"))
     assert f"{data}:30" in line and "'text'" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_record_check_reads_the_start_of_big_data_and_all_of_it_when_asked(tmp_path: Path) -> None:
+    """The preflight's check is bounded by bytes (finetune) or whole (config validate); a chat
+    record with an unknown role past the bound is found only by the whole check, by file:line."""
+    from gemma_cli.engine.data import check_records
+
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]}
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in [good] * 400 + [bad] + [good] * 20))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"preset": "gemma3_270m"}, "data": {"paths": [str(f)]}}))
+    data_cfg = load_config(str(cfg)).data
+    assert check_records(data_cfg, f.stat().st_size // 2) == 210  # the first half of the records
+    with pytest.raises(Exception) as e:
+        check_records(data_cfg, None)
+    assert f"{f}:401" in str(e.value) and "robot" in str(e.value)
+    assert check_records(load_config(str(cfg), ["data.take=400"]).data, None) == 400
 
 
 # -------------------------------------------------------------------------------- checkpoints ---

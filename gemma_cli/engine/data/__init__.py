@@ -11,7 +11,7 @@
 Only `sources.TfdsSource` imports TensorFlow; local files train without it.
 """
 
-from gemma_cli.engine.data.pipeline import DataBundle, build, streams_for
+from gemma_cli.engine.data.pipeline import DataBundle, build, check_records, streams_for
 from gemma_cli.engine.data.render import Renderer, chat_format_for
 from gemma_cli.engine.data.tokenize import Encoder
 
@@ -29,4 +29,4 @@ def chat_prompt_ids(tokenizer, turns, chat=None) -> list[int]:
     return [t for ids in ids_per for t in ids]
 
 
-__all__ = ["DataBundle", "Encoder", "Renderer", "build", "chat_format_for", "chat_prompt_ids", "streams_for"]
+__all__ = ["DataBundle", "Encoder", "Renderer", "build", "chat_format_for", "chat_prompt_ids", "check_records", "streams_for"]

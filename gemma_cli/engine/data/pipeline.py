@@ -389,10 +389,43 @@ def _sources(cfg: Any, block: int, reporter: Any = None) -> tuple[sources.Source
     return train, ev
 
 
-def _check_all(source: sources.Source, renderer: Renderer) -> None:
-    for i in range(len(source)):
+def _check_all(source: sources.Source, renderer: Renderer, limit: int | None = None) -> None:
+    for i in range(len(source) if limit is None else min(limit, len(source))):
         where, rec = source[i]
         renderer(where, rec)
+
+
+def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES) -> int:
+    """Parse and render the records of local data files as training will; no tokenizer, no model.
+
+    The preflight's record check (`gemma finetune`, `gemma config validate`): a record lacking
+    the field or template fields, a chat record with an unknown role, empty content, no model
+    turn, or a format unlike the first record's, exits 2 naming `file:line`. Files up to
+    `max_bytes` in all are checked whole (as `build` does); of larger ones, the records in their
+    first `max_bytes` (the rest is checked as it streams). `max_bytes=None` checks everything.
+
+    Args:
+        cfg: DataConfig. Local `paths` / `eval_paths`; tfds data is not read here.
+        max_bytes: int or None. How much of each split to check before training.
+
+    Returns:
+        int. The records checked.
+    """
+    if cfg.source != "local":
+        return 0
+    train, ev = _sources(cfg, cfg.shuffle_buffer)
+    renderer = Renderer(cfg)
+    renderer.decide(*train[0])
+    checked = 0
+    for src in (train, ev):
+        if src is None or len(src) == 0:
+            continue
+        limit = None
+        if max_bytes is not None and src.size > max_bytes:
+            limit = max(1, len(src) * max_bytes // src.size)
+        _check_all(src, renderer, limit)
+        checked += len(src) if limit is None else limit
+    return checked
 
 
 def _estimate_steps(train: _Train, n: int, batch_size: int) -> tuple[int, bool]:
