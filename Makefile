@@ -7,7 +7,8 @@ CPU_DEVICES ?= 8
 # every `make demo` trains into a new run dir: nothing of an earlier run is overwritten
 DEMO_DIR    := runs/gemma3_270m_demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO_RUN     = train.output_dir=$(DEMO_DIR)
-DEMO_PROMPTS = -p "How do I check the sharding before training?" -p "How do I resume an interrupted run?"
+# the held-out questions (phrased unlike the training ones), answered in one batch with --chat
+DEMO_ASK     = --chat --prompt-file data/demo_heldout.jsonl --batch-size 20 --jsonl
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help install test test-fast lint demo bench preset clean
@@ -35,13 +36,18 @@ test-fast: install ## Only the fast tier (no real model)
 lint: install ## Ruff
 	$(BIN)/ruff check gemma_cli tests benchmarks
 
-demo: preset ## The main job offline: real Gemma 3 270M, generate → LoRA fine-tune → generate
-	@echo "== 1/3 the real Gemma 3 270M before fine-tuning =="
-	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma generate configs/gemma3_270m_demo.yaml --template $(DEMO_PROMPTS)
-	@echo "== 2/3 LoRA fine-tune on data/demo_gemma_cli.jsonl, mesh (2, 4) over 8 simulated CPU devices =="
+demo: preset ## The main job offline: real Gemma 3 270M, held-out answers → LoRA chat fine-tune → answers again, scored
+	@mkdir -p $(DEMO_DIR)
+	@echo "== 1/4 the real Gemma 3 270M answers 20 held-out questions about gemma (before fine-tuning) =="
+	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma generate configs/gemma3_270m_demo.yaml $(DEMO_ASK) > $(DEMO_DIR)/heldout_before.tmp
+	@mv $(DEMO_DIR)/heldout_before.tmp $(DEMO_DIR)/heldout_before.jsonl
+	@echo "== 2/4 LoRA chat fine-tune on data/demo_gemma_cli.jsonl, mesh (2, 4) over 8 simulated CPU devices =="
 	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma finetune configs/gemma3_270m_demo.yaml $(DEMO_RUN)
-	@echo "== 3/3 the fine-tuned run =="
-	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma generate $(DEMO_DIR) --template $(DEMO_PROMPTS)
+	@echo "== 3/4 the fine-tuned run answers the same questions =="
+	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma generate $(DEMO_DIR) $(DEMO_ASK) > $(DEMO_DIR)/heldout_after.tmp
+	@mv $(DEMO_DIR)/heldout_after.tmp $(DEMO_DIR)/heldout_after.jsonl
+	@echo "== 4/4 scored: an answer is correct when it names the expected command or flag =="
+	@$(BIN)/python data/score_demo.py $(DEMO_DIR)/heldout_before.jsonl $(DEMO_DIR)/heldout_after.jsonl --details
 
 bench: preset ## Speed report → benchmarks/report.md and benchmarks/report.json
 	$(BIN)/python benchmarks/run.py

@@ -573,7 +573,9 @@ def sec_real(report: dict[str, Any]) -> None:
     ft = ours("real 270M: gemma finetune (LoRA)", cfgp, timeout=420)
     RAW["real_finetune"] = ft
     d = demo["data"]
-    rows = [["gemma finetune, LoRA rank 8, mesh (2, 4), 8 CPU devices", f"{d['batch_size']} × {d['sequence_length']}", steps,
+    lora = demo["model"]["lora"]
+    targets = "all projections" if lora.get("target_layers") else "query, value"
+    rows = [[f"gemma finetune, LoRA rank {lora['rank']} ({targets}), mesh (2, 4), 8 CPU devices", f"{d['batch_size']} × {d['sequence_length']}", steps,
              ft["step_s"], ft["tps"], ft["ttfs"], ft["wall"], ft["rss_mb"]]]
     report["sections"].append({
         "title": "6. Real Gemma 3 270M on this CPU",

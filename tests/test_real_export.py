@@ -45,6 +45,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run = tmp / "run"
     r = runner.invoke(app, [
         "finetune", str(ROOT / "configs/gemma3_270m_demo.yaml"), f"model.preset={preset}",
+        "model.lora.rank=8", "model.lora.target_layers=[query,value]",
         f"data.paths=[{ROOT / 'data/demo_gemma_cli.jsonl'}]", "data.eval_holdout=null",
         "train.eval_every=null", "train.max_steps=3", "train.checkpoint_every=null",
         "optimizer.warmup_steps=0", "optimizer.learning_rate=0.003", f"train.output_dir={run}", "--quiet"])

@@ -85,9 +85,9 @@ def generate(
 
     Examples:
 
-      gemma generate runs/gemma3_270m_demo -p "What does gemma inspect show?" --template
+      gemma generate runs/gemma3_270m_demo --chat -p "What does gemma inspect show?"
 
-      gemma generate -p "What does gemma inspect show?" --template
+      gemma generate --chat --prompt-file data/demo_heldout.jsonl --jsonl
 
       echo "The capital of France is" | gemma generate configs/gemma3_270m_demo.yaml --json
 
