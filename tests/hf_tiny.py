@@ -20,7 +20,6 @@ happen inside the functions.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -32,31 +31,6 @@ GEMMA4_SPECIAL = ["<|turn>", "<turn|>"]
 
 # ids every test feeds (all below each tiny vocabulary; longer than the local windows)
 IDS = [2, 17, 33, 40, 5, 9, 60, 70, 11, 12, 13, 14, 99, 100, 21, 22]
-
-
-def _gemma4_proto(vocab_size: int) -> bytes:
-    import sentencepiece as spm
-
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 20),
-        model_writer=buf,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        eos_piece="<eos>",
-        bos_piece="<bos>",
-        unk_piece="<unk>",
-        user_defined_symbols=GEMMA4_SPECIAL,
-        byte_fallback=True,
-        character_coverage=1.0,
-        minloglevel=2,
-    )
-    return buf.getvalue()
 
 
 def _llama3_tokenizer(out: Path, vocab_size: int) -> tuple[int, int]:
@@ -105,7 +79,7 @@ def make_hf_checkpoint(out_dir: str | Path, name: str, seed: int = 0) -> Path:
     if fam.name == "llama3":
         kwargs["bos_token_id"], kwargs["eos_token_id"] = _llama3_tokenizer(out, kwargs["vocab_size"])
     elif fam.name == "gemma4":
-        (out / "tokenizer.model").write_bytes(_gemma4_proto(kwargs["vocab_size"]))
+        (out / "tokenizer.model").write_bytes(tiny_proto(kwargs["vocab_size"], GEMMA4_SPECIAL, byte_fallback=True))
         transformers.GemmaTokenizer.from_pretrained(str(out)).save_pretrained(str(out))
         (out / "tokenizer.model").unlink()
     else:

@@ -25,7 +25,8 @@ CORPUS = [
 SPECIAL = ["<start_of_turn>", "<end_of_turn>", "<img>", "<start_of_image>", "<end_of_image>"]
 
 
-def tiny_proto(vocab_size: int = 128) -> bytes:
+def tiny_proto(vocab_size: int = 128, special: list[str] = SPECIAL, byte_fallback: bool = False) -> bytes:
+    """A sentencepiece BPE model trained on CORPUS, Gemma's special ids, `special` as user symbols."""
     import sentencepiece as spm
 
     buf = io.BytesIO()
@@ -42,9 +43,10 @@ def tiny_proto(vocab_size: int = 128) -> bytes:
         eos_piece="<eos>",
         bos_piece="<bos>",
         unk_piece="<unk>",
-        user_defined_symbols=SPECIAL,
+        user_defined_symbols=special,
         character_coverage=1.0,
         minloglevel=2,
+        **({"byte_fallback": True} if byte_fallback else {}),
     )
     return buf.getvalue()
 
