@@ -26,10 +26,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gemma_cli.config import RunConfig
 from gemma_cli.errors import UsageError
+
+if TYPE_CHECKING:  # pydantic and the schema load only when a verb runs (`gemma --help` stays light)
+    from gemma_cli.config import RunConfig
 
 ENV_VAR = "GEMMA_CONFIG"
 LOCAL_CONFIG = "gemma.yaml"

@@ -145,7 +145,7 @@ def test_missing_file_exits_2(tmp_path: Path) -> None:
 def test_cli_import_is_light_and_help_lists_verbs() -> None:
     code = (
         "import sys, gemma_cli.cli\n"
-        "heavy=[m for m in ('keras','keras_hub','jax','tensorflow','tensorflow_datasets') if m in sys.modules]\n"
+        "heavy=[m for m in ('keras','keras_hub','jax','tensorflow','tensorflow_datasets','pydantic','gemma_cli.config') if m in sys.modules]\n"
         "print(heavy)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
