@@ -250,8 +250,9 @@ class DataConfig(_Strict):
         None,
         ge=0,
         le=256,
-        description="Threads that read, render and tokenize records (0 = in the training "
-        "thread). Defaults to the CPU count, at most 8.",
+        description="Threads that read, render and tokenize records ahead of the step (0 = in the "
+        "training thread). Default: the CPU count, at most 8, with an accelerator; 0 on the CPU "
+        "backend, where the step itself uses every core.",
     )
     eval_split: str | None = Field(None, description="tfds split for evaluation.")
     eval_paths: list[str] | None = Field(None, description="Local files for evaluation.")

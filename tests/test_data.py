@@ -212,6 +212,17 @@ def test_sharegpt_and_pairs_render_like_messages(tok):
     assert docs[0].weights.tolist() == docs[1].weights.tolist() == docs[2].weights.tolist()
 
 
+def test_text_content_parts_render_like_strings(tok):
+    """`content` as OpenAI / transformers parts: the text parts joined, as transformers' own
+    Gemma chat template joins them."""
+    enc = Encoder(tok)
+    plain = {"messages": [{"role": "user", "content": "what does inspect show"}, {"role": "assistant", "content": "the layout"}]}
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "what does "}, {"type": "text", "text": "inspect show"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "the layout"}]}]}
+    a, b = (enc.doc(Renderer(data_cfg(format="chat"))("d:1", rec), 100) for rec in (plain, parts))
+    assert a.ids.tolist() == b.ids.tolist() and a.weights.tolist() == b.weights.tolist()
+
+
 def test_generate_prompt_is_the_training_prefix(tok):
     enc = Encoder(tok)
     doc = enc.doc(Renderer(data_cfg(format="chat"))("d:1", CHAT), 1000)
@@ -239,12 +250,18 @@ def test_template_with_response_field_masks_the_prompt(tok):
         ({"messages": [{"role": "robot", "content": "x"}]}, ["unknown role 'robot'", "system, user, assistant"]),
         ({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}, ["empty 'content'"]),
         ({"messages": [{"role": "user", "content": "q"}]}, ["no assistant turn"]),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}]}, ["turn 1 is a user turn where a assistant"]),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}]}, ["turn 1 is a user turn where an assistant turn was expected"]),
         ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, ["a `conversations` record among `messages` records (mixed formats)"]),
         ({"text": "plain"}, ["expected a chat record", "fields there: ['text']"]),
         ({"conversations": [{"from": "bot", "value": "q"}]}, ["mixed formats"]),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "url": "x.png"}, {"type": "text", "text": "q"}]},
+                       {"role": "assistant", "content": "a"}]}, ["`messages`[0]: 'content'[0]: a part of type 'image'", "only text parts"]),
+        ({"messages": [{"role": "user", "content": {"text": "q"}}, {"role": "assistant", "content": "a"}]},
+         ["'content' must be a string (or a list of", "got dict"]),
+        ({"messages": [{"role": "user", "content": []}, {"role": "assistant", "content": "a"}]}, ["`messages`[0]: empty 'content'"]),
     ],
-    ids=["not-a-list", "unknown-role", "empty-content", "no-answer", "not-alternating", "mixed", "not-chat", "mixed-2"],
+    ids=["not-a-list", "unknown-role", "empty-content", "no-answer", "not-alternating", "mixed", "not-chat", "mixed-2",
+         "image-part", "content-dict", "no-parts"],
 )
 def test_bad_chat_records_name_file_line_and_what_was_expected(record, words):
     r = Renderer(data_cfg(format="chat"))

@@ -154,7 +154,7 @@ class DataInfo:
         return (
             f"  {self.records:,} {self.kind} records from {self.source}; sequences of {cfg.sequence_length} tokens{packed}; "
             f"{approx}{self.steps_per_epoch} steps/epoch; shuffle {shuffle}; {self.eval_sequences} eval sequences; "
-            f"{self.workers} tokenizer threads; {self.checked}"
+            f"{f'{self.workers} tokenizer threads' if self.workers else 'tokenized in the training thread'}; {self.checked}"
         )
 
 
@@ -473,6 +473,19 @@ def _eval_batches(
     return grain.MapDataset.source(batches), n
 
 
+def default_workers() -> int:
+    """`data.workers` when the config leaves it out: the CPU count (at most 8) where an
+    accelerator computes the step, so the host's cores are free to read ahead; 0 (records
+    tokenized in the training thread, between dispatches) on the CPU backend, where XLA's
+    step already uses every core and reader threads only compete with it (measured on the
+    bench model, 2 cores: step time 0.084 s with 0 threads, 0.094 s with 2)."""
+    import jax
+
+    if jax.default_backend() == "cpu":
+        return 0
+    return min(8, os.cpu_count() or 1)
+
+
 def build(
     cfg: Any,
     tokenizer: Any,
@@ -517,7 +530,7 @@ def build(
     first, stop, total = streams
     if b % total:
         raise UsageError(f"data.batch_size: {b} is not divisible by the batch axis of the mesh ({total})")
-    workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
+    workers = cfg.workers if cfg.workers is not None else default_workers()
     train_src, eval_src = _sources(cfg, cfg.shuffle_buffer, reporter)
     renderer = Renderer(cfg, chat=chat)
     where0, rec0 = train_src[0]

@@ -42,6 +42,21 @@ STYLES = {
 BOS, EOS = "<bos>", "<eos>"
 
 
+def _text_parts(where: str, parts: list[Any]) -> str:
+    """A turn's content given as parts (`[{"type": "text", "text": "..."}]`, the OpenAI and
+    transformers chat form): the text parts joined as transformers' Gemma templates join them.
+    Image, audio or other parts are refused: the fine-tune is text-only."""
+    out = []
+    for j, part in enumerate(parts):
+        if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+            out.append(part["text"])
+            continue
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        raise UsageError(f"{where}[{j}]: a part of type {kind!r}; only text parts ({{\"type\": \"text\", \"text\": ...}}) "
+                         "can be fine-tuned on (gemma trains the text model)")
+    return "".join(out)
+
+
 def chat_format_for(backbone: Any = None) -> Any:
     """The model family's turn format (engine/families) for a keras-hub backbone (an object or
     its class name); Gemma's when None. A family without one cannot take chat data."""
@@ -251,8 +266,11 @@ class Renderer:
             if role is None:
                 raise UsageError(f"{where}: `{style}`[{k}]: unknown role {t[role_key]!r}; expected one of {allowed}")
             content = t[content_key]
+            if isinstance(content, list):  # OpenAI / transformers content parts
+                content = _text_parts(f"{where}: `{style}`[{k}]: {content_key!r}", content)
             if not isinstance(content, str):
-                raise UsageError(f"{where}: `{style}`[{k}]: {content_key!r} must be a string, got {type(content).__name__}")
+                raise UsageError(f"{where}: `{style}`[{k}]: {content_key!r} must be a string (or a list of "
+                                 f"{{\"type\": \"text\", \"text\": ...}} parts), got {type(content).__name__}")
             if not content.strip():
                 raise UsageError(f"{where}: `{style}`[{k}]: empty {content_key!r}")
             if role == "system" and k != 0:
@@ -279,7 +297,7 @@ class Renderer:
         for k, (role, _) in enumerate(turns):
             if role != expect:
                 raise UsageError(
-                    f"{where}: turn {k} is a {_say(role)} turn where a {_say(expect)} turn was expected "
+                    f"{where}: turn {k} is {_say(role)} turn where {_say(expect)} turn was expected "
                     "(turns alternate user, assistant, starting with user)"
                 )
             expect = "model" if role == "user" else "user"
@@ -340,4 +358,5 @@ def _format_field(value: str, spec: str | None, conv: str | None) -> str:
 
 
 def _say(role: str) -> str:
-    return {"model": "assistant", "user": "user", "system": "system"}[role]
+    """The role as a message names it, with its article: `an assistant`, `a user`."""
+    return {"model": "an assistant", "user": "a user", "system": "a system"}[role]
