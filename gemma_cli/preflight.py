@@ -376,7 +376,7 @@ def records(cfg: Any, *, full: bool = False) -> list[Problem]:
 
     One reader of records in the project: this asks the data pipeline's validator
     (`gemma_cli.engine.data.check_records`), which names `file:line` of the first bad record.
-    `gemma finetune` checks data up to 64 MiB per split whole and the start of larger data (the
+    `gemma finetune` checks data up to 16 MiB per split whole and the start of larger data (the
     rest is checked as it streams); `gemma config validate` (`full`) reads every record.
     """
     if cfg.data is None or cfg.data.source != "local":

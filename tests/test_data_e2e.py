@@ -17,6 +17,8 @@ from pathlib import Path
 
 from test_finetune import assert_one_error_line, config, gemma
 
+from gemma_cli.engine.data.pipeline import CHECK_ALL_BYTES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CONVERSATION = [
@@ -77,13 +79,13 @@ def _data_cfg():
 
 
 def test_broken_line_in_a_large_file_stops_the_stream_naming_it(tmp_path, tiny_gemma3):
-    """64 MiB and more is checked as it streams: 96 records of 0.75 MB (an unused field)."""
+    """Past CHECK_ALL_BYTES (16 MiB) data is checked as it streams: 96 records of 0.2 MB (an unused field)."""
     data = tmp_path / "big.jsonl"
-    pad = "x" * 750_000
+    pad = "x" * 200_000
     lines = [json.dumps({"text": f"the quick brown fox {i}", "pad": pad}) for i in range(96)]
     lines[48] = lines[48][:1000]  # cut short: not valid JSON
     data.write_text("\n".join(lines) + "\n")
-    assert data.stat().st_size > 64 << 20
+    assert data.stat().st_size > CHECK_ALL_BYTES
     cfg = config(tmp_path, tiny_gemma3, data={"paths": [str(data)]},
                  train={"epochs": 1, "max_steps": None, "checkpoint_every": 2, "keep_checkpoints": 100})
     r = gemma("finetune", cfg, "-q")

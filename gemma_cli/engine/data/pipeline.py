@@ -28,7 +28,7 @@ there: nothing consumed is read or tokenized again, except the one document that
 row after the checkpoint.
 
 Checks. Everything that can be checked before training is: the files are indexed, the first
-record decides the record kind, every record of data up to 64 MiB is parsed and rendered,
+record decides the record kind, every record of data up to 16 MiB is parsed and rendered,
 the eval set is read whole, and the first batch is built. Larger data is checked as it
 streams: a bad record stops the run with exit 2 naming file:line before the step that would
 use it; no checkpoint is written for that step.
@@ -47,7 +47,9 @@ from gemma_cli.engine.data.render import Renderer
 from gemma_cli.engine.data.tokenize import Doc, Encoder
 from gemma_cli.errors import UsageError
 
-CHECK_ALL_BYTES = 64 << 20  # data up to this size is parsed and rendered before training
+# data up to this size is parsed and rendered before training: ~0.75 s here (50 µs a record);
+# larger data is checked as it streams (`gemma config validate` checks every record)
+CHECK_ALL_BYTES = 16 << 20
 ESTIMATE_RECORDS = 512  # records tokenized to estimate packed rows per epoch
 COUNTERS = ("records", "sequences", "tokens_total", "tokens_trained", "truncated", "tokens_cut", "turns_cut")
 _U32 = 2**32
