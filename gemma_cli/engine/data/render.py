@@ -51,7 +51,9 @@ def _text_parts(where: str, parts: list[Any]) -> str:
         if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
             out.append(part["text"])
             continue
-        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        kind = part.get("type", "text") if isinstance(part, dict) else type(part).__name__
+        if kind == "text":
+            raise UsageError(f"{where}[{j}]: a text part needs a string 'text'")
         raise UsageError(f"{where}[{j}]: a part of type {kind!r}; only text parts ({{\"type\": \"text\", \"text\": ...}}) "
                          "can be fine-tuned on (gemma trains the text model)")
     return "".join(out)
