@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("config")
     ap.add_argument("--batches", type=int, default=40)
     a = ap.parse_args()
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup(without_tensorflow=True)
     import keras_hub

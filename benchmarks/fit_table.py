@@ -2,7 +2,7 @@
 
 For each model, LoRA and full fine-tune, layout (`default`, `fsdp`) and `train.remat`
 (`none`, `blocks`), and each TPU generation: the fewest chips whose per-chip estimate
-(weights + gradients + AdamW state + activations + logits, `engine/memory.py`) fits the chip,
+(weights + gradients + AdamW state + activations + logits, `engine/plan/memory.py`) fits the chip,
 over every mesh (batch × model) of that many chips whose model axis is a power of two up to 16
 and whose batch axis divides the global batch. Plans only: no weights, no devices. Prints one
 JSON document (stdout) that `benchmarks/run.py` turns into a report section.
@@ -31,11 +31,13 @@ MODES = [("default", "none"), ("default", "blocks"), ("fsdp", "none"), ("fsdp", 
 
 def main() -> int:
     t0 = time.time()
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup(without_tensorflow=True)
     from gemma_cli.config import parse_config
-    from gemma_cli.engine import families, inspect_report, memory
+    from gemma_cli.engine import families
+    from gemma_cli.engine.plan import inspect as inspect_report
+    from gemma_cli.engine.plan import memory
 
     models = [(label, name) for label, name in MODELS if families.get_preset(name) is not None]
     missing = [label for label, name in MODELS if families.get_preset(name) is None]

@@ -28,7 +28,7 @@ def _in_remat_scope(init, mode: str):  # noqa: ANN001, ANN202
 def main() -> int:
     if os.environ.get("BENCH_NO_TF"):
         sys.modules["tensorflow"] = None  # type: ignore[assignment]  # import → ImportError: keras-hub runs without TF
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     mode = os.environ.get("BENCH_REMAT")

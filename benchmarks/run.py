@@ -353,7 +353,7 @@ def sec_fit(report: dict[str, Any]) -> None:
         "query and value (keras-hub's default targets) or a full fine-tune, `train.loss_chunk: auto`. A cell is the smallest "
         "slice for which some mesh (batch × model, model axis a power of two up to 16, batch axis dividing the global batch) "
         "has a per-chip estimate (`gemma inspect`'s: weights + gradients + optimizer state + activations + logits, "
-        "`gemma_cli/engine/memory.py`) within the chip's nominal HBM; the mesh and the estimate are in parentheses. "
+        "`gemma_cli/engine/plan/memory.py`) within the chip's nominal HBM; the mesh and the estimate are in parentheses. "
         "Slice names count chips for v5e and TensorCores for v4/v5p (2 per chip). Plans only, computed in "
         f"{d['seconds']} s; gradient accumulation (smaller per-chip batches) would fit smaller slices still.",
         "`default` already shards the big kernels over both mesh axes for Gemma (keras-hub's Gemma layout is 2-D); `fsdp` "
@@ -448,7 +448,7 @@ def sec_segments(report: dict[str, Any], varied: Path) -> None:
     rows = [[label, (d.get(k) or {}).get("rows"), (d.get(k) or {}).get("useful_fraction"), (d.get(k) or {}).get("step_seconds"),
              (d.get(k) or {}).get("tokens_per_second"), (d.get(k) or {}).get("useful_tokens_per_second")] for label, k in names]
     report["sections"].append({
-        "title": "3b. Packing that keeps documents apart (segment ids, gemma_cli/engine/segments.py)",
+        "title": "3b. Packing that keeps documents apart (segment ids, gemma_cli/engine/patches/segments.py)",
         "text": f"The varied-length texts of section 3, whole texts first-fit into rows of {SEQ + 1} tokens (cut when longer), "
                 f"batch {BATCH}, LoRA {LORA}, mesh (2, 4); the three variants' train steps take turns (A B C A B C ...), "
                 f"{steps} timed steps each, median step. Useful tokens: targets with weight 1 (not padding, not the first token of "
@@ -679,7 +679,7 @@ NOTES = [
     "data pipeline's next batch, gemma's hooks) overlaps the compiled step. With `log_every: 1` every step syncs and "
     "that work adds to each step: an earlier run of this bench measured 1.22 that way.",
     "Rematerialisation: `train.remat: blocks` builds the backbone inside `keras.RematScope(mode='list_of_layers', "
-    "layer_names=[decoder_block_i ...])` (engine/remat.py), so each decoder block runs under `jax.checkpoint`; "
+    "layer_names=[decoder_block_i ...])` (engine/patches/remat.py), so each decoder block runs under `jax.checkpoint`; "
     "`mode='full'` fails in fit with keras-hub 0.32 ('Unable to automatically build the model'). Measured on an H100 "
     "(FACTS.md): Gemma 3 1B full fine-tune 29.4 → 14.3 GB peak at +32 % step time. XLA on CPU barely shows the saving "
     "(Gemma 3 270M, 16 × 512, float32: 47.0 vs 48.0 GB compiled peak).",

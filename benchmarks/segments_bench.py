@@ -3,7 +3,7 @@
 The same texts three ways, as LoRA train steps of the same model on the same mesh:
   unpacked      one text per row, padded (keras-hub's own preprocessing);
   packed        whole texts packed one after another into rows, segment ids 1..k in
-                `padding_mask` (gemma_cli/engine/segments.py): no attention across texts;
+                `padding_mask` (gemma_cli/engine/patches/segments.py): no attention across texts;
   packed, 0/1   the same packed rows with a plain 0/1 mask (texts attend to earlier texts):
                 the cost of the segment-aware mask itself.
 A text longer than a row is cut; each text goes into the first row with room for it (texts
@@ -67,7 +67,7 @@ def main() -> None:
     import keras_hub
     import numpy as np
 
-    from gemma_cli.engine.segments import enable_segment_attention
+    from gemma_cli.engine.patches.segments import enable_segment_attention
 
     shape = tuple(int(s) for s in a.mesh.split(","))
     mesh = keras.distribution.DeviceMesh(shape=shape, axis_names=["batch", "model"], devices=keras.distribution.list_devices())

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gemma_cli import stdio
+from gemma_cli.engine.core import stdio
 
 
 def _json_default(obj: Any) -> Any:
@@ -36,7 +36,7 @@ class Output:
         debug: bool. Show tracebacks and debug lines. Defaults to False.
         documents: bool. Stdout carries machine-read documents only (`--json`, `--jsonl`):
             while the verb runs, whatever else is printed to stdout, by Python code or native
-            libraries, goes to stderr (`gemma_cli.stdio`). Defaults to `json_mode`.
+            libraries, goes to stderr (`gemma_cli.engine.core.stdio`). Defaults to `json_mode`.
 
     Example:
         >>> out = Output(json_mode=True)

@@ -32,11 +32,8 @@ Example:
 
 from __future__ import annotations
 
-import ast
-import difflib
 import functools
 import glob
-import importlib.util
 import json
 import os
 import tempfile
@@ -109,39 +106,6 @@ def target(tgt: Any, *, network: bool = True) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------- preset ---
-@functools.lru_cache(maxsize=1)
-def keras_hub_presets() -> dict[str, str]:
-    """keras-hub's preset registry, name → handle (`kaggle://...`, `hf://...`).
-
-    Read from its `src/models/*/*_presets.py` files, which are plain dicts, so that keras-hub
-    (and with it keras and TensorFlow) is not imported; empty when keras-hub is not installed.
-    """
-    spec = importlib.util.find_spec("keras_hub")
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    root = Path(list(spec.submodule_search_locations)[0]) / "src" / "models"
-    names: dict[str, str] = {}
-    for f in sorted(root.glob("*/*_presets.py")):
-        try:
-            tree = ast.parse(f.read_text(encoding="utf-8"))
-        except (OSError, SyntaxError, UnicodeDecodeError):
-            continue
-        for node in tree.body:
-            if not (isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict)):
-                continue
-            for k, v in zip(node.value.keys, node.value.values, strict=True):
-                if isinstance(k, ast.Constant) and isinstance(k.value, str) and isinstance(v, ast.Dict):
-                    handle = ""
-                    for kk, vv in zip(v.keys, v.values, strict=True):
-                        if isinstance(kk, ast.Constant) and kk.value == "kaggle_handle":
-                            try:
-                                handle = str(ast.literal_eval(vv))
-                            except ValueError:
-                                handle = ""
-                    names[k.value] = handle
-    return names
-
-
 def preset(cfg: Any, *, weights: bool, network: bool) -> list[Problem]:
     """The model.preset of `cfg`.
 
@@ -151,7 +115,8 @@ def preset(cfg: Any, *, weights: bool, network: bool) -> list[Problem]:
         network: bool. Check what a download needs: credentials, and the host answering
             (within a few seconds). `config validate --offline` skips this.
     """
-    from gemma_cli.engine import families, model
+    from gemma_cli.engine import families
+    from gemma_cli.engine.model import load as model
 
     p = cfg.model.preset
     say = functools.partial(_say, cfg, "model.preset")
@@ -164,8 +129,8 @@ def preset(cfg: Any, *, weights: bool, network: bool) -> list[Problem]:
         return remote(p, "kaggle", say, network=network) if weights or not known else []
     if "://" in p:
         return []  # another scheme keras-hub may know (gs://): left to it
-    registry = keras_hub_presets()
-    unknown = unknown_preset(p)
+    registry = families.keras_hub_presets()
+    unknown = families.unknown_preset(p)
     if unknown:
         return [say(unknown)]
     if weights or families.get_preset(p) is None:  # the weights, or an architecture we do not ship
@@ -173,20 +138,6 @@ def preset(cfg: Any, *, weights: bool, network: bool) -> list[Problem]:
         return remote(handle if handle.startswith("hf://") else p, "hf" if handle.startswith("hf://") else "kaggle",
                       say, network=network)
     return []
-
-
-def unknown_preset(name: str) -> str | None:
-    """Why a bare preset name is not one: known neither to the architecture table
-    (`engine/families/`) nor to keras-hub's registry; with the closest names."""
-    from gemma_cli.engine import families
-
-    registry = keras_hub_presets()
-    if families.get_preset(name) is not None or not registry or name in registry:
-        return None
-    close = difflib.get_close_matches(name, sorted(set(registry) | set(families.preset_names())), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else (
-        "give a keras-hub preset name, kaggle://, hf:// or a local preset directory")
-    return f"unknown preset '{name}' ({hint})"
 
 
 def local_preset(d: Path, say: Any, *, weights: bool) -> list[Problem]:
@@ -306,7 +257,9 @@ def cached(handle: str) -> bool:
     """Whether the download cache already holds `handle` (kagglehub's and huggingface_hub's
     own cache folders, by their rules); a bare keras-hub name is looked up by its handle."""
     if not handle.startswith(("kaggle://", "hf://")):
-        handle = keras_hub_presets().get(handle, "")
+        from gemma_cli.engine import families
+
+        handle = families.keras_hub_presets().get(handle, "")
     home = Path.home()
     if handle.startswith("kaggle://"):
         parts = handle[len("kaggle://"):].strip("/").split("/")
@@ -449,7 +402,7 @@ def _writable(d: Path) -> str | None:
 def run_dir(cfg: Any, *, resume: bool, dry_run: bool) -> list[Problem]:
     """train.output_dir for a fine-tune: writable; with --resume, a readable checkpoint;
     without it, no earlier run's checkpoints to overwrite."""
-    from gemma_cli.engine import checkpoint as ckptlib
+    from gemma_cli.engine.model import checkpoint as ckptlib
 
     out_dir = cfg.output_dir
     problems = output(out_dir, "train.output_dir", cfg=cfg)
@@ -471,7 +424,7 @@ def checkpoint(ckpt: Path, *, optimizer: bool) -> list[Problem]:
     """The files of a checkpoint can be read: state.json, the adapter or the weights, and the
     optimizer state when resuming. A bad one names the file and offers the previous
     checkpoint."""
-    from gemma_cli.engine import checkpoint as ckptlib
+    from gemma_cli.engine.model import checkpoint as ckptlib
 
     bad = _checkpoint_file_problem(ckpt, optimizer, ckptlib)
     if bad is None:

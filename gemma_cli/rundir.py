@@ -3,7 +3,7 @@
 A run (`train.output_dir`, by default `runs/<name>`) holds:
 
     config.yaml           the resolved config; (re)written when the run starts or resumes
-    status.json           running | finished | interrupted | diverged (engine/status_file.py)
+    status.json           running | finished | interrupted | diverged (engine/core/status_file.py)
     metrics.jsonl         a train line every train.log_every steps, an eval line per evaluation
     summary.json          written once, when the run finished
     checkpoints/latest    the name of the newest complete checkpoint
@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gemma_cli.engine.status_file import STATUS_FILE
+from gemma_cli.engine.core.status_file import STATUS_FILE
 
 STATUSES = ("running", "finished", "interrupted", "diverged", "broken")
 CONFIG_FILE = "config.yaml"
@@ -155,7 +155,7 @@ def _metrics(run: Path) -> tuple[int | None, float | None, float | None]:
 
 def _checkpoint(run: Path) -> tuple[Path | None, dict[str, Any] | None]:
     """The checkpoint `latest` names (checked whole), else None when there is none yet."""
-    from gemma_cli.engine import checkpoint as ck
+    from gemma_cli.engine.model import checkpoint as ck
 
     root = ck.ckpt_root(run)
     if not root.exists():

@@ -115,7 +115,7 @@ def preset_config(preset: str, overrides: list[str] | None = None) -> RunConfig:
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
-    from gemma_cli.engine import checkpoint
+    from gemma_cli.engine.model import checkpoint
 
     return checkpoint.latest(run_dir)
 

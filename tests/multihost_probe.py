@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
-from gemma_cli.engine import runtime
+from gemma_cli.engine.core import runtime
 
 
 def main(config_path: str, overrides: list[str]) -> None:
@@ -26,7 +26,7 @@ def main(config_path: str, overrides: list[str]) -> None:
 
     from gemma_cli.config import load_config
     from gemma_cli.engine import data as datalib
-    from gemma_cli.engine.report import NullReporter
+    from gemma_cli.engine.core.report import NullReporter
     from gemma_cli.engine.train.trainer import Trainer
 
     cfg = load_config(config_path, overrides)

@@ -21,7 +21,7 @@ PRESET = ROOT / "presets" / "gemma3_270m"
 
 
 def real_preset_dir() -> Path:
-    from gemma_cli.engine.convert import is_current, read_marker
+    from gemma_cli.engine.formats.convert import is_current, read_marker
 
     def ready() -> bool:
         marker = read_marker(PRESET)

@@ -133,8 +133,8 @@ def test_export_and_upload_bad_input(tmp_path, monkeypatch):
 
 def test_command_modules_import_nothing_heavy():
     code = (
-        "import sys, gemma_cli.cli, gemma_cli.commands.convert_cmd, gemma_cli.engine.convert, "
-        "gemma_cli.engine.export; "
+        "import sys, gemma_cli.cli, gemma_cli.commands.convert_cmd, gemma_cli.engine.formats.convert, "
+        "gemma_cli.engine.formats.export; "
         "print([m for m in ('keras','keras_hub','jax','tensorflow','gguf','torch') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -174,7 +174,7 @@ def test_sentencepiece_proto_round_trip():
 
 
 def _tiny_lora_model(preset_dir: Path):
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     import keras
@@ -258,7 +258,7 @@ def test_merge_lora_export_preset_via_cli(tiny3, tmp_path):
 def test_merge_lora_export_hf_loads_in_transformers(tiny3, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from gemma_cli.engine.export import export_model
+    from gemma_cli.engine.formats.export import export_model
 
     lm, _ = _tiny_lora_model(tiny3)
     ids = [2, 10, 20, 30, 40, 50]

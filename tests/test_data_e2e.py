@@ -52,9 +52,9 @@ def test_chat_finetune_trains_only_the_answers_and_generate_prompts_the_same_pre
     assert "16 chat records" in r.stderr
 
     # generate --chat from the run: its prompt is the training prefix up to the first answer
+    from gemma_cli.engine.core.report import NullReporter
     from gemma_cli.engine.data import Encoder, Renderer
-    from gemma_cli.engine.generate import Generator
-    from gemma_cli.engine.report import NullReporter
+    from gemma_cli.engine.sample.generate import Generator
     from gemma_cli.targets import resolve
 
     train_ids = Encoder(tok).doc(Renderer(_data_cfg(), "chat")("x:1", {"messages": CONVERSATION}), 1000).ids.tolist()
@@ -108,7 +108,7 @@ def test_local_data_and_tensorboard_without_tensorflow(tmp_path, tiny_gemma3):
     script = f"""
 import sys
 sys.modules["tensorflow"] = None  # import tensorflow → ImportError
-from gemma_cli.engine import runtime
+from gemma_cli.engine.core import runtime
 runtime.setup()
 import keras_hub
 from gemma_cli.config import DataConfig

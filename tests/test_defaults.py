@@ -272,7 +272,7 @@ def test_live_rows_against_the_plan_flag_each_difference() -> None:
     from rich.console import Console
 
     from gemma_cli.commands.inspect_cmd import render
-    from gemma_cli.engine.inspect_report import _against_plan
+    from gemma_cli.engine.plan.inspect import _against_plan
 
     def row(path: str, spec: list[Any]) -> dict[str, Any]:
         return {"path": path, "shape": [4, 8], "dtype": "float32", "spec": spec, "shard_shape": [4, 8],

@@ -362,7 +362,7 @@ def test_every_verb_fails_with_one_json_document_and_one_line(argv: list[str], t
 # ---------------------------------------------------------------- stderr: native INFO lines ---
 SPM = r"""
 import io, sys
-from gemma_cli.engine import runtime
+from gemma_cli.engine.core import runtime
 runtime.setup()
 import keras_hub
 import sentencepiece as spm

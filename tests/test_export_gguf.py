@@ -75,7 +75,7 @@ def random_lora(lm: Any, targets: list[str] | None = None, seed: int = 0) -> Any
     """Enable LoRA (rank 4, alpha 8) with random A and B so that it changes the logits."""
     lm.backbone.enable_lora(4, target_layer_names=targets)
     rng = np.random.default_rng(seed)
-    from gemma_cli.engine.model import lora_layers
+    from gemma_cli.engine.model.lora import lora_layers
 
     for layer in lora_layers(lm.backbone):
         layer.lora_alpha = 8.0
@@ -85,7 +85,7 @@ def random_lora(lm: Any, targets: list[str] | None = None, seed: int = 0) -> Any
 
 
 def load(preset: Path) -> Any:
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     import keras_hub
@@ -96,7 +96,7 @@ def load(preset: Path) -> Any:
 def load_run(run: Path) -> Any:
     """A fine-tune run as `gemma export` loads it (base preset + LoRA + latest checkpoint)."""
     from gemma_cli import targets
-    from gemma_cli.engine import runs
+    from gemma_cli.engine.model import runs
 
     t = targets.resolve(str(run), [], verb="export")
     return runs.load(t.config, t.checkpoint)
@@ -308,8 +308,8 @@ def test_peft_every_target_layout(tiny_gemma3: Path, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    from gemma_cli.engine.export import export_model
-    from gemma_cli.engine.export_peft import export_peft
+    from gemma_cli.engine.formats.export import export_model
+    from gemma_cli.engine.formats.peft import export_peft
 
     export_model(load(tiny_gemma3), tmp_path / "base", "hf")
     targets = ["query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear"]
@@ -332,8 +332,8 @@ def test_peft_every_target_layout(tiny_gemma3: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("family, arch, tensors", [("gemma", "gemma", 2 + 2 * 9), ("gemma2", "gemma2", 2 + 2 * 11)])
 def test_gemma_1_and_2_export_and_round_trip(tiny_presets: dict, tmp_path: Path, family: str, arch: str,
                                              tensors: int) -> None:
-    from gemma_cli.engine.convert import convert_gguf
-    from gemma_cli.engine.export_gguf import export_gguf
+    from gemma_cli.engine.formats.convert import convert_gguf
+    from gemma_cli.engine.formats.gguf_export import export_gguf
 
     lm = random_lora(load(tiny_presets[family]))
     want = logits(lm)
@@ -355,7 +355,7 @@ def _tiny_llama_preset(out: Path) -> Path:
 
     import sentencepiece as spm
 
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     import keras_hub
@@ -378,8 +378,8 @@ def test_other_families_are_refused_in_one_line(tmp_path: Path) -> None:
     r = gemma("export", llama, "--format", "gguf", "--out", out)
     one_error_line(r, "--format gguf: LlamaBackbone is not supported", "gemma, gemma2, gemma3")
     assert not out.exists()
-    from gemma_cli.engine.export_gguf import mapping_for
     from gemma_cli.engine.families.gemma_gguf import gguf_arch_of
+    from gemma_cli.engine.formats.gguf_export import mapping_for
     from gemma_cli.errors import UsageError
 
     with pytest.raises(UsageError) as e:
@@ -410,7 +410,7 @@ def test_interrupted_write_leaves_nothing_half_written(tiny_gemma3: Path, tmp_pa
     and a file being replaced (--force) keeps its old content."""
     import gguf
 
-    from gemma_cli.engine.export_gguf import export_gguf
+    from gemma_cli.engine.formats.gguf_export import export_gguf
 
     lm = load(tiny_gemma3)
     real = gguf.GGUFWriter.write_tensor_data

@@ -20,7 +20,8 @@ KNOWN = _table_rows()
 
 @pytest.mark.parametrize("name", KNOWN)
 def test_architecture_rebuilds_with_published_param_count(name: str) -> None:
-    from gemma_cli.engine import families, model
+    from gemma_cli.engine import families
+    from gemma_cli.engine.model import load as model
 
     bb = families.get_preset(name)
     variables = model.abstract_variables(bb, "bfloat16")

@@ -36,7 +36,7 @@ import yaml
 from test_finetune import corpus_file, gemma, lora_arrays
 
 from gemma_cli import preflight
-from gemma_cli.engine import checkpoint
+from gemma_cli.engine.model import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 20

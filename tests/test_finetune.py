@@ -142,8 +142,8 @@ KV_RULE = {"pattern": "decoder_block.*attention.*(query|key|value).kernel", "axe
 
 def _prepared(tmp: Path, preset: Path, mesh: list[int], lora: int | None) -> tuple[Any, Any]:
     from gemma_cli.config import load_config
-    from gemma_cli.engine.optim import compile_model
-    from gemma_cli.engine.report import NullReporter
+    from gemma_cli.engine.core.report import NullReporter
+    from gemma_cli.engine.model.optimizer import compile_model
     from gemma_cli.engine.train.trainer import Trainer
 
     cfg = load_config(str(config(tmp, preset, mesh=mesh, lora=lora, layout={"indivisible": "replicate"})))

@@ -80,7 +80,9 @@ def test_table_row_is_the_hf_config_through_keras_hub(tmp_path: Path, name: str)
     import torch
     import transformers
 
-    from gemma_cli.engine import families, hf_checkpoint, model
+    from gemma_cli.engine import families
+    from gemma_cli.engine.model import hf as hf_checkpoint
+    from gemma_cli.engine.model import load as model
 
     config = transformers.Gemma4TextConfig(**HF_TEXT[name])
     config.save_pretrained(str(tmp_path))  # a weightless local checkpoint: plan mode reads config.json only
@@ -108,7 +110,9 @@ def test_table_row_is_the_hf_config_through_keras_hub(tmp_path: Path, name: str)
 
 
 def test_every_preset_plans_on_every_mesh_with_lora() -> None:
-    from gemma_cli.engine import families, layout, model
+    from gemma_cli.engine import families
+    from gemma_cli.engine.model import load as model
+    from gemma_cli.engine.plan import layout
 
     fam = families.by_name("gemma4")
     for name in fam.presets:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from gemma_cli.cli import app
 from gemma_cli.commands.generate_cmd import read_prompts
-from gemma_cli.engine.generate import wrap_template
+from gemma_cli.engine.sample.generate import wrap_template
 from gemma_cli.errors import UsageError
 
 runner = CliRunner()

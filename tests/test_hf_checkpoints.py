@@ -67,7 +67,7 @@ def keras_logits(lm: Any) -> Any:
 def load_run(run: Path) -> Any:
     """The fine-tuned model of a run directory, as `gemma generate` / `gemma export` load it."""
     from gemma_cli import targets
-    from gemma_cli.engine import runs
+    from gemma_cli.engine.model import runs
 
     t = targets.resolve(str(run), verb="export")
     return runs.load(t.config, t.checkpoint)
@@ -146,8 +146,9 @@ def check_chat_template(exported: Path, fam: Any) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_hf_checkpoint_end_to_end(tmp_path: Path, name: str) -> None:
-    from gemma_cli.engine import families, model
-    from gemma_cli.engine.export import export_model
+    from gemma_cli.engine import families
+    from gemma_cli.engine.formats.export import export_model
+    from gemma_cli.engine.model import load as model
 
     fam, _ = families.tiny_hf_config(name)
     ckpt = make_hf_checkpoint(tmp_path / "hf", name)
@@ -215,7 +216,7 @@ def test_hf_uri_goes_through_the_same_loader(tmp_path: Path, monkeypatch: pytest
     import huggingface_hub
     from huggingface_hub.errors import EntryNotFoundError
 
-    from gemma_cli.engine import model
+    from gemma_cli.engine.model import load as model
 
     ckpt = make_hf_checkpoint(tmp_path / "hf", "gemma4")
     asked: list[tuple[str, str]] = []

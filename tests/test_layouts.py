@@ -31,7 +31,8 @@ MESHES = [(1, 8), (2, 4), (8, 1), (1, 2), (1, 4), (1, 16), (2, 8)]
 
 @functools.cache
 def _variables(name: str) -> tuple[str, list[tuple[str, tuple[int, ...], str]]]:
-    from gemma_cli.engine import families, model
+    from gemma_cli.engine import families
+    from gemma_cli.engine.model import load as model
 
     bb = families.get_preset(name)
     return model.backbone_class(bb), model.abstract_variables(bb, "bfloat16")
@@ -39,7 +40,7 @@ def _variables(name: str) -> tuple[str, list[tuple[str, tuple[int, ...], str]]]:
 
 def _plan(name: str, mesh: tuple[int, int], rules: str, indivisible: str = "error") -> Any:
     from gemma_cli.config import parse_config
-    from gemma_cli.engine import layout
+    from gemma_cli.engine.plan import layout
 
     cls, variables = _variables(name)
     cfg = parse_config(
@@ -109,7 +110,7 @@ def test_fsdp_shards_what_no_family_rule_names() -> None:
 
 def test_config_rules_stay_strict() -> None:
     from gemma_cli.config import parse_config
-    from gemma_cli.engine import layout
+    from gemma_cli.engine.plan import layout
 
     cls, variables = _variables("gemma3_1b")
     body = "layout:\n  rules:\n    - {pattern: 'decoder_block.*attention.*(query|key|value).kernel', axes: [model, batch, null]}\n"
@@ -151,8 +152,9 @@ def _spec(v: Any) -> tuple[str | None, ...]:
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
 def test_live_arrays_follow_the_plan(tmp_path: Path, tiny_presets: dict[str, Path], family: str, rules: str) -> None:
     from gemma_cli.config import parse_config
-    from gemma_cli.engine import layout, model
-    from gemma_cli.engine.optim import compile_model
+    from gemma_cli.engine.model import load as model
+    from gemma_cli.engine.model.optimizer import compile_model
+    from gemma_cli.engine.plan import layout
 
     for mesh in [(1, 8), (2, 4), (8, 1)]:
         lora = "lora: {rank: 2}" if rules == "fsdp" and mesh == (2, 4) else ""

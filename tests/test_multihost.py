@@ -1,7 +1,7 @@
 """Multi-host for real: 2 local processes x 4 CPU devices over Gloo on 127.0.0.1 (issue #3).
 
 Each process runs `python -m gemma_cli finetune CONFIG --json` with the same config, told its
-place by GEMMA_COORDINATOR / GEMMA_NUM_PROCESSES / GEMMA_PROCESS_ID (engine/runtime.py). The
+place by GEMMA_COORDINATOR / GEMMA_NUM_PROCESSES / GEMMA_PROCESS_ID (engine/core/runtime.py). The
 output_dir is relative and each process has its own working directory, so "only process 0
 writes" is visible on disk. The reference is the same config on one process with 8 devices.
 

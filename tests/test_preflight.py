@@ -30,6 +30,7 @@ from test_finetune import assert_one_error_line, config, corpus_file, gemma
 
 from gemma_cli import net, preflight
 from gemma_cli.config import load_config
+from gemma_cli.engine import families
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -300,7 +301,7 @@ def test_damaged_checkpoint_on_resume_names_the_file_and_the_previous_one(
 
 def test_adapter_that_does_not_fit_the_model_named_when_loaded(tmp_path: Path, tiny_gemma3: Path) -> None:
     """Behind the preflight (which reads files, not their meaning), the loader names the file."""
-    from gemma_cli.engine import runs
+    from gemma_cli.engine.model import runs
     from gemma_cli.errors import UsageError
 
     cfg = load_config(str(config(tmp_path, tiny_gemma3)))
@@ -335,7 +336,7 @@ def test_keras_hub_registry_read_without_importing_it() -> None:
     import keras_hub  # noqa: F401  (registers every preset)
     from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
 
-    assert preflight.keras_hub_presets() == {k: v["kaggle_handle"] for k, v in BUILTIN_PRESETS.items()}
+    assert families.keras_hub_presets() == {k: v["kaggle_handle"] for k, v in BUILTIN_PRESETS.items()}
 
 
 # --------------------------------------------------------------------- remote, no network ---
@@ -474,6 +475,6 @@ def test_a_cached_download_needs_no_network(tmp_path: Path, home: Path, monkeypa
     assert preflight.preset(cfg, weights=True, network=True) == []
     cfg = load_config(str(config(tmp_path, tmp_path)), ["model.preset=gemma3_1b"])
     assert "downloads from Kaggle" in preflight.preset(cfg, weights=True, network=True)[0]
-    handle = preflight.keras_hub_presets()["gemma3_1b"]  # kaggle://keras/gemma3/keras/gemma3_1b/N
+    handle = families.keras_hub_presets()["gemma3_1b"]  # kaggle://keras/gemma3/keras/gemma3_1b/N
     (tmp_path / "kaggle" / "models" / handle[len("kaggle://"):]).mkdir(parents=True)
     assert preflight.preset(cfg, weights=True, network=True) == []

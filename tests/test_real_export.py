@@ -51,8 +51,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "optimizer.warmup_steps=0", "optimizer.learning_rate=0.003", f"train.output_dir={run}", "--quiet"])
     assert r.exit_code == 0, r.stderr[-2000:]
     from gemma_cli import targets
-    from gemma_cli.engine import runs
-    from gemma_cli.engine.export_gguf import export_gguf
+    from gemma_cli.engine.formats.gguf_export import export_gguf
+    from gemma_cli.engine.model import runs
 
     t = targets.resolve(str(run), [], verb="export")
     lm = runs.load(t.config, t.checkpoint)
@@ -111,7 +111,7 @@ def _fields(path: Path) -> dict[str, tuple[list[str], Any]]:
 def test_metadata_equals_llama_cpps_conversion_of_the_same_model(exported: dict[str, Any]) -> None:
     import gguf
 
-    from gemma_cli.engine.convert import builtin_gguf
+    from gemma_cli.engine.formats.convert import builtin_gguf
 
     reference = builtin_gguf("gemma3-270m")
     ref, ours = _fields(reference), _fields(exported["path"])

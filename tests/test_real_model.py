@@ -31,7 +31,7 @@ PARAGRAPH = (
 @pytest.fixture(scope="module")
 def lm():
     preset = real_preset_dir()
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     import keras_hub
@@ -127,7 +127,7 @@ def test_conversion_agrees_with_transformers_own_gguf_loader(lm):
     transformers = pytest.importorskip("transformers")
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    from gemma_cli.engine.convert import builtin_gguf
+    from gemma_cli.engine.formats.convert import builtin_gguf
 
     path = builtin_gguf("gemma3-270m")
     cfg = transformers.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -36,8 +36,9 @@ def _build(family: str, presets: dict[str, Path], remat: str, lora: int) -> Any:
     import keras
     import keras_hub
 
-    from gemma_cli.engine import families, model
-    from gemma_cli.engine import remat as rematlib
+    from gemma_cli.engine import families
+    from gemma_cli.engine.model import load as model
+    from gemma_cli.engine.patches import remat as rematlib
 
     keras.utils.set_random_seed(0)
     if family in presets:
@@ -118,7 +119,8 @@ CHUNK_CASES = [("gemma3", 2), ("gemma2", 0), ("llama3", 2)]
 
 @pytest.mark.parametrize(("family", "lora"), CASES, ids=[f"{f}-{'lora' if r else 'full'}" for f, r in CASES])
 def test_remat_blocks_same_loss_and_gradients(tiny_presets: dict[str, Path], family: str, lora: int) -> None:
-    from gemma_cli.engine import families, remat
+    from gemma_cli.engine import families
+    from gemma_cli.engine.patches import remat
 
     plain = _build(family, tiny_presets, "none", lora)
     rematted = _build(family, tiny_presets, "blocks", lora)
@@ -134,7 +136,7 @@ def test_remat_blocks_same_loss_and_gradients(tiny_presets: dict[str, Path], fam
 @pytest.mark.parametrize(("family", "lora"), CHUNK_CASES, ids=[f"{f}-{'lora' if r else 'full'}" for f, r in CHUNK_CASES])
 def test_chunked_loss_same_loss_gradients_and_accuracy(tiny_presets: dict[str, Path], family: str, lora: int) -> None:
     """gemma2 soft-caps its logits; llama3 has an untied output head; 5 does not divide 16."""
-    from gemma_cli.engine import losses
+    from gemma_cli.engine.objectives import cross_entropy as losses
 
     lm = _build(family, tiny_presets, "none", lora)
     x, y, sw = _batch()
@@ -157,7 +159,7 @@ def test_chunked_loss_same_loss_gradients_and_accuracy(tiny_presets: dict[str, P
 
 
 def test_loss_chunk_auto() -> None:
-    from gemma_cli.engine.losses import resolve_chunk
+    from gemma_cli.engine.objectives.cross_entropy import resolve_chunk
 
     # Gemma 3's vocabulary at 8 x 512 per device: 4 GiB of float32 logits → 32-position chunks (256 MiB)
     assert resolve_chunk("auto", 262144, 8, 512) == 32
@@ -172,9 +174,10 @@ def test_finetune_with_remat_and_chunks_and_generation_without_remat(tmp_path: P
     from tiny import CORPUS
 
     from gemma_cli.config import load_config
-    from gemma_cli.engine import checkpoint, remat
-    from gemma_cli.engine.generate import Generator
-    from gemma_cli.engine.report import NullReporter
+    from gemma_cli.engine.core.report import NullReporter
+    from gemma_cli.engine.model import checkpoint
+    from gemma_cli.engine.patches import remat
+    from gemma_cli.engine.sample.generate import Generator
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for _ in range(8) for t in CORPUS[:6]))

@@ -1,4 +1,4 @@
-"""Packing that keeps documents apart (gemma_cli/engine/segments.py).
+"""Packing that keeps documents apart (gemma_cli/engine/patches/segments.py).
 
 The proof: a document packed between two others gets the logits it gets alone. Each batch
 holds two rows, `A | B | C | pad` with segment ids 1, 2, 3, 0, and `B | pad` with a 0/1 mask;
@@ -51,8 +51,8 @@ def prepared(tmp: Path, preset: Path, lora: int | None = 4) -> tuple[Any, Any]:
     """(causal_lm, distribution) as the engine loads them for a run config: float32, LoRA,
     mesh (2, 4), KV heads replicated; the CausalLM takes batches of token ids."""
     from gemma_cli.config import load_config
-    from gemma_cli.engine import layout as layoutlib
-    from gemma_cli.engine import runs
+    from gemma_cli.engine.model import runs
+    from gemma_cli.engine.plan import layout as layoutlib
 
     model: dict[str, Any] = {"preset": str(preset), "precision": "float32"}
     if lora:
@@ -81,7 +81,7 @@ def randomize_lora(causal_lm: Any, seed: int = 1) -> None:
 
 # ---------------------------------------------------------------------------- positions ---
 def test_positions_restart_at_each_document_and_keep_keras_hub_for_plain_masks():
-    from gemma_cli.engine.segments import same_segment, segment_positions
+    from gemma_cli.engine.patches.segments import same_segment, segment_positions
 
     seg = np.array([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8]], "int32")
     np.testing.assert_array_equal(
@@ -96,7 +96,10 @@ def test_positions_restart_at_each_document_and_keep_keras_hub_for_plain_masks()
 # ------------------------------------------------------------- the proof, tiny families ---
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
 def test_packed_document_logits_equal_alone_on_the_mesh_with_lora(tmp_path, tiny_presets, family):
-    from gemma_cli.engine.segments import disable_segment_attention, enable_segment_attention
+    from gemma_cli.engine.patches.segments import (
+        disable_segment_attention,
+        enable_segment_attention,
+    )
 
     lm, distribution = prepared(tmp_path, tiny_presets[family])
     randomize_lora(lm)
@@ -119,7 +122,7 @@ def test_rotary_positions_restart_in_every_block(tiny_gemma3, monkeypatch):
     """The RoPE of every block rotates A, B, C from position 0 (spied on keras-hub's layer)."""
     import keras_hub
 
-    from gemma_cli.engine.segments import enable_segment_attention, segment_positions
+    from gemma_cli.engine.patches.segments import enable_segment_attention, segment_positions
 
     seen: list[Any] = []
     original = keras_hub.layers.RotaryEmbedding._compute_cos_sin_embedding
@@ -143,8 +146,11 @@ def test_rotary_positions_restart_in_every_block(tiny_gemma3, monkeypatch):
 def test_packed_batch_trains_on_the_mesh_with_lora(tmp_path, tiny_gemma3):
     """Two train steps on a packed batch: finite loss that falls, finite LoRA updates."""
     from gemma_cli.config import load_config
-    from gemma_cli.engine.optim import compile_model
-    from gemma_cli.engine.segments import enable_segment_attention, segment_attention_enabled
+    from gemma_cli.engine.model.optimizer import compile_model
+    from gemma_cli.engine.patches.segments import (
+        enable_segment_attention,
+        segment_attention_enabled,
+    )
 
     lm, distribution = prepared(tmp_path, tiny_gemma3)
     cfg = load_config(str(tmp_path / "run.yaml"))
@@ -171,7 +177,10 @@ def test_generation_is_keras_hubs(tiny_gemma3):
     """The cached path (generate) runs keras-hub's mask: same tokens with segments on or off."""
     import keras_hub
 
-    from gemma_cli.engine.segments import disable_segment_attention, enable_segment_attention
+    from gemma_cli.engine.patches.segments import (
+        disable_segment_attention,
+        enable_segment_attention,
+    )
 
     lm = keras_hub.models.CausalLM.from_preset(str(tiny_gemma3))
     lm.compile(sampler="greedy")
@@ -189,7 +198,7 @@ def test_weights_saved_with_segments_on_load_into_a_plain_model(tmp_path, tiny_g
     """keras names the layers of a list by class name in weight files: checkpoints must not change."""
     import keras_hub
 
-    from gemma_cli.engine.segments import enable_segment_attention
+    from gemma_cli.engine.patches.segments import enable_segment_attention
 
     ours = keras_hub.models.Backbone.from_preset(str(tiny_gemma3))
     for v in ours.weights:
@@ -226,7 +235,7 @@ def test_llama3_and_gemma4(family):
 
     Gemma 4 has a `position_ids` input of its own: the per-document positions go there.
     """
-    from gemma_cli.engine.segments import (
+    from gemma_cli.engine.patches.segments import (
         disable_segment_attention,
         enable_segment_attention,
         segment_positions,
@@ -253,7 +262,7 @@ def test_refuses_a_keras_hub_whose_decoder_api_changed(tiny_gemma3):
     """What an upgrade that renames the hooked mask method's arguments looks like: one line."""
     import keras_hub
 
-    from gemma_cli.engine.segments import enable_segment_attention
+    from gemma_cli.engine.patches.segments import enable_segment_attention
     from gemma_cli.errors import RuntimeFailure
 
     backbone = keras_hub.models.Backbone.from_preset(str(tiny_gemma3))
@@ -273,7 +282,7 @@ def test_refuses_a_keras_hub_whose_decoder_api_changed(tiny_gemma3):
 def test_refuses_an_unsupported_backbone():
     import keras_hub
 
-    from gemma_cli.engine.segments import enable_segment_attention
+    from gemma_cli.engine.patches.segments import enable_segment_attention
     from gemma_cli.errors import UsageError
 
     gpt2 = keras_hub.models.GPT2Backbone(
@@ -289,7 +298,7 @@ def test_real_gemma3_270m_packed_document_equals_alone(tmp_path):
     from real_fixtures import real_preset_dir
 
     preset = real_preset_dir()
-    from gemma_cli.engine.segments import enable_segment_attention
+    from gemma_cli.engine.patches.segments import enable_segment_attention
 
     lm, distribution = prepared(tmp_path, preset, lora=None)
     import keras_hub

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gemma_cli.engine import checkpoint
-from gemma_cli.engine.layout import Rule, match, plan_variables
-from gemma_cli.engine.optim import lr_at
+from gemma_cli.engine.model import checkpoint
+from gemma_cli.engine.model.optimizer import lr_at
+from gemma_cli.engine.plan.layout import Rule, match, plan_variables
 from gemma_cli.engine.train.state import RunState
 from gemma_cli.errors import UsageError
 
@@ -71,7 +71,7 @@ def test_schedule_warmup_then_decay(kind: str) -> None:
 
 
 def test_keras_schedule_computes_the_same_rates() -> None:
-    from gemma_cli.engine.optim import schedule
+    from gemma_cli.engine.model.optimizer import schedule
 
     for kind in ("constant", "cosine", "linear"):
         sched = schedule(kind, 3e-4, 5, 40)

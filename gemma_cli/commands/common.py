@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from gemma_cli import stdio
+from gemma_cli.engine.core import stdio
 from gemma_cli.errors import GemmaError, translate
 from gemma_cli.output import Output
 
@@ -65,7 +65,7 @@ def boundary(out: Output) -> Iterator[None]:
 
     Library exceptions that come from input or the environment are translated first
     (`gemma_cli.errors.translate`). With `--json`/`--jsonl` stdout is kept for documents while
-    the verb runs (`gemma_cli.stdio`), and a failure still prints one JSON document there,
+    the verb runs (`gemma_cli.engine.core.stdio`), and a failure still prints one JSON document there,
     `{"error": ..., "exit_code": ..., "problems": [...]}`, as well as its line on stderr.
     """
     if out.documents:

@@ -1,6 +1,6 @@
 """`gemma convert gguf`: a llama.cpp GGUF → a keras-hub preset (the real Gemma offline).
 
-Engine modules (`gemma_cli.engine.convert`, `gemma_cli.engine.export`) are imported inside
+Engine modules (`gemma_cli.engine.formats.convert`, `gemma_cli.engine.formats.export`) are imported inside
 the command bodies: importing this file loads no keras, jax or tensorflow.
 """
 
@@ -59,7 +59,7 @@ def gguf(
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
-        from gemma_cli.engine import convert as conv
+        from gemma_cli.engine.formats import convert as conv
 
         if (path is None) == (builtin is None):
             raise UsageError("give either a GGUF PATH or --builtin NAME", "e.g. gemma convert gguf --builtin gemma3-270m")

@@ -53,7 +53,7 @@ def export(
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
-        from gemma_cli.engine import export as ex
+        from gemma_cli.engine.formats import export as ex
 
         if fmt not in ex.FORMATS:
             raise UsageError(f"--format {fmt}: unknown format", f"choose one of: {', '.join(ex.FORMATS)}")
@@ -99,7 +99,7 @@ def upload(
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
-        from gemma_cli.engine import export as ex
+        from gemma_cli.engine.formats import export as ex
 
         summary = ex.upload(directory, uri, log=out)
         out.result(summary, human=lambda c: c.print(f"uploaded {summary['dir']} → {summary['uri']}", markup=False))

@@ -53,7 +53,7 @@ def finetune(
         from gemma_cli import preflight
 
         preflight.require(preflight.finetune(cfg, resume=resume, dry_run=dry_run))
-        from gemma_cli.engine import runtime
+        from gemma_cli.engine.core import runtime
 
         runtime.setup()
         if json_:

@@ -122,20 +122,20 @@ def generate(
         if template:
             if cfg.data is None or not cfg.data.template:
                 raise UsageError("--template: the config has no data.template")
-            from gemma_cli.engine.generate import wrap_template
+            from gemma_cli.engine.sample.generate import wrap_template
 
             shown = prompts
             prompts = [wrap_template(p, cfg.data.template) for p in prompts]
         else:
             shown = prompts
-        from gemma_cli.engine import runtime
+        from gemma_cli.engine.core import runtime
 
         runtime.setup()
         if json_ or jsonl:
             runtime.silence_keras_stdout()
         import time
 
-        from gemma_cli.engine.generate import Generator
+        from gemma_cli.engine.sample.generate import Generator
 
         t0 = time.perf_counter()
         gen = Generator(cfg, out, tgt.checkpoint, batch_size)

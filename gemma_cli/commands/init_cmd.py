@@ -239,7 +239,7 @@ def init(
         if preset is None:
             preset = LOCAL_PRESET if (Path(LOCAL_PRESET) / "config.json").is_file() else REMOTE_PRESET
         section = data_lines(data) if data else None
-        from gemma_cli.engine import machine
+        from gemma_cli.engine.plan import machine
 
         with out.status("Counting devices and planning the layout ..."):
             devices, platform = machine.describe()

@@ -26,7 +26,7 @@ from gemma_cli.output import human_bytes, human_count
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 
 
-# Memory per chip, as engine/memory.py's DEVICES (kept here so that parsing imports no engine).
+# Memory per chip, as engine/plan/memory.py's DEVICES (kept here so that parsing imports no engine).
 DEVICE_NAMES = ("v4", "v5e", "v5p", "v6e", "a100-40", "a100-80", "h100", "h200")
 
 
@@ -305,19 +305,19 @@ def inspect(
         from gemma_cli import preflight
 
         preflight.require(preflight.inspect(target, live=live))
-        from gemma_cli.engine import runtime
+        from gemma_cli.engine.core import runtime
 
         # a plan reads shapes only: no tf.data, so skip TensorFlow's multi-second import
         runtime.setup(without_tensorflow=not live)
         if json_:
             runtime.silence_keras_stdout()
-        from gemma_cli.engine import inspect_report
+        from gemma_cli.engine.plan import inspect as inspect_report
 
         with out.status(
             f"{'Loading' if live else 'Planning'} {cfg.model.preset} on mesh {cfg.mesh.shape} ..."
         ):
             if dev_name is not None and mem is None:
-                from gemma_cli.engine import memory
+                from gemma_cli.engine.plan import memory
 
                 mem = memory.DEVICES[dev_name]
             select = inspect_report.Selection(layer, match, names=("--layer", "--match"))

@@ -15,7 +15,7 @@ order, into the current row while they fit; the next one that does not fit start
 (next-fit: the order of documents is kept, so a row's content and the resume position depend
 only on the record order). The model receives `{"token_ids", "padding_mask": segment_ids}`:
 keras-hub treats any non-zero mask value as a token, and the segment-aware attention
-(engine/segments.py) keeps documents apart by their ids.
+(engine/patches/segments.py) keeps documents apart by their ids.
 """
 
 from __future__ import annotations

@@ -522,7 +522,7 @@ def build(
             batches keras reads ahead of the step it reports.
         chat: families.ChatFormat, or a function returning it when chat data shows up: the
             model family's turn format (Gemma's when None).
-        reporter: engine.report.Reporter or None. Told of long steps (a tfds download).
+        reporter: engine.core.report.Reporter or None. Told of long steps (a tfds download).
 
     Example:
         >>> bundle = build(cfg.data, causal_lm.preprocessor.tokenizer, seed=0)

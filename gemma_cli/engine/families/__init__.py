@@ -40,14 +40,24 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import copy
+import difflib
+import functools
+import importlib.util
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 Axes = tuple[str | None, ...]
 RuleSpec = tuple[str, Axes]
+
+
+def backbone_class(bb_config: dict[str, Any]) -> str:
+    """The class name in a serialized backbone config (`Gemma3Backbone`)."""
+    return bb_config.get("class_name") or bb_config.get("registered_name", "").split(">")[-1]
 
 
 @dataclass(frozen=True)
@@ -181,7 +191,7 @@ def keras_hub_rules(cls_name: str) -> Callable[[str, str], list[RuleSpec]]:
     def rules(model_axis: str, batch_axis: str) -> list[RuleSpec]:
         import numpy as np
 
-        from gemma_cli.engine import runtime
+        from gemma_cli.engine.core import runtime
 
         runtime.setup()
         import keras
@@ -356,3 +366,49 @@ def tiny_config(name: str) -> tuple[Family, dict[str, Any]]:
         if name in f.tiny:
             return f, copy.deepcopy(f.tiny[name])
     raise KeyError(f"no tiny config {name!r}")
+
+
+# ---- preset names: ours and keras-hub's -----------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def keras_hub_presets() -> dict[str, str]:
+    """keras-hub's preset registry, name → handle (`kaggle://...`, `hf://...`).
+
+    Read from its `src/models/*/*_presets.py` files, which are plain dicts, so that keras-hub
+    (and with it keras and TensorFlow) is not imported; empty when keras-hub is not installed.
+    """
+    spec = importlib.util.find_spec("keras_hub")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    root = Path(list(spec.submodule_search_locations)[0]) / "src" / "models"
+    names: dict[str, str] = {}
+    for f in sorted(root.glob("*/*_presets.py")):
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            continue
+        for node in tree.body:
+            if not (isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict)):
+                continue
+            for k, v in zip(node.value.keys, node.value.values, strict=True):
+                if isinstance(k, ast.Constant) and isinstance(k.value, str) and isinstance(v, ast.Dict):
+                    handle = ""
+                    for kk, vv in zip(v.keys, v.values, strict=True):
+                        if isinstance(kk, ast.Constant) and kk.value == "kaggle_handle":
+                            try:
+                                handle = str(ast.literal_eval(vv))
+                            except ValueError:
+                                handle = ""
+                    names[k.value] = handle
+    return names
+
+
+def unknown_preset(name: str) -> str | None:
+    """Why a bare preset name is not one: known neither to the architecture table
+    (`engine/families/`) nor to keras-hub's registry; with the closest names."""
+    registry = keras_hub_presets()
+    if get_preset(name) is not None or not registry or name in registry:
+        return None
+    close = difflib.get_close_matches(name, sorted(set(registry) | set(preset_names())), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else (
+        "give a keras-hub preset name, kaggle://, hf:// or a local preset directory")
+    return f"unknown preset '{name}' ({hint})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gemma_cli.engine.report import Reporter
+from gemma_cli.engine.core.report import Reporter
 
 
 def finetune(cfg: Any, reporter: Reporter, *, resume: bool = False, dry_run: bool = False) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import keras
 
-from gemma_cli.engine.report import Reporter
+from gemma_cli.engine.core.report import Reporter
 from gemma_cli.engine.train.state import RunState
 
 
@@ -194,7 +194,7 @@ def keep_metrics_until(path: Path, step: int) -> None:
     """Before a resumed run appends: keep the whole lines of steps up to `step` (the
     checkpoint it resumes from). A killed run may have left a cut line, and lines of the
     steps after its last checkpoint, which the resumed run writes again."""
-    from gemma_cli.engine.files import atomic_write
+    from gemma_cli.engine.core.files import atomic_write
 
     kept = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli.config import dump_config, to_yaml
-from gemma_cli.engine import checkpoint, runtime, status_file
-from gemma_cli.engine.files import atomic_write
-from gemma_cli.engine.report import Reporter
+from gemma_cli.engine.core import runtime, status_file
+from gemma_cli.engine.core.files import atomic_write
+from gemma_cli.engine.core.report import Reporter
+from gemma_cli.engine.model import checkpoint
 from gemma_cli.errors import Interrupted, RuntimeFailure, UsageError
 
 
@@ -97,12 +98,16 @@ class Trainer:
 
     # ----------------------------------------------------------------------- steps ---
     def check_output_dir(self) -> None:
-        """Writable; with --resume a readable checkpoint; without it no earlier run (the same
-        checks the CLI ran before loading anything: `gemma_cli.preflight.run_dir`)."""
-        from gemma_cli import preflight
-
+        """With --resume a checkpoint; without it no earlier run. The CLI's preflight
+        (`gemma_cli.preflight.run_dir`) checked more before anything loaded: writability and
+        every checkpoint file; this is the engine's own guard for callers that skip it."""
         cfg, out_dir = self.cfg, self.out_dir
-        preflight.require(preflight.run_dir(cfg, resume=self.resume, dry_run=self.dry_run))
+        latest = checkpoint.latest(out_dir)
+        if self.resume and latest is None:
+            raise UsageError(f"--resume: no checkpoint in {out_dir}/checkpoints (run without --resume to start)")
+        if latest is not None and not self.resume and not self.dry_run:
+            raise UsageError(cfg.problem("train.output_dir", f"{out_dir} already holds checkpoints of an earlier run "
+                                         "(add --resume to continue it, or set train.output_dir=<new dir>; nothing was overwritten)"))
         if self.resume:
             self.resume_from = checkpoint.latest(out_dir)
             assert self.resume_from is not None  # run_dir checked it
@@ -115,9 +120,9 @@ class Trainer:
     def setup_model(self) -> ModelSetup:
         cfg, log = self.cfg, self.reporter
         runtime.setup()
-        from gemma_cli.engine import layout as layoutlib
-        from gemma_cli.engine import model as modellib
-        from gemma_cli.engine import runs
+        from gemma_cli.engine.model import load as modellib
+        from gemma_cli.engine.model import runs
+        from gemma_cli.engine.plan import layout as layoutlib
 
         self.main = runtime.is_main_process()
         n_dev = layoutlib.device_count()
@@ -159,7 +164,7 @@ class Trainer:
         """The streaming data of the run (engine/data): every check that can run before
         anything is written runs here; `--resume` continues at the checkpoint's data position."""
         from gemma_cli.engine import data as datalib
-        from gemma_cli.engine import model as modellib
+        from gemma_cli.engine.model import load as modellib
 
         cfg, log, m = self.cfg, self.reporter, self.model
         assert m is not None
@@ -172,7 +177,7 @@ class Trainer:
         if d.packing:
             # packed rows keep their documents apart: padding_mask carries segment ids, which
             # the model's attention must read as such (before its first fit traces the step)
-            from gemma_cli.engine.segments import enable_segment_attention
+            from gemma_cli.engine.patches.segments import enable_segment_attention
 
             enable_segment_attention(m.causal_lm.backbone)
         bundle = datalib.build(
@@ -213,7 +218,7 @@ class Trainer:
         return self.data
 
     def setup_optimizer(self) -> Any:
-        from gemma_cli.engine.optim import compile_model
+        from gemma_cli.engine.model.optimizer import compile_model
 
         m, d = self.model, self.data
         assert m is not None and d is not None

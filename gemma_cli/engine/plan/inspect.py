@@ -11,7 +11,7 @@
      "notes": [...], "layout_notes": [...], "model": {...}}
 
 `note` says why a variable's layout differs from its rule's (an axis moved to a dimension it
-divides, fsdp); `layout_notes` groups them. `memory.estimate` is `engine/memory.py`'s
+divides, fsdp); `layout_notes` groups them. `memory.estimate` is `engine/plan/memory.py`'s
 per-device estimate of a training step; `memory.measured` (live mode) is XLA's memory analysis
 of the compiled train step and `memory.error` the estimate's relative error against its peak.
 
@@ -49,8 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gemma_cli.engine import layout as mesh_lib
-from gemma_cli.engine import losses, memory
+from gemma_cli.engine.objectives import cross_entropy as losses
+from gemma_cli.engine.plan import layout as mesh_lib
+from gemma_cli.engine.plan import memory
 from gemma_cli.errors import UsageError
 
 # keras 3 default optimizer names (the prefix of their variables' paths)
@@ -111,11 +112,11 @@ def layer_of(path: str) -> str:
 
 
 def _backbone_config(preset: str) -> dict[str, Any]:
-    from gemma_cli import preflight
-    from gemma_cli.engine import model
+    from gemma_cli.engine import families
+    from gemma_cli.engine.model import load as model
 
     if not (model.is_local(preset) or "://" in preset):
-        unknown = preflight.unknown_preset(preset)
+        unknown = families.unknown_preset(preset)
         if unknown:
             raise UsageError(f"model.preset: {unknown}")
     return model.backbone_config(preset)
@@ -317,7 +318,9 @@ def describe(
         >>> doc = describe(load_config("configs/imdb_7b_tpu.yaml"), select=Selection(layer="decoder_block_1"))
         >>> doc["variables"][0]["spec"]
     """
-    from gemma_cli.engine import families, hf_checkpoint, model
+    from gemma_cli.engine import families
+    from gemma_cli.engine.model import hf as hf_checkpoint
+    from gemma_cli.engine.model import load as model
 
     preset = cfg.model.preset
     bb = _backbone_config(preset)
@@ -535,8 +538,8 @@ def _live(
     measure: bool,
     checkpoint: Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str], int | None, dict[str, int] | None]:
-    from gemma_cli.engine import model
-    from gemma_cli.engine.optim import compile_model
+    from gemma_cli.engine.model import load as model
+    from gemma_cli.engine.model.optimizer import compile_model
 
     device_mesh = mesh_lib.build_mesh(cfg.mesh)
     if tuple(device_mesh.shape) != plan.mesh_shape:
@@ -549,7 +552,7 @@ def _live(
         model.apply_lora_and_quantize(causal_lm, cfg.model)
         opt = compile_model(causal_lm, cfg, cfg.train.max_steps or 1000, sizes.get(cfg.mesh.batch_axis, 1))
         if checkpoint is not None:  # the run's weights and optimizer state, as a resume loads them
-            from gemma_cli.engine import checkpoint as ckpt_lib
+            from gemma_cli.engine.model import checkpoint as ckpt_lib
 
             ckpt_lib.restore(Path(checkpoint), causal_lm, opt)
     backbone = causal_lm.backbone

@@ -21,7 +21,7 @@ Facts the mapping relies on (checked against keras-hub's own HF converter
 - The tokenizer rebuild is the family mapping's `sentencepiece_proto`.
 
 Example:
-    >>> from gemma_cli.engine.convert import convert_gguf
+    >>> from gemma_cli.engine.formats.convert import convert_gguf
     >>> convert_gguf("gemma-3-270m-q4_k_m.gguf", "presets/gemma3_270m", log=out)
 """
 
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli.engine import families
-from gemma_cli.engine.files import atomic_dir
-from gemma_cli.engine.report import NullReporter
+from gemma_cli.engine.core.files import atomic_dir
+from gemma_cli.engine.core.report import NullReporter
 from gemma_cli.errors import RuntimeFailure, UsageError
 
 MARKER = "gemma_convert.json"
@@ -251,7 +251,7 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
     if freq is not None and abs(float(freq) - want_freq) > 1:
         log.warn(f"rope.freq_base is {freq}; keras-hub's {arch} uses {want_freq:g}")
 
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     import keras_hub
@@ -293,7 +293,7 @@ def convert_gguf(path: str | Path, out: str | Path, *, log: Any = None, force: b
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
 
     _, tokenizer_cls, preprocessor_cls, causal_lm_cls = (getattr(keras_hub.models, c) for c in family)
-    from gemma_cli.engine.runtime import quiet_native_info
+    from gemma_cli.engine.core.runtime import quiet_native_info
 
     with quiet_native_info():  # SentencePiece's INFO line about the identity normalizer
         if arch == "gemma3":

@@ -36,7 +36,7 @@ def read_config(path: str | Path) -> dict[str, Any] | None:
     through keras-hub, as `from_preset` does).
     """
     if str(path).startswith("hf://"):
-        from gemma_cli.engine import runtime
+        from gemma_cli.engine.core import runtime
 
         runtime.setup()
         from keras_hub.src.utils.preset_utils import load_json
@@ -105,7 +105,7 @@ def check_files(path: str | Path, fam: Any) -> None:
 
 
 def _converter(path: str | Path, cfg: dict[str, Any]) -> Any:
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     from keras_hub.src.utils.transformers.preset_loader import TransformersPresetLoader
@@ -147,7 +147,7 @@ def load_causal_lm(path: str | Path, dtype: str) -> Any:
     fam = family_of(path, cfg)
     if not str(path).startswith("hf://"):  # hf://: keras-hub downloads them and says what is missing
         check_files(path, fam)
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     import keras_hub
@@ -187,8 +187,8 @@ def load_causal_lm(path: str | Path, dtype: str) -> Any:
         raise
     except Exception as e:  # a checkpoint whose tensors do not fit its config; hf://: the network
         if str(path).startswith("hf://"):
-            from gemma_cli.engine.model import _load_error
+            from gemma_cli.engine.model.errors import load_error
 
-            raise _load_error(str(path), e) from None
+            raise load_error(str(path), e) from None
         text = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         raise RuntimeFailure(f"cannot load the Hugging Face checkpoint {path}: {text}") from None

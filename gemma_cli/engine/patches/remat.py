@@ -37,9 +37,9 @@ def block_names(bb_config: dict[str, Any]) -> list[str]:
     Args:
         bb_config: dict. The serialized backbone config (`model.backbone_config`).
     """
-    from gemma_cli.engine import families, model
+    from gemma_cli.engine import families
 
-    cls = model.backbone_class(bb_config)
+    cls = families.backbone_class(bb_config)
     fam = families.for_backbone(cls)
     if fam is None:
         raise UsageError(

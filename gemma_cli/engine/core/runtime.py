@@ -133,7 +133,7 @@ def _init_distributed() -> None:
 def _native_stdout_to_stderr() -> None:
     """Gloo (CPU collectives) prints `[Gloo] Rank 0 is connected to ...` from C++ to fd 1
     whenever it opens a communicator: keep stdout for documents for the rest of the process."""
-    from gemma_cli import stdio
+    from gemma_cli.engine.core import stdio
 
     stdio.native_stdout_to_stderr()
 

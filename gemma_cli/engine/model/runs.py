@@ -12,7 +12,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from gemma_cli.engine.report import NullReporter, Reporter
+from gemma_cli.engine.core.report import NullReporter, Reporter
 
 
 def load(
@@ -36,8 +36,8 @@ def load(
         remat: str. `blocks` rematerialises the decoder blocks (training: `train.remat`);
             `none` for everything that does not train (generation, export).
     """
-    from gemma_cli.engine import checkpoint as ckptlib
-    from gemma_cli.engine import model as modellib
+    from gemma_cli.engine.model import checkpoint as ckptlib
+    from gemma_cli.engine.model import load as modellib
 
     reporter = reporter or NullReporter()
     if adapters is None:

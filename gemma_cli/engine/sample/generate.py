@@ -63,11 +63,11 @@ class Generator:
     """
 
     def __init__(self, cfg: Any, reporter: Any, checkpoint: Any = None, batch_size: int | None = None):
-        from gemma_cli.engine import runtime
+        from gemma_cli.engine.core import runtime
 
         runtime.setup()
-        from gemma_cli.engine import layout as layoutlib
-        from gemma_cli.engine import runs
+        from gemma_cli.engine.model import runs
+        from gemma_cli.engine.plan import layout as layoutlib
 
         self.cfg, self.log = cfg, reporter
         layout = layoutlib.layout_for(cfg, with_lora=checkpoint is not None)
@@ -82,7 +82,7 @@ class Generator:
             self.lm.compile(sampler=make_sampler(cfg.generate))
         want = batch_size or max(self.batch_axis, 1)
         self.batch_size = math.ceil(want / self.batch_axis) * self.batch_axis
-        from gemma_cli.engine.model import tokenizer_of
+        from gemma_cli.engine.model.load import tokenizer_of
 
         self.tokenizer = tokenizer_of(self.lm)
         self.compiles = 0

@@ -74,11 +74,11 @@ def compile_model(causal_lm: Any, cfg: Any, total_steps: int, batch_axis_size: i
     """Compile `causal_lm` for training as the run config says; build and return the optimizer.
 
     The loss is computed in sequence chunks when `train.loss_chunk` asks for it
-    (`engine/losses.py`; `batch_axis_size` — devices the batch splits over — sizes `auto`).
+    (`engine/objectives/cross_entropy.py`; `batch_axis_size` — devices the batch splits over — sizes `auto`).
     """
     import keras
 
-    from gemma_cli.engine import losses
+    from gemma_cli.engine.objectives import cross_entropy as losses
 
     opt = build_optimizer(cfg.optimizer, total_steps)
     causal_lm.compile(

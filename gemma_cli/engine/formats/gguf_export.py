@@ -1,6 +1,6 @@
 """keras-hub Gemma → one GGUF file for llama.cpp, Ollama and transformers' GGUF loader.
 
-`export_gguf(causal_lm, out, dtype)` merges LoRA into the kernels (`export.merge_lora`), maps
+`export_gguf(causal_lm, out, dtype)` merges LoRA into the kernels (`model.lora.merge_lora`), maps
 every backbone variable to llama.cpp's tensor name and layout and writes the `{arch}.*`
 hyper-parameters, the SentencePiece vocabulary (pieces, scores, token types, bos/eos/unk/pad)
 and the chat template, all through the model family's GGUF mapping
@@ -15,7 +15,7 @@ a temporary sibling of `out`, which is renamed over `out` only when complete
 (`files.atomic_file`): a failure or Ctrl-C leaves no partial file.
 
 Example:
-    >>> from gemma_cli.engine.export_gguf import export_gguf
+    >>> from gemma_cli.engine.formats.gguf_export import export_gguf
     >>> export_gguf(causal_lm, "exported/gemma3_270m.gguf", "q8_0", name="gemma3_270m")
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli.engine import families
-from gemma_cli.engine.files import atomic_file
-from gemma_cli.engine.report import NullReporter
+from gemma_cli.engine.core.files import atomic_file
+from gemma_cli.engine.core.report import NullReporter
 from gemma_cli.errors import RuntimeFailure, UsageError
 
 DTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -60,7 +60,7 @@ def mapping_for(class_name: str) -> Any:
 
 def check_family(preset: str) -> None:
     """Refuse what GGUF cannot hold from the preset's config, before any weight is loaded."""
-    from gemma_cli.engine.model import backbone_class, backbone_config
+    from gemma_cli.engine.model.load import backbone_class, backbone_config
 
     try:
         cfg = backbone_config(str(preset))
@@ -157,13 +157,13 @@ def export_gguf(causal_lm: Any, out: str | Path, dtype: str = DEFAULT_DTYPE, *, 
         import gguf
     except ImportError:
         raise UsageError("--format gguf needs the `gguf` package", "pip install 'gemma-cli[gguf]'") from None
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     import keras
     import numpy as np
 
-    from gemma_cli.engine.export import merge_lora
+    from gemma_cli.engine.model.lora import merge_lora
 
     backbone = causal_lm.backbone
     mapping = mapping_for(type(backbone).__name__)

@@ -350,7 +350,7 @@ def raise_for(plan: Plan) -> None:
 
 # ----------------------------------------------------------------------- keras objects ---
 def device_count() -> int:
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     import keras
@@ -360,7 +360,7 @@ def device_count() -> int:
 
 def build_mesh(mesh_cfg: Any) -> Any:
     """A keras DeviceMesh over all devices (all hosts) from the config; -1 fills."""
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     import keras
@@ -404,7 +404,7 @@ class Layout:
 def layout_for(cfg: Any, *, with_lora: bool = True) -> Layout:
     """Plan the config's model on its mesh without weights, refuse what cannot be laid out,
     and build the distribution: the one path `finetune` and `generate` share."""
-    from gemma_cli.engine import model as modellib
+    from gemma_cli.engine.model import load as modellib
 
     bb_cfg = modellib.backbone_config(cfg.model.preset)
     cls = modellib.backbone_class(bb_cfg)

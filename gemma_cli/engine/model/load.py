@@ -1,7 +1,7 @@
 """Presets, dtype policy, LoRA and quantization: from a config (or a run dir) to a CausalLM.
 
 A preset is a keras-hub name (`gemma_7b_en`), `kaggle://...`, `hf://...`, a local preset
-directory or a local Hugging Face checkpoint directory (`engine/hf_checkpoint.py`). The architecture (backbone config) is read without weights so that the layout can
+directory or a local Hugging Face checkpoint directory (`engine/model/hf.py`). The architecture (backbone config) is read without weights so that the layout can
 be checked before anything is allocated.
 """
 
@@ -12,11 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gemma_cli.engine.families import backbone_class  # noqa: F401  (the model's class name, for callers)
+from gemma_cli.engine.model.errors import load_error
+from gemma_cli.engine.model.lora import lora_layers
 from gemma_cli.errors import RuntimeFailure, UsageError, translate
 
 
 def _setup() -> None:
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
 
@@ -41,7 +44,7 @@ def backbone_config(preset: str) -> dict[str, Any]:
                 else "give a keras-hub preset directory or a Hugging Face checkpoint directory"
             )
             raise UsageError(f"model.preset: {preset}: no keras-hub preset or Hugging Face checkpoint there (no config.json)", hint=hint)
-        from gemma_cli.engine import hf_checkpoint
+        from gemma_cli.engine.model import hf as hf_checkpoint
 
         if hf_checkpoint.read_config(preset) is not None:
             return hf_checkpoint.backbone_config(preset)
@@ -58,7 +61,7 @@ def backbone_config(preset: str) -> dict[str, Any]:
     try:
         cfg = load_json(preset, "config.json")
     except Exception as e:  # network, auth, unknown name
-        raise _load_error(preset, e) from None
+        raise load_error(preset, e) from None
     if isinstance(cfg, dict) and "model_type" in cfg and "registered_name" not in cfg:
         from gemma_cli.engine import hf_checkpoint  # an hf:// transformers repository
 
@@ -67,28 +70,9 @@ def backbone_config(preset: str) -> dict[str, Any]:
 
 
 def _check_credentials(preset: str) -> None:
-    try:
-        from gemma_cli.auth import require_credentials
-    except ImportError:
-        return
+    from gemma_cli.engine.core.credentials import require_credentials
+
     require_credentials(preset)
-
-
-def _load_error(preset: str, e: Exception) -> Exception:
-    text = f"{type(e).__name__}: {e}"
-    low = text.lower()
-    if any(k in low for k in ("connection", "resolve", "timed out", "network", "max retries", "unreachable")):
-        return RuntimeFailure(f"cannot download preset {preset}: network unreachable ({text.splitlines()[0][:160]})")
-    if any(k in low for k in ("401", "403", "unauthorized", "forbidden", "credentials")):
-        via = "hf" if preset.startswith("hf://") else "kaggle"
-        return UsageError(f"preset {preset}: access denied", hint=f"run `gemma login {via}` and accept the model's license")
-    if "not found" in low or "404" in low or "unknown preset" in low or "invalid preset" in low:
-        return UsageError(f"model.preset: {preset}: no such preset ({text.splitlines()[0][:160]})")
-    return RuntimeFailure(f"cannot load preset {preset}: {text.splitlines()[0][:300]}")
-
-
-def backbone_class(bb_config: dict[str, Any]) -> str:
-    return bb_config.get("class_name") or bb_config.get("registered_name", "").split(">")[-1]
 
 
 def dtype_for(precision: str) -> str:
@@ -142,10 +126,10 @@ def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none")
         preset: str. A preset name, handle or directory.
         precision: str. `float32`, `bfloat16` or `mixed_bfloat16`.
         remat: str. `blocks` builds the backbone so that each decoder block is rematerialised
-            in the backward pass (`engine/remat.py`); `none` (generation, export) does not.
+            in the backward pass (`engine/patches/remat.py`); `none` (generation, export) does not.
     """
     _setup()
-    from gemma_cli.engine import hf_checkpoint
+    from gemma_cli.engine.model import hf as hf_checkpoint
 
     if not is_local(preset):
         _check_credentials(preset)
@@ -157,8 +141,8 @@ def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none")
             return hf_checkpoint.load_causal_lm(preset, dtype_for(precision))
     import keras_hub
 
-    from gemma_cli.engine import remat as rematlib
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
+    from gemma_cli.engine.patches import remat as rematlib
 
     # keras-hub's CausalLM preprocessors need TensorFlow; its tokenizers do not (sentencepiece).
     # Without TensorFlow the task is built without a preprocessor and carries its tokenizer.
@@ -178,7 +162,7 @@ def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none")
         raise
     except Exception as e:
         known = translate(e, key="model.preset")
-        raise (known if known is not None else _load_error(preset, e)) from None
+        raise (known if known is not None else load_error(preset, e)) from None
 
 
 def tokenizer_of(causal_lm: Any) -> Any:
@@ -207,10 +191,6 @@ def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any) -> None:
         if lora.alpha is not None:
             for layer in lora_layers(bb):
                 layer.lora_alpha = float(lora.alpha)
-
-
-def lora_layers(backbone: Any) -> list[Any]:
-    return [lyr for lyr in backbone._flatten_layers(include_self=False) if getattr(lyr, "lora_enabled", False)]
 
 
 def param_counts(causal_lm: Any) -> dict[str, int]:

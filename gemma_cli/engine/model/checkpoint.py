@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gemma_cli.engine.files import atomic_dir, atomic_write, remove_dir, remove_leftovers
+from gemma_cli.engine.core.files import atomic_dir, atomic_write, remove_dir, remove_leftovers
 from gemma_cli.errors import UsageError, translate
 
 LORA_FILE = "adapter.lora.h5"
@@ -145,7 +145,7 @@ def save(
             if preprocessor is not None:
                 preprocessor.save_to_preset(str(tmp / FULL_DIR))
             else:  # loaded without TensorFlow: the tokenizer alone
-                from gemma_cli.engine.model import tokenizer_of
+                from gemma_cli.engine.model.load import tokenizer_of
 
                 tokenizer_of(causal_lm).save_to_preset(str(tmp / FULL_DIR))
         np.savez(tmp / "optimizer.npz", **arrays, __paths__=np.array(paths))

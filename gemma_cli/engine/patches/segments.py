@@ -230,7 +230,7 @@ def _check(block: Any, hook: BlockHook) -> None:
         raise RuntimeFailure(
             f"segment attention: keras-hub {keras_hub.__version__} changed the decoder API it hooks into: "
             + "; ".join(problems),
-            hint="packing with documents kept apart was written for keras-hub 0.32; see gemma_cli/engine/segments.py",
+            hint="packing with documents kept apart was written for keras-hub 0.32; see gemma_cli/engine/patches/segments.py",
         )
 
 

@@ -18,7 +18,7 @@ keras' LoRA on an `EinsumDense` kernel of shape `(*lead, n)` is
   `alpha / rank`.
 
 Example:
-    >>> from gemma_cli.engine.export_peft import export_peft
+    >>> from gemma_cli.engine.formats.peft import export_peft
     >>> export_peft(causal_lm, "exported/adapter", base="exported/hf")
 """
 
@@ -30,8 +30,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gemma_cli.engine.files import atomic_dir
-from gemma_cli.engine.report import NullReporter
+from gemma_cli.engine.core.files import atomic_dir
+from gemma_cli.engine.core.report import NullReporter
 from gemma_cli.errors import UsageError
 
 # keras-hub Gemma layer name → Hugging Face module path inside a decoder layer.
@@ -119,13 +119,13 @@ def export_peft(causal_lm: Any, out: str | Path, *, base: str | None = None, log
     log = log or NullReporter()
     t0 = time.monotonic()
     out = Path(out).expanduser()
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
     import keras
     import numpy as np
 
-    from gemma_cli.engine.model import lora_layers
+    from gemma_cli.engine.model.lora import lora_layers
 
     backbone = causal_lm.backbone
     cls = type(backbone).__name__

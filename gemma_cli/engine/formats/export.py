@@ -1,9 +1,9 @@
 """Export a preset or a fine-tune run: merge LoRA into the kernels, then write HF, a preset or
 GGUF (`export_gguf`); or write the LoRA adapter alone for PEFT (`export_peft`).
 
-- the model comes from the one run loader (`engine/runs.py`): a preset, or a fine-tune run's
+- the model comes from the one run loader (`engine/model/runs.py`): a preset, or a fine-tune run's
   preset + LoRA adapter + checkpoint (the CLI resolves what the user named, `targets.py`).
-- `merge_lora(causal_lm)`: for every LoRA-enabled Dense/EinsumDense,
+- `model.lora.merge_lora(causal_lm)`: for every LoRA-enabled Dense/EinsumDense,
   `kernel + (lora_alpha / lora_rank) * (lora_kernel_a @ lora_kernel_b)` — the exact formula of
   keras 3's `Dense.kernel` / `EinsumDense.kernel` — computed in float32, then copied into a
   fresh backbone built from the same config without LoRA (so nothing downstream, neither
@@ -17,7 +17,7 @@ GGUF (`export_gguf`); or write the LoRA adapter alone for PEFT (`export_peft`).
 - `upload(dir, uri)`: `keras_hub.upload_preset` after a credentials check (no network).
 
 Example:
-    >>> from gemma_cli.engine.export import export
+    >>> from gemma_cli.engine.formats.export import export
     >>> t = targets.resolve("runs/gemma3_270m_demo", verb="export")
     >>> export(t.config, t.checkpoint, "exported/hf", fmt="hf", log=out)
 """
@@ -29,66 +29,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gemma_cli.engine.files import atomic_dir
-from gemma_cli.engine.report import NullReporter
+from gemma_cli.engine.core.files import atomic_dir
+from gemma_cli.engine.core.report import NullReporter
+from gemma_cli.engine.model import lora
 from gemma_cli.errors import RuntimeFailure, UsageError
 
 FORMATS = ("hf", "preset", "gguf", "peft")
 
 
 def _setup() -> None:
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup()
-
-
-def merge_lora(causal_lm: Any, log: Any = None) -> tuple[Any, int]:
-    """Return (a CausalLM whose kernels hold base + LoRA delta and which has no LoRA, count).
-
-    With no LoRA-enabled layer the model is returned unchanged with count 0.
-    """
-    log = log or NullReporter()
-    _setup()
-    import keras
-    import numpy as np
-
-    backbone = causal_lm.backbone
-    from gemma_cli.engine.model import lora_layers
-
-    layers = lora_layers(backbone)
-    if not layers:
-        return causal_lm, 0
-    log.step(f"Merging LoRA into {len(layers)} kernels ...")
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        if getattr(layer, "quantization_mode", None):
-            raise UsageError(
-                f"layer {layer.path}: cannot merge LoRA into a {layer.quantization_mode}-quantized "
-                "kernel", "export the fine-tune run without model.quantize")
-        base = keras.ops.convert_to_numpy(layer._kernel).astype(np.float32)
-        a = keras.ops.convert_to_numpy(layer.lora_kernel_a).astype(np.float32)
-        b = keras.ops.convert_to_numpy(layer.lora_kernel_b).astype(np.float32)
-        scale = float(layer.lora_alpha) / float(layer.lora_rank)
-        merged[layer._kernel.path] = base + scale * np.matmul(a, b)
-
-    clean = type(backbone).from_config(backbone.get_config())
-    source = {v.path: v for v in backbone.weights}
-    if len(clean.weights) + 2 * len(layers) != len(backbone.weights):
-        raise RuntimeFailure(
-            f"internal: a rebuilt backbone has {len(clean.weights)} weights, the LoRA one "
-            f"{len(backbone.weights)} with {len(layers)} adapted layers")
-    for v in clean.weights:
-        if v.path not in source:
-            raise RuntimeFailure(f"internal: no weight {v.path} in the model being merged")
-        value = merged[v.path] if v.path in merged else keras.ops.convert_to_numpy(source[v.path])
-        if tuple(value.shape) != tuple(v.shape):
-            raise RuntimeFailure(f"internal: {v.path} shape {value.shape} != {tuple(v.shape)}")
-        v.assign(value)
-    missing = set(merged) - {v.path for v in clean.weights}
-    if missing:
-        raise RuntimeFailure(f"internal: merged kernels not found in the rebuilt model: {sorted(missing)[:3]}")
-    task = type(causal_lm)(backbone=clean, preprocessor=causal_lm.preprocessor)
-    return task, len(layers)
 
 
 def fix_hf_export(causal_lm: Any, out: Path) -> list[str]:
@@ -165,7 +117,7 @@ def export(
         force: bool. Replace an existing `out`. Defaults to False.
         source: str | None. What the user named (reported back, and the GGUF's `general.name`).
     """
-    from gemma_cli.engine import runs
+    from gemma_cli.engine.model import runs
 
     log = log or NullReporter()
     if fmt not in FORMATS:
@@ -174,7 +126,7 @@ def export(
         raise UsageError(f"--dtype {dtype}: applies to --format gguf only")
     t0 = time.monotonic()
     if fmt == "gguf":
-        from gemma_cli.engine import export_gguf as eg
+        from gemma_cli.engine.formats import gguf_export as eg
 
         dtype = eg.check_dtype(dtype or eg.DEFAULT_DTYPE)
         eg.check_gguf_out(out, force)
@@ -194,7 +146,7 @@ def export(
         name = Path(str(source or cfg.model.preset).rstrip("/")).name
         summary = eg.export_gguf(causal_lm, out, dtype, name=name, log=log, force=force)
     elif fmt == "peft":
-        from gemma_cli.engine.export_peft import export_peft
+        from gemma_cli.engine.formats.peft import export_peft
 
         summary = export_peft(causal_lm, out, base=str(cfg.model.preset), log=log, force=force)
     else:
@@ -212,7 +164,7 @@ def export_model(causal_lm: Any, out: str | Path, fmt: str = "hf", *, log: Any =
     t0 = time.monotonic()
     out = Path(out).expanduser()
     _prepare_out(out, force)
-    causal_lm, n_merged = merge_lora(causal_lm, log=log)
+    causal_lm, n_merged = lora.merge_lora(causal_lm, log=log)
     backbone_cls = type(causal_lm.backbone).__name__
     if fmt == "hf":
         log.step(f"Exporting {backbone_cls} to Hugging Face format in {out} ...")
@@ -263,9 +215,9 @@ def upload(directory: str, uri: str, *, log: Any = None) -> dict[str, Any]:
         raise UsageError(f"{uri}: unknown destination", "use kaggle://USER/MODEL/keras/VARIATION or hf://USER/MODEL")
     if not uri.split("://", 1)[1].strip("/"):
         raise UsageError(f"{uri}: no model name after the scheme")
-    from gemma_cli import auth
+    from gemma_cli.engine.core import credentials
 
-    if not auth.credential(service).configured:
+    if not credentials.credential(service).configured:
         raise UsageError(f"uploading to {name} needs credentials and none are configured",
                          f"run `gemma login {service}`")
     _setup()

@@ -6,7 +6,7 @@ long work, `info`, `warn`, `debug_line`, and `progress` for a bar over many step
 pass `NullReporter()`.
 
 Example:
-    >>> from gemma_cli.engine.report import NullReporter
+    >>> from gemma_cli.engine.core.report import NullReporter
     >>> r = NullReporter()
     >>> bar = r.progress(total=10)
     >>> bar.update(3, loss="2.1")

@@ -41,7 +41,7 @@ class MeshChoice:
 
 def describe() -> tuple[int, str]:
     """(number of devices, platform: cpu | gpu | tpu) of this process's jax backend."""
-    from gemma_cli.engine import runtime
+    from gemma_cli.engine.core import runtime
 
     runtime.setup(without_tensorflow=True)  # counting devices needs jax only
     import jax
@@ -51,8 +51,9 @@ def describe() -> tuple[int, str]:
 
 def mesh_for(preset: str, devices: int, *, precision: str, lora_rank: int) -> MeshChoice:
     """The widest model axis (a divisor of `devices`) the default layout divides evenly."""
-    from gemma_cli.engine import inspect_report, model
-    from gemma_cli.engine import layout as lay
+    from gemma_cli.engine.model import load as model
+    from gemma_cli.engine.plan import inspect as inspect_report
+    from gemma_cli.engine.plan import layout as lay
 
     try:
         bb = inspect_report._backbone_config(preset)  # noqa: SLF001 — with "did you mean"

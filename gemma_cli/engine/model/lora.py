@@ -1,0 +1,64 @@
+"""LoRA on a live keras-hub model: its adapted layers, merging them into the kernels, and
+running the model with its adapters switched off (the reference policy of DPO and GRPO).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gemma_cli.engine.core.report import NullReporter
+from gemma_cli.errors import RuntimeFailure, UsageError
+
+
+def lora_layers(backbone: Any) -> list[Any]:
+    """The backbone's layers with LoRA enabled (Dense/EinsumDense/Embedding), in build order."""
+    return [lyr for lyr in backbone._flatten_layers(include_self=False) if getattr(lyr, "lora_enabled", False)]
+
+
+def merge_lora(causal_lm: Any, log: Any = None) -> tuple[Any, int]:
+    """Return (a CausalLM whose kernels hold base + LoRA delta and which has no LoRA, count).
+
+    With no LoRA-enabled layer the model is returned unchanged with count 0.
+    """
+    log = log or NullReporter()
+    from gemma_cli.engine.core import runtime
+
+    runtime.setup()
+    import keras
+    import numpy as np
+
+    backbone = causal_lm.backbone
+    layers = lora_layers(backbone)
+    if not layers:
+        return causal_lm, 0
+    log.step(f"Merging LoRA into {len(layers)} kernels ...")
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if getattr(layer, "quantization_mode", None):
+            raise UsageError(
+                f"layer {layer.path}: cannot merge LoRA into a {layer.quantization_mode}-quantized "
+                "kernel", "export the fine-tune run without model.quantize")
+        base = keras.ops.convert_to_numpy(layer._kernel).astype(np.float32)
+        a = keras.ops.convert_to_numpy(layer.lora_kernel_a).astype(np.float32)
+        b = keras.ops.convert_to_numpy(layer.lora_kernel_b).astype(np.float32)
+        scale = float(layer.lora_alpha) / float(layer.lora_rank)
+        merged[layer._kernel.path] = base + scale * np.matmul(a, b)
+
+    clean = type(backbone).from_config(backbone.get_config())
+    source = {v.path: v for v in backbone.weights}
+    if len(clean.weights) + 2 * len(layers) != len(backbone.weights):
+        raise RuntimeFailure(
+            f"internal: a rebuilt backbone has {len(clean.weights)} weights, the LoRA one "
+            f"{len(backbone.weights)} with {len(layers)} adapted layers")
+    for v in clean.weights:
+        if v.path not in source:
+            raise RuntimeFailure(f"internal: no weight {v.path} in the model being merged")
+        value = merged[v.path] if v.path in merged else keras.ops.convert_to_numpy(source[v.path])
+        if tuple(value.shape) != tuple(v.shape):
+            raise RuntimeFailure(f"internal: {v.path} shape {value.shape} != {tuple(v.shape)}")
+        v.assign(value)
+    missing = set(merged) - {v.path for v in clean.weights}
+    if missing:
+        raise RuntimeFailure(f"internal: merged kernels not found in the rebuilt model: {sorted(missing)[:3]}")
+    task = type(causal_lm)(backbone=clean, preprocessor=causal_lm.preprocessor)
+    return task, len(layers)
