@@ -298,7 +298,15 @@ class OptimizerConfig(_Strict):
 
 
 # ---------------------------------------------------------------------------------- train ---
+# the training methods (`engine/train/RECIPES` holds their recipes), and the config section
+# each method owns (a section given under another method is an error)
+METHODS = ("sft",)
+METHOD_SECTIONS: dict[str, str] = {}
+
+
 class TrainConfig(_Strict):
+    method: Literal[METHODS] = Field(  # type: ignore[valid-type]
+        "sft", description="The training method: sft (supervised fine-tuning: next-token cross-entropy).")
     epochs: int = Field(1, ge=1, le=100_000)
     max_steps: int | None = Field(None, ge=1, description="Stop after N optimizer steps.")
     seed: int = Field(0, ge=0)
@@ -488,6 +496,11 @@ def _one_branch(errs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
     """Checks that span several keys: one place, all reported together."""
     problems: list[tuple[_Loc, str]] = []
+    for section, method in METHOD_SECTIONS.items():
+        if getattr(cfg, section, None) is not None and cfg.train.method != method:
+            problems.append(((section,), f"the {section}: section belongs to train.method: {method}, "
+                                         f"but this config trains with train.method: {cfg.train.method} "
+                                         f"(set train.method: {method}, or remove the section)"))
     m = cfg.mesh
     if len(m.shape) != len(m.axes):
         problems.append(

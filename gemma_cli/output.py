@@ -162,6 +162,7 @@ class _Bar:
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("{task.fields[metrics]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -170,7 +171,7 @@ class _Bar:
             refresh_per_second=4,
         )
         self._p.start()
-        self._task = self._p.add_task(label, total=total, completed=start, loss="-", tps="-")
+        self._task = self._p.add_task(label, total=total, completed=start, loss="-", tps="-", metrics="")
 
     def update(self, completed: int, **fields: str) -> None:
         self._p.update(self._task, completed=completed, **fields)

@@ -200,7 +200,7 @@ def local_preset(d: Path, say: Any, *, weights: bool) -> list[Problem]:
                     out.append(say(f"{d / missing[0]}: missing (a shard listed in model.safetensors.index.json)"))
         elif not (d / "model.safetensors").exists():
             out.append(say(f"{d / 'model.safetensors'}: missing: the checkpoint has no weights"))
-        from gemma_cli.engine import hf_checkpoint  # light: json and the family tables
+        from gemma_cli.engine.model import hf as hf_checkpoint  # light: json and the family tables
 
         try:
             hf_cfg = hf_checkpoint.read_config(d)

@@ -120,10 +120,11 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
     return checkpoint.latest(run_dir)
 
 
-def _run_target(run_dir: Path, overrides: list[str], verb: str, because: str, source: str) -> Target:
+def _run_target(run_dir: Path, overrides: list[str], verb: str, because: str, source: str,
+                checkpoint: Path | None = None) -> Target:
     from gemma_cli.config import load_config
 
-    ckpt = _latest_checkpoint(run_dir)
+    ckpt = checkpoint or _latest_checkpoint(run_dir)
     if verb in _NEEDS_CHECKPOINT and ckpt is None:
         raise UsageError(
             f"{source}: a run directory with no checkpoint yet",
@@ -131,6 +132,14 @@ def _run_target(run_dir: Path, overrides: list[str], verb: str, because: str, so
         )
     cfg = load_config(str(run_dir / "config.yaml"), overrides)
     return Target(cfg, "run", source, run_dir, ckpt if verb != "config" else None, because)
+
+
+def _checkpoint_of_run(p: Path) -> bool:
+    """`p` is a complete `step_N` checkpoint under a run's `checkpoints/` (the run's config beside it)."""
+    from gemma_cli.engine.model import checkpoint
+
+    return (p.is_dir() and p.parent.name == "checkpoints" and (p.parent.parent / "config.yaml").is_file()
+            and p.resolve() in {c.resolve() for c in checkpoint.complete(p.parent.parent)})
 
 
 def _named(arg: str, overrides: list[str], verb: str, because: str = COMMAND_LINE) -> Target:
@@ -145,6 +154,11 @@ def _named(arg: str, overrides: list[str], verb: str, because: str = COMMAND_LIN
         kind = "run"
     elif p.is_dir() and (p / "config.json").exists():
         kind = "preset"
+    elif _checkpoint_of_run(p):  # RUN/checkpoints/step_N: that step of the run
+        if "run" not in accepts:
+            words = " or ".join(_KIND_WORDS[k] for k in accepts)
+            raise UsageError(f"{arg}: a checkpoint of a run; `gemma {verb}` takes {words}")
+        return _run_target(p.parent.parent, overrides, verb, because, arg, checkpoint=p)
     elif p.is_dir():
         raise UsageError(
             f"{arg}: neither a run config, a finetune output_dir, a keras-hub preset nor a Hugging Face checkpoint directory"

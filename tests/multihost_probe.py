@@ -3,7 +3,7 @@
     GEMMA_COORDINATOR=127.0.0.1:PORT GEMMA_NUM_PROCESSES=2 GEMMA_PROCESS_ID=i \
     GEMMA_CPU_DEVICES=4 python tests/multihost_probe.py CONFIG [key=value ...]
 
-Builds the run's data exactly as `gemma finetune` does (`Trainer.setup_model` → `data.build` for this
+Builds the run's data exactly as `gemma finetune` does (`SFTRecipe.setup_model` → `data.build` for this
 process's streams) and pulls two batches through keras' own JAX input path (the one `fit`
 uses: data adapter → `jax.make_array_from_process_local_data`). Prints one JSON document: the
 global batch shape, the rows this process holds, the records it read, and the global batches
@@ -27,10 +27,10 @@ def main(config_path: str, overrides: list[str]) -> None:
     from gemma_cli.config import load_config
     from gemma_cli.engine import data as datalib
     from gemma_cli.engine.core.report import NullReporter
-    from gemma_cli.engine.train.trainer import Trainer
+    from gemma_cli.engine.train.sft import SFTRecipe
 
     cfg = load_config(config_path, overrides)
-    m = Trainer(cfg, NullReporter()).setup_model()
+    m = SFTRecipe(cfg, NullReporter()).setup_model()
     tok = m.preprocessor.tokenizer
     first, stop, total = datalib.streams_for(m.distribution, cfg.mesh.batch_axis)
     full = datalib.build(cfg.data, tok, seed=cfg.train.seed, streams=(0, total, total))

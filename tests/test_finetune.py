@@ -144,10 +144,10 @@ def _prepared(tmp: Path, preset: Path, mesh: list[int], lora: int | None) -> tup
     from gemma_cli.config import load_config
     from gemma_cli.engine.core.report import NullReporter
     from gemma_cli.engine.model.optimizer import compile_model
-    from gemma_cli.engine.train.trainer import Trainer
+    from gemma_cli.engine.train.sft import SFTRecipe
 
     cfg = load_config(str(config(tmp, preset, mesh=mesh, lora=lora, layout={"indivisible": "replicate"})))
-    m = Trainer(cfg, NullReporter()).setup_model()
+    m = SFTRecipe(cfg, NullReporter()).setup_model()
     with m.distribution.scope():
         opt = compile_model(m.causal_lm, cfg, 10)
     return m.causal_lm, opt

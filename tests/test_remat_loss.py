@@ -136,15 +136,16 @@ def test_remat_blocks_same_loss_and_gradients(tiny_presets: dict[str, Path], fam
 @pytest.mark.parametrize(("family", "lora"), CHUNK_CASES, ids=[f"{f}-{'lora' if r else 'full'}" for f, r in CHUNK_CASES])
 def test_chunked_loss_same_loss_gradients_and_accuracy(tiny_presets: dict[str, Path], family: str, lora: int) -> None:
     """gemma2 soft-caps its logits; llama3 has an untied output head; 5 does not divide 16."""
-    from gemma_cli.engine.objectives import cross_entropy as losses
+    from gemma_cli.engine.objectives.cross_entropy import CrossEntropy
+    from gemma_cli.engine.patches import objective as objective_patch
 
     lm = _build(family, tiny_presets, "none", lora)
     x, y, sw = _batch()
     evaluate = family == "gemma3" and lora  # one case checks evaluate() too (two more compiles)
     plain = _loss_and_grads(lm)
     ev_plain = lm.evaluate(x, y, sample_weight=sw, verbose=0, return_dict=True) if evaluate else None
-    losses.attach(lm, 5)
-    assert losses.chunk_of(lm) == 5
+    objective_patch.install(lm, CrossEntropy(chunk=5))
+    assert objective_patch.installed(lm).chunk == 5
     chunked = _loss_and_grads(lm)
     _close(plain, chunked)
     # the chunked step is a scan over ceil(16 / 5) = 4 chunks of the head, not one [B, S, V] matmul
@@ -154,8 +155,8 @@ def test_chunked_loss_same_loss_gradients_and_accuracy(tiny_presets: dict[str, P
         assert ev_chunked["loss"] == pytest.approx(ev_plain["loss"], abs=1e-5)
         acc = "sparse_categorical_accuracy"
         assert ev_chunked[acc] == pytest.approx(ev_plain[acc], abs=1e-6) and ev_plain[acc] > 0
-    losses.detach(lm)
-    assert losses.chunk_of(lm) is None and "call" not in lm.__dict__
+    objective_patch.uninstall(lm)
+    assert objective_patch.installed(lm) is None and "call" not in lm.__dict__
 
 
 def test_loss_chunk_auto() -> None:

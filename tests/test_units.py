@@ -118,19 +118,27 @@ def test_latest_with_a_dangling_pointer_falls_back(tmp_path: Path) -> None:
 def test_run_state_turns_running_means_into_window_losses() -> None:
     st = RunState(start=0, total=10, tokens_per_step=100, useful_tokens_per_step=80.0)
     losses = [5.0, 4.0, 3.0, 2.0, 1.0, 0.5]
+    margins = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]  # an objective's auxiliary metric, averaged alike
     # keras' running mean after each step; the state reads it only at steps 1, 4 and 6
     means = [sum(losses[: i + 1]) / (i + 1) for i in range(len(losses))]
+    mmeans = [sum(margins[: i + 1]) / (i + 1) for i in range(len(margins))]
     st.step = 1
     assert st.record_sync(means[0], now=st.t0 + 10) == pytest.approx(5.0)
     st.step = 4
-    assert st.record_sync(means[3], now=st.t0 + 13) == pytest.approx((4 + 3 + 2) / 3)
-    assert st.take_window() == pytest.approx((5 + 4 + 3 + 2) / 4)
+    assert st.record_sync({"loss": means[3], "margin": mmeans[3]}, now=st.t0 + 13) == pytest.approx((4 + 3 + 2) / 3)
+    assert st.last["margin"] == pytest.approx(mmeans[3])  # first reading of the metric: its running mean
+    window = st.take_window()
+    assert list(window) == ["loss", "margin"]
+    assert window["loss"] == pytest.approx((5 + 4 + 3 + 2) / 4)
     st.metrics_reset()  # an evaluation reset keras' metrics: the mean restarts at step 5
     st.step = 6
-    assert st.record_sync((1.0 + 0.5) / 2, now=st.t0 + 15) == pytest.approx(0.75)
-    assert st.take_window() == pytest.approx(0.75)
+    assert st.record_sync({"loss": (1.0 + 0.5) / 2, "margin": 4.5}, now=st.t0 + 15) == pytest.approx(0.75)
+    assert st.take_window() == pytest.approx({"loss": 0.75, "margin": 4.5})
+    st.step = 8  # two more steps with margins 7 and 9: the running mean over 4 steps is 6.25
+    st.record_sync({"loss": 0.5, "margin": (4 + 5 + 7 + 9) / 4}, now=st.t0 + 17)
+    assert st.last["margin"] == pytest.approx(8.0)
     assert st.time_to_first_step == pytest.approx(10)
-    assert st.step_seconds == pytest.approx(5 / 5)  # steps 2..6 in 5 s
+    assert st.step_seconds == pytest.approx(7 / 7)  # steps 2..8 in 7 s
     assert st.tokens_per_second == pytest.approx(100)
 
 

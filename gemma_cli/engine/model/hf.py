@@ -13,7 +13,7 @@ epsilon and RoPE scaling of Llama 3). Which families load: `families.hf_model_ty
   and tokenizer.
 
 Example:
-    >>> from gemma_cli.engine import hf_checkpoint
+    >>> from gemma_cli.engine.model import hf as hf_checkpoint
     >>> hf_checkpoint.backbone_config("checkpoints/my-gemma3")["class_name"]
     'Gemma3Backbone'
 """

@@ -63,7 +63,7 @@ def backbone_config(preset: str) -> dict[str, Any]:
     except Exception as e:  # network, auth, unknown name
         raise load_error(preset, e) from None
     if isinstance(cfg, dict) and "model_type" in cfg and "registered_name" not in cfg:
-        from gemma_cli.engine import hf_checkpoint  # an hf:// transformers repository
+        from gemma_cli.engine.model import hf as hf_checkpoint  # an hf:// transformers repository
 
         return hf_checkpoint.backbone_config(preset, hf_config=cfg)
     return cfg

@@ -62,3 +62,33 @@ def merge_lora(causal_lm: Any, log: Any = None) -> tuple[Any, int]:
         raise RuntimeFailure(f"internal: merged kernels not found in the rebuilt model: {sorted(missing)[:3]}")
     task = type(causal_lm)(backbone=clean, preprocessor=causal_lm.preprocessor)
     return task, len(layers)
+
+
+class adapters_off:
+    """Run the model as its base: every LoRA layer reads its frozen kernel alone while inside.
+
+    The reference policy of DPO and GRPO with no second copy of the weights. keras reads
+    `lora_enabled` when a layer is called, so inside a traced (jitted) step the reference forward
+    pass traced within this block is the base model's and the rest of the step keeps the adapters:
+
+        >>> with adapters_off(causal_lm):
+        ...     ref_logits = causal_lm.backbone(x)
+
+    A model without LoRA is unchanged. Re-entrant: the layers switched off are remembered and
+    only those are switched back on.
+    """
+
+    def __init__(self, causal_lm: Any):
+        self.backbone = getattr(causal_lm, "backbone", causal_lm)
+        self._off: list[Any] = []
+
+    def __enter__(self) -> Any:
+        self._off = lora_layers(self.backbone)
+        for layer in self._off:
+            layer.lora_enabled = False
+        return self.backbone
+
+    def __exit__(self, *exc: Any) -> None:
+        for layer in self._off:
+            layer.lora_enabled = True
+        self._off = []

@@ -70,23 +70,41 @@ def build_optimizer(opt_cfg: Any, total_steps: int) -> Any:
     return opt
 
 
-def compile_model(causal_lm: Any, cfg: Any, total_steps: int, batch_axis_size: int = 1) -> Any:
-    """Compile `causal_lm` for training as the run config says; build and return the optimizer.
+def compile_model(causal_lm: Any, cfg: Any, total_steps: int, batch_axis_size: int = 1, objective: Any = None) -> Any:
+    """Make `causal_lm` ready to train as the run config says; build and return the optimizer.
 
-    The loss is computed in sequence chunks when `train.loss_chunk` asks for it
-    (`engine/objectives/cross_entropy.py`; `batch_axis_size` — devices the batch splits over — sizes `auto`).
+    The one training preparation (`engine/patches/prepare_for_training`): segment attention
+    when `data.packing`, compile with the optimizer and schedule, then the objective — by
+    default the run's cross-entropy, in sequence chunks when `train.loss_chunk` asks for it
+    (`engine/objectives/cross_entropy.py`; `batch_axis_size` — devices the batch splits over
+    — sizes `auto`).
+
+    Args:
+        causal_lm: keras_hub.models.CausalLM. Built (with LoRA, remat) under the run's layout.
+        cfg: RunConfig. The run config.
+        total_steps: int. Optimizer updates in the run (the schedule's length).
+        batch_axis_size: int. Devices the batch splits over. Defaults to 1.
+        objective: Objective | None. The method's objective. Defaults to None (cross-entropy).
     """
     import keras
 
-    from gemma_cli.engine.objectives import cross_entropy as losses
+    from gemma_cli.engine import patches
+    from gemma_cli.engine.objectives import cross_entropy
 
+    if objective is None:
+        objective = cross_entropy.for_config(cfg, int(causal_lm.backbone.vocabulary_size), batch_axis_size)
     opt = build_optimizer(cfg.optimizer, total_steps)
-    causal_lm.compile(
-        optimizer=opt,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
-        steps_per_execution=cfg.train.steps_per_execution,
-    )
-    opt.build(causal_lm.trainable_variables)
-    losses.configure(causal_lm, cfg, batch_axis_size)
+
+    def compile(lm: Any, trackers: list[Any]) -> None:
+        lm.compile(
+            optimizer=opt,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=trackers or None,
+            weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()],
+            steps_per_execution=cfg.train.steps_per_execution,
+        )
+        opt.build(lm.trainable_variables)
+
+    packed = bool(cfg.data is not None and cfg.data.packing)
+    patches.prepare_for_training(causal_lm, segments=packed, objective=objective, compile=compile)
     return opt

@@ -3,8 +3,8 @@
 A keras-hub CausalLM computes `logits = token_embedding(backbone(x), reverse=True)` for the
 whole batch and hands them to the loss. With Gemma 3's 262,144-token vocabulary those logits
 (and their float32 copy and gradient) are a large share of a step's memory: ≈ 1 MiB per token
-in float32. `attach(causal_lm, chunk)` makes the model's training forward stop at the
-backbone's hidden states and computes the loss from them chunk by chunk: for each run of
+in float32. `CrossEntropy(chunk)` asks for the backbone's hidden states instead of logits
+and computes the loss from them chunk by chunk: for each run of
 `chunk` sequence positions, the logits of that chunk (through the same `token_embedding`
 layer, so tied or untied heads, soft-capping and dtype policy are the model's own), their
 per-token cross-entropy, then the next chunk (`jax.lax.map` over `jax.checkpoint`ed chunks,
@@ -18,7 +18,7 @@ The cost is one more forward of the output projection per step (the recomputatio
 
 Example:
     >>> causal_lm.compile(optimizer=..., loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    >>> losses.attach(causal_lm, 256)
+    >>> patches.objective.install(causal_lm, CrossEntropy(chunk=256))
     >>> causal_lm.fit(ds)
 """
 
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+from gemma_cli.engine.objectives import Objective, Output
 
 # `auto`: chunk when one step's float32 logits per device would pass this ...
 AUTO_LIMIT_BYTES = 1 << 30
@@ -53,110 +55,50 @@ def resolve_chunk(setting: str | int, vocab: int, batch_per_device: int, seq: in
     return chunk if chunk < seq else None
 
 
-def configure(causal_lm: Any, cfg: Any, batch_axis_size: int = 1) -> int | None:
-    """Attach the chunked loss to a compiled `causal_lm` if the run config asks for it.
+def for_config(cfg: Any, vocab: int, batch_axis_size: int = 1) -> CrossEntropy:
+    """The SFT objective of a run config: chunked when `train.loss_chunk` asks for it.
 
     Args:
-        causal_lm: keras_hub.models.CausalLM. Compiled.
         cfg: RunConfig. Reads `train.loss_chunk`, `data.batch_size`, `data.sequence_length`.
+        vocab: int. The model's vocabulary size.
         batch_axis_size: int. Devices the batch splits over.
-
-    Returns:
-        int | None. The chunk in sequence positions, or None (the plain loss).
     """
     data = cfg.data
     batch = data.batch_size if data else 2
     seq = data.sequence_length if data else 128
-    vocab = int(causal_lm.backbone.vocabulary_size)
-    chunk = resolve_chunk(cfg.train.loss_chunk, vocab, -(-batch // max(batch_axis_size, 1)), seq)
-    if chunk is None:
-        detach(causal_lm)
-    else:
-        attach(causal_lm, chunk)
-    return chunk
+    return CrossEntropy(resolve_chunk(cfg.train.loss_chunk, vocab, -(-batch // max(batch_axis_size, 1)), seq))
 
 
-def attach(causal_lm: Any, chunk: int) -> None:
-    """Compute `causal_lm`'s training and evaluation loss in chunks of `chunk` positions.
+class CrossEntropy(Objective):
+    """Masked next-token cross-entropy, the loss of supervised fine-tuning.
 
-    Call after `compile` (the compiled loss gives the reduction) and before `fit`/`evaluate`.
-    Generation is untouched: it does not go through `call`. `detach` restores the plain path.
+    Reduced exactly as the compiled `SparseCategoricalCrossentropy(from_logits=True)` would
+    reduce it (its reduction; a sample weight of 0 — padding, prompt tokens — drops a token).
 
     Args:
-        causal_lm: keras_hub.models.CausalLM. A compiled causal LM whose output is
-            `backbone.token_embedding(backbone(x), reverse=True)`, optionally soft-capped by
-            the task's `final_logit_cap` (Gemma, Gemma 2, Gemma 3, Gemma 4, Llama).
-        chunk: int. Sequence positions per chunk.
+        chunk: int | None. Sequence positions per chunk of the output head, or None for the
+            plain path (full logits, keras' own loss call). Defaults to None.
     """
-    import keras
 
-    lm = causal_lm
-    backbone = lm.backbone
-    loss_obj = lm.loss
-    if not isinstance(loss_obj, keras.losses.SparseCategoricalCrossentropy) or not loss_obj.from_logits:
-        raise ValueError("the chunked loss replaces SparseCategoricalCrossentropy(from_logits=True) only")
-    state: dict[str, Any] = {}
+    name = "cross_entropy"
 
-    def call(inputs: Any, training: Any = None, mask: Any = None) -> Any:
-        return backbone(inputs, training=training)
+    def __init__(self, chunk: int | None = None):
+        self.chunk = chunk
+        self.wants_logits = chunk is None
 
-    def compute_loss(x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True) -> Any:
+    def compute(self, model: Any, x: Any, y: Any, y_pred: Any, sample_weight: Any, training: bool) -> Output:
+        import keras
         from keras.src.losses.loss import reduce_weighted_values
 
-        # evaluation: the accuracy comes from the same chunks' argmax (compute_metrics runs in
-        # the same trace but can no longer read the weights); training skips it (nothing reads it)
-        compiled = lm._compile_loss  # noqa: SLF001
-        if compiled is not None and not compiled.built:  # keras builds it through this method
-            compiled.build(y, y_pred)
-        per_token, matches = token_losses(lm, y_pred, y, chunk, loss_obj, with_matches=not training)
-        state["matches"] = matches
-        loss = reduce_weighted_values(
-            per_token, sample_weight=sample_weight, reduction=loss_obj.reduction, dtype=loss_obj.dtype
-        )
-        extra = [keras.ops.sum(v) for v in lm.losses]
-        return loss + sum(extra) if extra else loss
-
-    def compute_metrics(x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        matches, state["matches"] = state.get("matches"), None
-        compiled = lm._compile_metrics  # noqa: SLF001
-        if compiled is not None and not compiled.built:  # keras builds them through this method
-            compiled.build(y, y_pred)
-        if matches is not None and compiled is not None:
-            for m in compiled.metrics:
-                if isinstance(m, keras.metrics.SparseCategoricalAccuracy):
-                    keras.metrics.Mean.update_state(m, matches, sample_weight=sample_weight)
-        return lm.get_metrics_result()
-
-    detach(lm)
-    # plain attributes on the instance (not tracked by keras, not serialized)
-    put = object.__setattr__
-    put(lm, "_gemma_plain", {k: lm.__dict__.get(k) for k in ("call", "compute_loss", "compute_metrics")})
-    put(lm, "call", call)
-    put(lm, "compute_loss", compute_loss)
-    put(lm, "compute_metrics", compute_metrics)
-    put(lm, "_gemma_loss_chunk", chunk)
-    # the train/test functions close over the methods: make keras trace them anew
-    lm.train_function = lm.test_function = None
-
-
-def detach(causal_lm: Any) -> None:
-    """Undo `attach` (the plain, full-logits loss again)."""
-    saved = causal_lm.__dict__.get("_gemma_plain")
-    if saved is None:
-        return
-    for k, v in saved.items():
-        if v is None:
-            causal_lm.__dict__.pop(k, None)
-        else:
-            object.__setattr__(causal_lm, k, v)
-    for k in ("_gemma_plain", "_gemma_loss_chunk"):
-        causal_lm.__dict__.pop(k, None)
-    causal_lm.train_function = causal_lm.test_function = None
-
-
-def chunk_of(causal_lm: Any) -> int | None:
-    """The chunk `attach` set on `causal_lm`, or None (the plain loss)."""
-    return getattr(causal_lm, "_gemma_loss_chunk", None)
+        loss_obj = model.loss
+        if not isinstance(loss_obj, keras.losses.SparseCategoricalCrossentropy) or not loss_obj.from_logits:
+            raise ValueError("the cross-entropy objective needs SparseCategoricalCrossentropy(from_logits=True) compiled")
+        if self.chunk is None:
+            return Output(loss_obj(y, y_pred, sample_weight=sample_weight))
+        # evaluation: the accuracy comes from the same chunks' argmax; training skips it
+        per_token, matches = token_losses(model, y_pred, y, self.chunk, loss_obj, with_matches=not training)
+        loss = reduce_weighted_values(per_token, sample_weight=sample_weight, reduction=loss_obj.reduction, dtype=loss_obj.dtype)
+        return Output(loss, matches=matches)
 
 
 def _chunks(hidden: Any, chunk: int) -> tuple[Any, int]:

@@ -1,9 +1,14 @@
 """The training loop's hooks: small keras callbacks, one job each, sharing a `RunState`.
 
-- `StepTracker`: counts steps; at sync points reads keras' running mean into per-step losses.
+- `StepTracker`: counts steps; at sync points reads keras' running means (the loss and every
+  auxiliary metric of the objective, by name) into per-window values.
 - `DivergenceGuard`: a non-finite loss stops the run.
 - `ProgressView`: the reporter's progress display, and a line per log window without one.
 - `MetricsLog`: `metrics.jsonl` and TensorBoard scalars, one record per `train.log_every`.
+
+Metrics are a dict end to end: whatever names the objective declares (`RunState.metric_names`)
+reach `metrics.jsonl`, TensorBoard (`train/<name>`, `eval/<name>`), the progress line, the eval
+results and `summary.json` without any hook knowing them.
 - `Evaluation`: the eval loss at step 0 (the baseline), every `train.eval_every`, and at the end.
 - `Checkpointing`: a checkpoint every `train.checkpoint_every` (and on demand at the end).
 - `StopOnSignal`: SIGTERM/SIGINT finish the step, then stop (a second Ctrl-C aborts).
@@ -74,9 +79,23 @@ class StepTracker(keras.callbacks.Callback):
             or self.schedule.checkpoint(s)
             or st.stop_signal
         ):
-            mean = float((logs or {}).get("loss", math.nan))  # the one host sync
-            st.record_sync(mean, time.time())
+            st.record_sync(read_means(logs, st.metric_names), time.time())  # the one host sync
             self.synced = True
+
+
+def read_means(logs: Any, names: tuple[str, ...]) -> dict[str, float]:
+    """keras' running means of `names` from a step's logs, copied to the host in one transfer
+    (a name missing from the logs reads NaN)."""
+    import jax
+
+    logs = logs or {}
+    values = jax.device_get({n: logs[n] for n in names if n in logs})
+    return {n: float(values[n]) if n in values else math.nan for n in names}
+
+
+def format_metrics(values: dict[str, float], skip: tuple[str, ...] = ("loss",)) -> str:
+    """`name 0.1234  other 5.678` for the progress line (the loss has its own column)."""
+    return "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k not in skip)
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -108,6 +127,8 @@ class ProgressView(keras.callbacks.Callback):
             fields = {"tps": f"{st.tokens_per_second:,.0f}"} if self.tracker.synced else {}
             if self.tracker.synced:
                 fields["loss"] = f"{st.last_loss:.4f}"
+                if len(st.last) > 1:
+                    fields["metrics"] = format_metrics(st.last)
             self.bar.update(st.step, **fields)
 
     def note(self, message: str) -> None:
@@ -118,9 +139,10 @@ class ProgressView(keras.callbacks.Callback):
 
     def log_line(self, rec: dict[str, Any]) -> None:
         if self.bar is not None and not self.bar.live:
+            extra = format_metrics({k: rec[k] for k in self.state.metric_names})
             self.reporter.info(
                 f"step {rec['step']}/{self.state.total}  loss {rec['loss']:.4f}  lr {rec['learning_rate']:.2e}  "
-                f"{rec['tokens_per_second']:,.0f} tok/s"
+                f"{rec['tokens_per_second']:,.0f} tok/s" + (f"  {extra}" if extra else "")
             )
 
     def close(self) -> None:
@@ -161,17 +183,20 @@ class MetricsLog(keras.callbacks.Callback):
         if st.diverged or not self.schedule.log(st.step):
             return
         tps = st.tokens_per_second
+        window = st.take_window()
         rec = {
             "step": st.step,
-            "loss": st.take_window(),
+            "loss": window.pop("loss"),
             "last_loss": st.last_loss,
             "learning_rate": learning_rate(self.model),
             "tokens_per_second": round(tps, 1),
             "useful_tokens_per_second": round(tps * st.useful_tokens_per_step / max(st.tokens_per_step, 1), 1),
             "elapsed": round(time.time() - st.t0, 3),
+            **window,  # the objective's auxiliary metrics, by their names
         }
         st.history.append(rec)
-        self.emit(rec, {"train/loss": rec["loss"], "train/learning_rate": rec["learning_rate"], "train/tokens_per_second": tps})
+        self.emit(rec, {"train/loss": rec["loss"], "train/learning_rate": rec["learning_rate"], "train/tokens_per_second": tps,
+                        **{f"train/{k}": v for k, v in window.items()}})
         self.view.log_line(rec)
 
     def emit(self, rec: dict[str, Any], scalars: dict[str, float]) -> None:
@@ -234,14 +259,17 @@ class Evaluation(keras.callbacks.Callback):
         self.model.jax_state_sync()
         res = self.model.evaluate(self.data, verbose=0, return_dict=True)
         st.metrics_reset()  # evaluate() reset the train metrics
+        aux = {n: float(res[n]) for n in st.metric_names if n != "loss" and n in res}
         ev = {
             "step": st.step,
             "eval_loss": float(res["loss"]),
             "eval_accuracy": float(res.get("sparse_categorical_accuracy", float("nan"))),
+            **{f"eval_{n}": v for n, v in aux.items()},
         }
         st.evals.append(ev)
-        self.metrics.emit(ev, {"eval/loss": ev["eval_loss"]})
-        self.view.note(f"eval at step {st.step}: loss {ev['eval_loss']:.4f}")
+        self.metrics.emit(ev, {"eval/loss": ev["eval_loss"], **{f"eval/{n}": v for n, v in aux.items()}})
+        extra = format_metrics(aux)
+        self.view.note(f"eval at step {st.step}: loss {ev['eval_loss']:.4f}" + (f"  {extra}" if extra else ""))
         st.t_sync = time.time()  # evaluation time is not step time
         return ev["eval_loss"]
 

@@ -22,19 +22,23 @@ class RunState:
     total: int
     tokens_per_step: int
     useful_tokens_per_step: float
+    # what the tracker reads from keras' logs: the loss, then the objective's auxiliary metrics
+    metric_names: tuple[str, ...] = ("loss",)
     step: int = 0
-    last_loss: float = math.nan
     diverged: str | None = None
     stop_signal: str | None = None
     last_saved: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
-    # the keras running mean at the last sync: its value and how many steps it covered
-    mean_at_sync: float = 0.0
+    # keras' running means at the last sync (loss and every auxiliary metric), and how many
+    # steps they covered
+    mean_at_sync: dict[str, float] = field(default_factory=dict)
     steps_in_mean: int = 0
     synced_step: int = 0
-    # the log window: the sum of per-step losses and their count since the last log line
-    window_sum: float = 0.0
+    # the value of each metric over the steps since the previous sync
+    last: dict[str, float] = field(default_factory=dict)
+    # the log window: per metric, the sum of per-step values and their count since the last log line
+    window_sum: dict[str, float] = field(default_factory=dict)
     window_steps: int = 0
     # timing
     t0: float = field(default_factory=time.time)
@@ -56,18 +60,34 @@ class RunState:
         s = self.step_seconds
         return self.tokens_per_step / s if s else 0.0
 
-    def metrics_reset(self) -> None:
-        """keras reset its metrics (an evaluation ran): its running mean starts again."""
-        self.mean_at_sync, self.steps_in_mean = 0.0, 0
+    @property
+    def last_loss(self) -> float:
+        return self.last.get("loss", math.nan)
 
-    def record_sync(self, mean: float, now: float) -> float:
-        """Take keras' running mean at the current step; return the mean loss since the last sync."""
+    def metrics_reset(self) -> None:
+        """keras reset its metrics (an evaluation ran): its running means start again."""
+        self.mean_at_sync, self.steps_in_mean = {}, 0
+
+    def record_sync(self, means: dict[str, float] | float, now: float) -> float:
+        """Take keras' running means at the current step (`{"loss": ..., "<metric>": ...}`, or
+        the loss alone); return the mean loss since the last sync.
+
+        Every metric is turned from a running mean into its mean over the steps since the
+        previous sync the same way, so an objective's auxiliary metrics are logged per window
+        exactly like the loss.
+        """
+        if not isinstance(means, dict):
+            means = {"loss": float(means)}
         k = self.step - self.synced_step
         if k <= 0:
             return self.last_loss
         n = self.steps_in_mean + k
-        loss = (mean * n - self.mean_at_sync * self.steps_in_mean) / k if self.steps_in_mean else mean
-        self.mean_at_sync, self.steps_in_mean = mean, n
+        for name, mean in means.items():
+            before = self.mean_at_sync.get(name)
+            value = (mean * n - before * self.steps_in_mean) / k if self.steps_in_mean and before is not None else mean
+            self.last[name] = value
+            self.window_sum[name] = self.window_sum.get(name, 0.0) + value * k
+        self.mean_at_sync, self.steps_in_mean = dict(means), n
         if self.time_to_first_step is None:
             self.time_to_first_step = now - self.t0  # includes compilation
         else:
@@ -75,13 +95,15 @@ class RunState:
             self.time_timed += now - self.t_sync
         self.t_sync = now
         self.synced_step = self.step
-        self.last_loss = loss
-        self.window_sum += loss * k
         self.window_steps += k
-        return loss
+        return self.last_loss
 
-    def take_window(self) -> float:
-        """The mean loss of the log window, and start a new window."""
-        mean = self.window_sum / self.window_steps if self.window_steps else self.last_loss
-        self.window_sum, self.window_steps = 0.0, 0
-        return mean
+    def take_window(self) -> dict[str, float]:
+        """The mean of every metric over the log window (`loss` first), and start a new window."""
+        if self.window_steps:
+            out = {name: s / self.window_steps for name, s in self.window_sum.items()}
+        else:
+            out = dict(self.last)
+        out.setdefault("loss", self.last_loss)
+        self.window_sum, self.window_steps = {}, 0
+        return {"loss": out.pop("loss"), **out}

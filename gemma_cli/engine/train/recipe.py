@@ -1,12 +1,20 @@
-"""The fine-tuning recipe: named setup steps over typed run state, then `fit()`.
+"""What every training method shares: named setup steps over typed run state, then a loop.
 
-    Trainer(cfg, reporter).run()
+A method is a `Recipe` subclass (`engine/train/sft.py`, and the methods `train.method` names:
+`engine/train/__init__.py` has the registry). The base holds everything methods share —
+output dir, model setup, data, resume, checkpoints, status, signals, hooks, summary — and
+asks its subclass for two things: the `objective()` (loss and auxiliary metrics,
+`engine/objectives/`) and the `loop(callbacks)` that drives the steps (SFT: keras' `fit`; a
+method that generates, scores and updates, like GRPO, writes its own loop here and calls the
+same callbacks).
+
+    recipe_for(cfg)(cfg, reporter).run()
       check_output_dir()   refuse to overwrite an earlier run; find the checkpoint to resume
       setup_model()        mesh → checked layout → model born sharded (+ LoRA, quantization)
       setup_data()         the streaming data (engine/data): batches, eval set, step counts
-      setup_optimizer()    compile with the schedule; restore optimizer state on --resume
+      setup_optimizer()    patches in order (segments, compile, the objective); restore on --resume
       setup_hooks()        progress, metrics + TensorBoard, eval, checkpoints, guards
-      train()              fit; final checkpoint; summary.json
+      train()              loop(); final checkpoint; summary.json
 
 Raises `Interrupted` (exit 130) after SIGTERM/SIGINT with the resume command, and
 `RuntimeFailure` when the loss or the weights diverge, keeping the last good checkpoint.
@@ -74,8 +82,8 @@ def data_line(c: dict[str, int]) -> str:
     return line
 
 
-class Trainer:
-    """One fine-tune run of a config.
+class Recipe:
+    """One training run of a config; subclasses are the methods (`train.method`).
 
     Args:
         cfg: RunConfig. The validated run config.
@@ -83,6 +91,8 @@ class Trainer:
         resume: bool. Continue from the latest checkpoint in `cfg.output_dir`.
         dry_run: bool. Stop after reading the first batch; train nothing.
     """
+
+    method = ""  # the `train.method` value this recipe runs
 
     def __init__(self, cfg: Any, reporter: Reporter, *, resume: bool = False, dry_run: bool = False):
         self.cfg, self.reporter, self.resume, self.dry_run = cfg, reporter, resume, dry_run
@@ -94,7 +104,20 @@ class Trainer:
         self.optimizer: Any = None
         self.state: Any = None
         self.hooks: dict[str, Any] = {}
+        self.objective_: Any = None
         self.t_start = time.time()
+
+    # ------------------------------------------------------------- what a method adds ---
+    def objective(self) -> Any:
+        """The method's objective (`engine/objectives.Objective`), built once the model and
+        data are set up."""
+        raise NotImplementedError
+
+    def loop(self, callbacks: Any) -> None:
+        """Run the training steps from `data.start_step` to `data.total_steps`, calling
+        `callbacks` (a keras CallbackList: `on_train_begin`, `on_train_batch_end(batch, logs)`
+        with the objective's metrics in `logs`, `on_train_end`) as keras' fit does."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------------- steps ---
     def check_output_dir(self) -> None:
@@ -174,12 +197,6 @@ class Trainer:
         if self.resume_from is not None:
             st = checkpoint.read_state(self.resume_from)
             start, position = int(st["step"]), st.get("data_position")
-        if d.packing:
-            # packed rows keep their documents apart: padding_mask carries segment ids, which
-            # the model's attention must read as such (before its first fit traces the step)
-            from gemma_cli.engine.patches.segments import enable_segment_attention
-
-            enable_segment_attention(m.causal_lm.backbone)
         bundle = datalib.build(
             d,
             modellib.tokenizer_of(m.causal_lm),
@@ -222,9 +239,11 @@ class Trainer:
 
         m, d = self.model, self.data
         assert m is not None and d is not None
+        self.objective_ = self.objective()
         with m.distribution.scope():
             self.optimizer = compile_model(
-                m.causal_lm, self.cfg, d.total_steps // self.cfg.optimizer.gradient_accumulation_steps, m.batch_axis_size
+                m.causal_lm, self.cfg, d.total_steps // self.cfg.optimizer.gradient_accumulation_steps, m.batch_axis_size,
+                objective=self.objective_,
             )
             if self.resume_from is not None:
                 self.reporter.step(f"Resuming from {self.resume_from}")
@@ -242,6 +261,7 @@ class Trainer:
             total=d.total_steps,
             tokens_per_step=d.tokens_per_step,
             useful_tokens_per_step=d.useful_tokens_per_step,
+            metric_names=("loss", *self.objective_.metric_names),
         )
         schedule = H.Schedule(cfg.train, d.total_steps, d.eval is not None)
         stopper = H.StopOnSignal(st, self.reporter)
@@ -313,13 +333,16 @@ class Trainer:
         st = self.state
         self.reporter.step(f"Training {d.total_steps - d.start_step} steps (batch {cfg.data.batch_size} × {cfg.data.sequence_length} tokens)")
         lm = m.causal_lm
-        # the batches are already tokenized: fit must not run the preprocessor again
+        # the batches are already tokenized: fit must not run the preprocessor again; its
+        # tokenizer stays reachable for a live sampler (`model.load.tokenizer_of`)
+        if m.preprocessor is not None and getattr(lm, "_gemma_tokenizer", None) is None:
+            object.__setattr__(lm, "_gemma_tokenizer", m.preprocessor.tokenizer)
         lm.preprocessor = None
         callbacks = H.HookList(hooks, add_history=True, add_progbar=False, model=lm)
         try:
             with self.hooks["stop"], m.distribution.scope():
                 try:
-                    lm.fit(d.train, epochs=1, steps_per_epoch=d.total_steps - d.start_step, verbose=0, callbacks=callbacks)
+                    self.loop(callbacks)
                 finally:
                     self.hooks["view"].close()
                     self.hooks["metrics"].close()
@@ -403,6 +426,8 @@ class Trainer:
             "total_steps": st.total,
             "first_loss": st.history[0]["loss"] if st.history else None,
             "final_loss": st.history[-1]["loss"] if st.history else st.last_loss,
+            # the objective's auxiliary metrics over the last log window, by name
+            "final_metrics": {k: st.history[-1][k] for k in st.metric_names[1:] if st.history and k in st.history[-1]},
             "eval_loss": eval_loss,
             "evals": st.evals,
             "step_seconds": st.step_seconds,

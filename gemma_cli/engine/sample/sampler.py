@@ -1,0 +1,200 @@
+"""Sampling from a live model: batched generation under the model's distribution.
+
+`Sampler(causal_lm, distribution, generate_cfg)` samples from whatever weights the model holds
+now — a model just loaded for `gemma generate`, or the policy being trained, LoRA adapters
+included, under the training mesh with no second copy of the weights (a training loop
+calls `causal_lm.jax_state_sync()` first: keras keeps the live training state outside the
+variables between steps). Loading a model to sample from is `engine/sample/generate.py`.
+
+The batch is padded to a fixed size that is a multiple of the mesh's batch axis (keras-hub
+raises IndivisibleError when one prompt meets a batch axis of 2); the padding is dropped from
+the results. keras-hub compiles one generate function per input shape: every batch has the
+same shape, so it compiles once.
+
+`--chat` prompts are token ids, not text: the data pipeline's chat renderer builds them
+(`gemma_cli.engine.data.chat_prompt_ids`), turn markers by vocabulary id, so the model is
+prompted with exactly the prefix that chat fine-tuning trained it to answer, and generation
+stops at `<end_of_turn>`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from gemma_cli.engine.core.report import NullReporter
+from gemma_cli.errors import UsageError
+
+
+def make_sampler(gen: Any) -> Any:
+    import keras_hub
+
+    s = gen.sampler
+    if s == "greedy":
+        return keras_hub.samplers.GreedySampler()
+    if s == "top_k":
+        return keras_hub.samplers.TopKSampler(k=gen.top_k, seed=gen.seed, temperature=gen.temperature)
+    if s == "top_p":
+        return keras_hub.samplers.TopPSampler(p=gen.top_p, seed=gen.seed, temperature=gen.temperature)
+    if s == "random":
+        return keras_hub.samplers.RandomSampler(seed=gen.seed, temperature=gen.temperature)
+    return keras_hub.samplers.BeamSampler(num_beams=gen.num_beams)
+
+
+class Sampler:
+    """Generation from a live CausalLM under its distribution; `__call__` generates for many prompts.
+
+    Args:
+        causal_lm: keras_hub.models.CausalLM. The model to sample from, as it is now. A model
+            compiled for training keeps its training state: only its sampler is set.
+        distribution: keras Distribution. The one the model's variables live under.
+        generate_cfg: GenerateConfig. The sampler and its settings (`generate:` section).
+        batch_axis: int. Devices the batch splits over. Defaults to 1.
+        batch_size: int | None. Prompts per batch, rounded up to the batch axis.
+        reporter: Reporter | None. Per-batch timings (debug lines). Defaults to silent.
+    """
+
+    def __init__(self, causal_lm: Any, distribution: Any, generate_cfg: Any, *, batch_axis: int = 1,
+                 batch_size: int | None = None, reporter: Any = None):
+        from gemma_cli.engine.model.load import tokenizer_of
+
+        self.lm, self.distribution, self.log = causal_lm, distribution, reporter or NullReporter()
+        self.batch_axis = max(batch_axis, 1)
+        sampler = make_sampler(generate_cfg)
+        with distribution.scope():
+            if getattr(causal_lm, "compiled", False):  # a model in training: keep its compiled state
+                causal_lm.sampler = sampler
+                causal_lm.generate_function = None
+            else:
+                causal_lm.compile(sampler=sampler)
+        want = batch_size or self.batch_axis
+        self.batch_size = math.ceil(want / self.batch_axis) * self.batch_axis
+        self.tokenizer = tokenizer_of(causal_lm)
+        self.compiles = 0
+        self._shapes: set[tuple[int, int]] = set()
+
+    def _stop_ids(self, chat: bool) -> Any:
+        tok = self.tokenizer
+        ids = [tok.end_token_id]
+        if chat:
+            from gemma_cli.engine.data import Encoder
+
+            ids.append(Encoder(tok).special(self.chat_format.end_turn))
+        return tuple(ids)
+
+    @property
+    def chat_format(self) -> Any:
+        """The model family's turn format (engine/families)."""
+        from gemma_cli.engine.data.render import chat_format_for
+
+        return chat_format_for(self.lm.backbone)
+
+    def chat_prompt_ids(self, prompt: str | list[tuple[str, str]]) -> list[int]:
+        """The token ids `--chat` feeds the model for a user message (or a conversation
+        prefix): the chat renderer's, as training saw them."""
+        from gemma_cli.engine.data import chat_prompt_ids
+
+        return chat_prompt_ids(self.tokenizer, prompt, self.chat_format)
+
+    def __call__(self, prompts: list[str], *, max_length: int, chat: bool = False, echo: bool = False) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        stop = self._stop_ids(chat)
+        for i in range(0, len(prompts), self.batch_size):
+            chunk = prompts[i : i + self.batch_size]
+            pad = self.batch_size - len(chunk)
+            batch = chunk + [chunk[-1]] * pad
+            shape = (len(batch), max_length)
+            first = shape not in self._shapes
+            self._shapes.add(shape)
+            t0 = time.perf_counter()
+            with self.distribution.scope():
+                if chat:
+                    outs = self._chat_batch(batch, max_length, stop)
+                elif self.lm.preprocessor is None:  # no TensorFlow: token ids in, token ids out
+                    outs = self._text_batch(batch, max_length, stop)
+                else:
+                    outs = self.lm.generate(batch, max_length=max_length, stop_token_ids=stop, strip_prompt=False)
+            dt = time.perf_counter() - t0
+            if first:
+                self.compiles += 1
+            outs = list(outs)[: len(chunk)]
+            new_tokens = 0
+            for orig, full in zip(chunk, outs, strict=True):
+                if isinstance(full, tuple):
+                    prompt_text, completion, n_prompt, n_new = full
+                else:
+                    full = full if isinstance(full, str) else full.decode("utf-8", errors="replace")
+                    prompt_text = orig
+                    completion = full[len(prompt_text) :] if full.startswith(prompt_text) else full
+                    n_prompt = len(self._ids(prompt_text)) + 1
+                    n_new = len(self._ids(completion))
+                new_tokens += n_new
+                results.append(
+                    {
+                        "prompt": orig,
+                        "completion": (prompt_text + completion) if echo else completion,
+                        "prompt_tokens": n_prompt,
+                        "completion_tokens": n_new,
+                        "seconds": round(dt, 4),
+                        "compiled": first,
+                    }
+                )
+            self.log.debug_line(f"batch of {len(chunk)} (+{pad} padding): {dt:.2f}s, {new_tokens} new tokens")
+        return results
+
+    def _text_batch(self, prompts: list[str], max_length: int, stop: tuple[int, ...]) -> list[tuple[str, str, int, int]]:
+        """Plain prompts as `<bos> + ids`, as keras-hub's preprocessor would feed them."""
+        ids = [[self.tokenizer.start_token_id, *self._ids(p)] for p in prompts]
+        return [(p, completion, n, k) for p, (_, completion, n, k) in zip(prompts, self._id_batch(ids, max_length, stop), strict=True)]
+
+    def _chat_batch(self, prompts: list[str], max_length: int, stop: tuple[int, ...]) -> list[tuple[str, str, int, int]]:
+        """Generate from chat prompts given as token ids; (prompt text, completion, prompt
+        tokens, new tokens) per prompt."""
+        from gemma_cli.engine.data import Renderer
+        from gemma_cli.engine.data.render import BOS
+
+        renderer = Renderer.for_chat(self.chat_format)
+        ids = [self.chat_prompt_ids(p) for p in prompts]
+        shown = ["".join(piece.text for piece in renderer.prompt(p) if piece.text != BOS) for p in prompts]
+        return [(s, completion, n, k) for s, (_, completion, n, k) in zip(shown, self._id_batch(ids, max_length, stop), strict=True)]
+
+    def _id_batch(self, ids: list[list[int]], max_length: int, stop: tuple[int, ...]) -> list[tuple[str, str, int, int]]:
+        """Generate from prompts given as token ids: ("", completion, prompt tokens, new tokens)."""
+        import keras
+        import numpy as np
+
+        from gemma_cli.engine.data import Encoder
+
+        enc = Encoder(self.tokenizer)
+        longest = max(len(x) for x in ids)
+        if longest >= max_length:
+            raise UsageError(
+                f"generate.max_length: {max_length} tokens leave no room after a prompt of {longest} tokens; raise it"
+            )
+        tokens = np.full((len(ids), max_length), enc.pad_id, dtype="int32")
+        mask = np.zeros((len(ids), max_length), dtype=bool)
+        for r, seq in enumerate(ids):
+            tokens[r, : len(seq)] = seq
+            mask[r, : len(seq)] = True
+        inputs = {"token_ids": tokens, "padding_mask": mask}
+        dist = keras.distribution.distribution()
+        if dist is not None:
+            inputs = {k: keras.distribution.distribute_tensor(v, dist.get_data_layout(v.shape)) for k, v in inputs.items()}
+        out = self.lm.make_generate_function()(inputs, stop_token_ids=stop)
+        out_ids = np.asarray(out["token_ids"])
+        results = []
+        for r, seq in enumerate(ids):
+            new = [int(t) for t in out_ids[r, len(seq) :]]
+            for k, t in enumerate(new):
+                if t in stop:
+                    new = new[:k]
+                    break
+            results.append(("", enc.decode(new), len(seq), len(new)))
+        return results
+
+    def _ids(self, text: str) -> list[int]:
+        if not text:
+            return []
+        t = self.tokenizer(text)
+        return list(t.numpy() if hasattr(t, "numpy") else t)
