@@ -17,11 +17,11 @@ def main() -> None:
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    devices = np.array(jax.devices()).reshape(2, -1)
-    mesh = Mesh(devices, ("batch", "model"))
-    sharding = NamedSharding(mesh, PartitionSpec("batch", "model"))
-    local = np.full((1, jax.local_device_count()), jax.process_index() + 1, dtype=np.float32)
-    x = jax.make_array_from_process_local_data(sharding, local, (2, jax.device_count()))
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    mesh = Mesh(np.array(devices), ("batch",))
+    sharding = NamedSharding(mesh, PartitionSpec("batch"))
+    local = np.full((jax.local_device_count(),), jax.process_index() + 1, dtype=np.float32)
+    x = jax.make_array_from_process_local_data(sharding, local, (jax.device_count(),))
     total = float(jax.jit(lambda a: a.sum(), out_shardings=NamedSharding(mesh, PartitionSpec()))(x))
     launch = runtime._state.get("launch")  # noqa: SLF001
     print(json.dumps({
