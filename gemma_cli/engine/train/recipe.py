@@ -88,14 +88,19 @@ class Recipe:
     Args:
         cfg: RunConfig. The validated run config.
         reporter: Reporter. Where progress goes (the CLI's Output).
-        resume: bool. Continue from the latest checkpoint in `cfg.output_dir`.
+        resume: bool | str. Continue from the latest checkpoint in `cfg.output_dir`; "auto":
+            continue when there is one, start fresh when there is none, and return at once
+            (`already_finished`) when it is the run's last step. Defaults to False.
         dry_run: bool. Stop after reading the first batch; train nothing.
     """
 
     method = ""  # the `train.method` value this recipe runs
 
-    def __init__(self, cfg: Any, reporter: Reporter, *, resume: bool = False, dry_run: bool = False):
-        self.cfg, self.reporter, self.resume, self.dry_run = cfg, reporter, resume, dry_run
+    def __init__(self, cfg: Any, reporter: Reporter, *, resume: bool | str = False, dry_run: bool = False):
+        self.cfg, self.reporter, self.dry_run = cfg, reporter, dry_run
+        self.auto = resume == "auto"
+        self.resume = bool(resume) and not self.auto  # settled by check_output_dir under auto
+        self.finished: tuple[Path, dict[str, Any]] | None = None
         self.out_dir: Path = cfg.output_dir
         self.resume_from: Path | None = None
         self.main = True
@@ -126,6 +131,10 @@ class Recipe:
         every checkpoint file; this is the engine's own guard for callers that skip it."""
         cfg, out_dir = self.cfg, self.out_dir
         latest = checkpoint.latest(out_dir)
+        if self.auto:
+            self._settle_auto(latest)
+            if self.finished is not None:
+                return
         if self.resume and latest is None:
             raise UsageError(f"--resume: no checkpoint in {out_dir}/checkpoints (run without --resume to start)")
         if latest is not None and not self.resume and not self.dry_run:
@@ -139,6 +148,37 @@ class Recipe:
                 self.reporter.warn(f"the config differs from the one {self.resume_from.name} was trained with")
         if cfg.data is None:
             raise UsageError("data: the config has no data section; finetune needs one")
+
+    def _settle_auto(self, latest: Path | None) -> None:
+        """`--resume auto`: resume from `latest`, start fresh without one, or note that the run
+        already ended there. A checkpoint of another config is refused (exit 2)."""
+        if latest is None:
+            self.reporter.info(f"--resume auto: no checkpoint in {self.out_dir}/checkpoints; starting fresh")
+            return
+        st = checkpoint.read_state(latest)
+        if st.get("config_digest") and st["config_digest"] != config_digest(self.cfg):
+            raise UsageError(
+                f"--resume auto: the config differs from the one {latest.name} was trained with",
+                hint=f"restore the config of {self.out_dir}/config.yaml, or set train.output_dir=<new dir>",
+            )
+        total = st.get("total_steps")
+        if isinstance(total, int) and st["step"] >= total:
+            self.finished = (latest, st)
+            return
+        self.resume = True
+
+    def finished_summary(self) -> dict[str, Any]:
+        """What `--resume auto` returns for a run that already ended: its summary.json (when
+        written), marked `already_finished`."""
+        assert self.finished is not None
+        ckpt, st = self.finished
+        self.reporter.info(f"already finished at step {st['step']}: {ckpt}")
+        try:
+            summary = json.loads((self.out_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        return {**summary, "already_finished": True, "steps": st["step"], "total_steps": st["total_steps"],
+                "checkpoint": str(ckpt), "output_dir": str(self.out_dir)}
 
     def setup_model(self) -> ModelSetup:
         cfg, log = self.cfg, self.reporter
@@ -304,6 +344,8 @@ class Recipe:
     # ------------------------------------------------------------------------- run ---
     def run(self) -> dict[str, Any]:
         self.check_output_dir()
+        if self.finished is not None:
+            return self.finished_summary()
         self.setup_model()
         self.setup_data()
         if self.dry_run:
