@@ -343,16 +343,35 @@ class Recipe:
 
     # ------------------------------------------------------------------------- run ---
     def run(self) -> dict[str, Any]:
-        self.check_output_dir()
-        if self.finished is not None:
-            return self.finished_summary()
-        self.setup_model()
-        self.setup_data()
-        if self.dry_run:
-            return self.dry_run_summary()
-        self.setup_optimizer()
-        self.write_config()
-        return self.train()
+        """The steps in order; out of memory anywhere becomes one line with the plan's
+        estimate and what to change (`engine/plan/oom.py`, exit 1)."""
+        phase = "loading the model"
+        try:
+            self.check_output_dir()
+            if self.finished is not None:
+                return self.finished_summary()
+            self.setup_model()
+            phase = "reading the data"
+            self.setup_data()
+            if self.dry_run:
+                return self.dry_run_summary()
+            phase = "building the optimizer"
+            self.setup_optimizer()
+            self.write_config()
+            phase = "the train step"
+            return self.train()
+        except Exception as e:
+            from gemma_cli.engine.plan import oom
+
+            if not oom.is_oom(e):
+                raise
+            st = self.state
+            step = None
+            if phase == "the train step" and st is not None:
+                step = st.step + 1
+                if st.step == st.start:
+                    phase = "compiling or running the first train step"
+            raise oom.explain(self.cfg, e, phase=phase, step=step) from None
 
     def write_config(self) -> None:
         if self.main:
