@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from gemma_cli.errors import RuntimeFailure, is_oom, oom_device

@@ -149,6 +149,29 @@ class Recipe:
         if cfg.data is None:
             raise UsageError("data: the config has no data section; finetune needs one")
 
+    def choose_mesh(self) -> None:
+        """A config without `mesh.shape` gets the mesh its memory plan fits with the fewest
+        devices on the model axis (`engine/plan/machine.auto_mesh`), written into the run's
+        config; a mesh the user gave is never changed, only checked."""
+        cfg = self.cfg
+        if "shape" in cfg.mesh.model_fields_set or len(cfg.mesh.axes) != 2:
+            return
+        runtime.setup()
+        import jax
+
+        from gemma_cli.engine.plan import inspect as inspect_report
+        from gemma_cli.engine.plan import machine
+
+        n = jax.device_count()
+        limit = inspect_report._device_memory()  # noqa: SLF001 — the chip's bytes_limit when reported
+        if limit is None and jax.devices()[0].platform == "cpu":
+            limit = machine.host_memory_per_device(jax.local_device_count())
+        choice = machine.auto_mesh(cfg, n, limit)
+        cfg.mesh.shape = list(choice.shape)
+        if choice.rules:
+            cfg.layout.rules = choice.rules
+        self.reporter.info(choice.why)
+
     def _settle_auto(self, latest: Path | None) -> None:
         """`--resume auto`: resume from `latest`, start fresh without one, or note that the run
         already ended there. A checkpoint of another config is refused (exit 2)."""
@@ -347,6 +370,7 @@ class Recipe:
         estimate and what to change (`engine/plan/oom.py`, exit 1)."""
         phase = "loading the model"
         try:
+            self.choose_mesh()
             self.check_output_dir()
             if self.finished is not None:
                 return self.finished_summary()
