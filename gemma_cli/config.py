@@ -187,10 +187,6 @@ class LayoutConfig(_Strict):
     def is_default(self) -> bool:
         return self.rules == "default"
 
-    @property
-    def is_fsdp(self) -> bool:
-        return self.rules == "fsdp"
-
 
 # ----------------------------------------------------------------------------------- data ---
 class DataConfig(_Strict):
