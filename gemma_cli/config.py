@@ -303,13 +303,41 @@ class OptimizerConfig(_Strict):
 # ---------------------------------------------------------------------------------- train ---
 # the training methods (`engine/train/RECIPES` holds their recipes), and the config section
 # each method owns (a section given under another method is an error)
-METHODS = ("sft",)
-METHOD_SECTIONS: dict[str, str] = {}
+METHODS = ("sft", "grpo")
+METHOD_SECTIONS: dict[str, str] = {"grpo": "grpo"}  # section → the method it configures
+
+
+class GRPOConfig(_Strict):
+    """`grpo:` — reinforcement learning with reward functions (`train.method: grpo`)."""
+
+    rewards: list[str] = Field(
+        ..., min_length=1,
+        description="Reward specs, as `gemma eval --reward`: built-ins (contains, exact, regex:P, json, math, "
+                    "length:N) or path/to/file.py:function with TRL's signature fn(prompts, completions, **columns).")
+    reward_weights: list[float] | None = Field(None, description="One weight per reward (default: all 1).")
+    num_generations: int = Field(8, ge=2, le=1024, description="Completions sampled per prompt (G).")
+    max_completion_length: int = Field(256, ge=1, le=131_072)
+    temperature: float = Field(1.0, gt=0, le=100)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1, description="Sample from the k most likely tokens (default: all).")
+    beta: float = Field(0.0, ge=0, description="KL coefficient against the reference (0: no reference pass).")
+    epsilon: float = Field(0.2, gt=0, lt=1)
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (clip-higher); defaults to epsilon.")
+    loss: Literal["grpo", "dapo", "dr_grpo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    iterations: int = Field(1, ge=1, le=64, description="Policy updates per rollout (mu).")
+    mask_truncated_completions: bool = Field(
+        False, description="Completions that hit max_completion_length carry no loss.")
+
+    @property
+    def weights(self) -> list[float]:
+        return self.reward_weights if self.reward_weights is not None else [1.0] * len(self.rewards)
 
 
 class TrainConfig(_Strict):
     method: Literal[METHODS] = Field(  # type: ignore[valid-type]
-        "sft", description="The training method: sft (supervised fine-tuning: next-token cross-entropy).")
+        "sft", description="The training method: sft (supervised fine-tuning: next-token cross-entropy), "
+                           "grpo (reinforcement learning with reward functions; the grpo: section).")
     epochs: int = Field(1, ge=1, le=100_000)
     max_steps: int | None = Field(None, ge=1, description="Stop after N optimizer steps.")
     seed: int = Field(0, ge=0)
@@ -364,6 +392,23 @@ class RunConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    grpo: GRPOConfig | None = None
+
+    def batch_rows(self) -> tuple[int, str]:
+        """(sequences per step, how they are counted): data.batch_size, or for GRPO the
+        batch_size prompts × grpo.num_generations completions."""
+        b = self.data.batch_size if self.data else 2
+        if self.train.method == "grpo" and self.grpo is not None:
+            g = self.grpo.num_generations
+            return b * g, f"batch_size × grpo.num_generations = {b} × {g} = {b * g} sequences"
+        return b, ""
+
+    def batch_problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why a step's sequences cannot split over the batch axis of `shape` (None if they can):
+        the one batch divisibility check (config validation and the run on its devices)."""
+        rows, label = self.batch_rows()
+        bad = self.mesh.batch_problem(rows, shape)
+        return f"{label}: {bad}" if bad and label else bad
 
     # set by the loader, not part of the schema
     source_path: str | None = Field(None, exclude=True, repr=False)
@@ -496,6 +541,26 @@ def _one_branch(errs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out or errs
 
 
+def _grpo_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
+    g = cfg.grpo
+    if cfg.train.method != "grpo":
+        return []
+    if g is None:
+        return [(("train", "method"), "train.method: grpo needs a grpo: section with at least `rewards:`")]
+    out: list[tuple[_Loc, str]] = []
+    if g.reward_weights is not None and len(g.reward_weights) != len(g.rewards):
+        out.append((("grpo", "reward_weights"), f"{len(g.reward_weights)} weights for {len(g.rewards)} rewards"))
+    d = cfg.data
+    if d is not None:
+        if d.packing:
+            out.append((("data", "packing"), "grpo trains on sampled completions, one per row: set data.packing: false"))
+        if g.max_completion_length >= d.sequence_length:
+            out.append((("grpo", "max_completion_length"),
+                        f"{g.max_completion_length} leaves no room for a prompt in data.sequence_length "
+                        f"{d.sequence_length}; lower it or raise data.sequence_length"))
+    return out
+
+
 def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
     """Checks that span several keys: one place, all reported together."""
     problems: list[tuple[_Loc, str]] = []
@@ -504,6 +569,7 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
             problems.append(((section,), f"the {section}: section belongs to train.method: {method}, "
                                          f"but this config trains with train.method: {cfg.train.method} "
                                          f"(set train.method: {method}, or remove the section)"))
+    problems += _grpo_checks(cfg)
     m = cfg.mesh
     if len(m.shape) != len(m.axes):
         problems.append(
@@ -548,7 +614,7 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
         if d.format == "chat" and d.name:
             problems.append((("data", "format"), "chat reads local files (data.paths); tfds records use field or template"))
         if m.batch_axis in m.axes and len(m.shape) == len(m.axes):
-            bad = m.batch_problem(d.batch_size, tuple(m.shape))
+            bad = cfg.batch_problem(tuple(m.shape))
             if bad:
                 problems.append((("data", "batch_size"), bad))
     t = cfg.train

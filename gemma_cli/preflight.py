@@ -324,6 +324,28 @@ def data(cfg: Any, *, required: bool) -> list[Problem]:
     return out
 
 
+def grpo_inputs(cfg: Any) -> list[Problem]:
+    """GRPO's prompt records (file:line) and reward specs (each resolves: file, function,
+    signature), before any model loads."""
+    from gemma_cli.engine.data import prompts  # light: no keras, jax or TensorFlow
+    from gemma_cli.engine.rewards import resolve
+
+    out: list[Problem] = []
+    for i, spec in enumerate(cfg.grpo.rewards if cfg.grpo else []):
+        try:
+            resolve(spec)
+        except UsageError as e:
+            out.append(_say(cfg, f"grpo.rewards[{i}]", e.line()))
+    for key in ("paths", "eval_paths"):
+        pats = getattr(cfg.data, key)
+        if pats:
+            try:
+                prompts.read(pats, f"data.{key}")
+            except UsageError as e:
+                out.append(Problem(e.line()))
+    return out
+
+
 def records(cfg: Any, *, full: bool = False) -> list[Problem]:
     """Every record has the fields the config reads, checked by the data pipeline itself.
 
@@ -334,6 +356,8 @@ def records(cfg: Any, *, full: bool = False) -> list[Problem]:
     """
     if cfg.data is None or cfg.data.source != "local":
         return []  # tfds records are checked as the pipeline reads them (no TensorFlow here)
+    if cfg.train.method == "grpo":
+        return grpo_inputs(cfg)
     from gemma_cli.engine.data import check_records  # light: no keras, jax or TensorFlow
 
     try:

@@ -242,9 +242,13 @@ def learning_rate(model: Any) -> float:
 
 
 class Evaluation(keras.callbacks.Callback):
+    """Evaluation at eval_every steps (and step 0): keras' `evaluate` on the eval data, or a
+    method's own `custom() -> {name: value}` (GRPO scores greedy completions with its rewards)."""
+
     def __init__(self, state: RunState, eval_data: Any, schedule: Schedule, metrics: MetricsLog, view: ProgressView):
         super().__init__()
         self.state, self.data, self.schedule, self.metrics, self.view = state, eval_data, schedule, metrics, view
+        self.custom: Callable[[], dict[str, float]] | None = None
 
     def on_train_begin(self, logs: Any = None) -> None:
         if self.data is not None and self.state.start == 0:
@@ -254,9 +258,11 @@ class Evaluation(keras.callbacks.Callback):
         if not self.state.diverged and self.schedule.eval(self.state.step):
             self.run()
 
-    def run(self) -> float:
+    def run(self) -> float | None:
         st = self.state
         self.model.jax_state_sync()
+        if self.custom is not None:
+            return self._run_custom()
         res = self.model.evaluate(self.data, verbose=0, return_dict=True)
         st.metrics_reset()  # evaluate() reset the train metrics
         aux = {n: float(res[n]) for n in st.metric_names if n != "loss" and n in res}
@@ -273,13 +279,25 @@ class Evaluation(keras.callbacks.Callback):
         st.t_sync = time.time()  # evaluation time is not step time
         return ev["eval_loss"]
 
+    def _run_custom(self) -> float | None:
+        st = self.state
+        assert self.custom is not None
+        res = self.custom()
+        st.metrics_reset()  # the method reset its running means, as evaluate() does
+        ev = {"step": st.step, **{f"eval_{k}": float(v) for k, v in res.items()}}
+        st.evals.append(ev)
+        self.metrics.emit(ev, {f"eval/{k}": float(v) for k, v in res.items()})
+        self.view.note(f"eval at step {st.step}: {format_metrics(res, skip=())}")
+        st.t_sync = time.time()
+        return ev.get("eval_loss")
+
     def final(self) -> float | None:
         """The eval loss at the last step (evaluating once more if needed)."""
         if self.data is None:
             return None
         if not self.state.evals or self.state.evals[-1]["step"] != self.state.step:
             self.run()
-        return self.state.evals[-1]["eval_loss"]
+        return self.state.evals[-1].get("eval_loss")
 
 
 def all_finite(variables: list[Any]) -> bool:
@@ -362,14 +380,26 @@ def loss_plot(state: RunState, out_dir: Path, title: str) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    rewards = [h for h in state.history if "reward" in h]  # GRPO: the reward curve beside the loss
+    fig, axes = plt.subplots(1, 2 if rewards else 1, figsize=(11 if rewards else 6, 3.5), dpi=100, squeeze=False)
+    ax = axes[0][0]
     ax.plot([h["step"] for h in state.history], [h["loss"] for h in state.history], label="train loss")
-    if state.evals:
-        ax.plot([e["step"] for e in state.evals], [e["eval_loss"] for e in state.evals], "o-", label="eval loss")
+    evals = [e for e in state.evals if "eval_loss" in e]
+    if evals:
+        ax.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.legend()
+    if rewards:
+        rx = axes[0][1]
+        rx.plot([h["step"] for h in rewards], [h["reward"] for h in rewards], label="reward (rollouts)")
+        ev = [e for e in state.evals if "eval_reward" in e]
+        if ev:
+            rx.plot([e["step"] for e in ev], [e["eval_reward"] for e in ev], "o-", label="eval reward (greedy)")
+        rx.set_xlabel("step")
+        rx.set_ylabel("reward")
+        rx.legend()
     fig.tight_layout()
     path = Path(out_dir) / "loss.png"
     tmp = Path(out_dir) / ".loss.png.tmp.png"

@@ -213,7 +213,7 @@ class Recipe:
         self.main = runtime.is_main_process()
         n_dev = layoutlib.device_count()
         shape = cfg.mesh.resolve(n_dev)
-        bad = cfg.mesh.batch_problem(cfg.data.batch_size, shape)
+        bad = cfg.batch_problem(shape)
         if bad:
             raise UsageError(f"data.batch_size: {bad} (mesh {list(shape)} on this machine's {n_dev} devices)")
         log.step(f"Planning {cfg.model.preset} on mesh {dict(zip(cfg.mesh.axes, shape, strict=True))} ({n_dev} devices)")
