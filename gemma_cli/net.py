@@ -28,6 +28,7 @@ from gemma_cli.engine.core.remote import (  # noqa: F401  (re-exported)
     host_of,
     kind_of,
     offline,
+    probe_deadline,
     reason,
     require,
     require_preset,

@@ -45,10 +45,20 @@ from typing import Any, TypeVar
 
 from gemma_cli.errors import RuntimeFailure
 
-DEADLINE_S = 3.0
+DEADLINE_S = 3.0  # the default; GEMMA_PROBE_TIMEOUT (seconds) sets another
 READ_TIMEOUT_S = 60.0  # between two reads of a download that started (tfds)
 
 T = TypeVar("T")
+
+
+def probe_deadline() -> float:
+    """The probe's deadline: `$GEMMA_PROBE_TIMEOUT` seconds when set (a slow link, or a test),
+    else `DEADLINE_S`."""
+    try:
+        v = float(os.environ.get("GEMMA_PROBE_TIMEOUT") or DEADLINE_S)
+    except ValueError:
+        return DEADLINE_S
+    return v if 0 < v <= 60 else DEADLINE_S
 
 
 # ------------------------------------------------------------------------- the probe ---
@@ -126,11 +136,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # a redirect is an answer: report its status
 
 
-def head(url: str, headers: dict[str, str] | None = None, deadline: float = DEADLINE_S) -> Reply:
+def head(url: str, headers: dict[str, str] | None = None, deadline: float | None = None) -> Reply:
     """One HTTP HEAD to `url`, the whole exchange bounded by `deadline` seconds.
 
     Honours the usual proxy variables (`https_proxy`, ...). Never raises for network reasons.
     """
+    deadline = deadline or probe_deadline()
     opener = urllib.request.build_opener(_NoRedirect())
     req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "gemma-cli", **(headers or {})})
 
@@ -199,10 +210,10 @@ KINDS: dict[str, Kind] = {
 # (tests/test_remote_matrix.py) runs each verb against each kind it names, so it cannot be added
 # without being checked against a host that refuses, one that never answers and one not resolved.
 VERBS: dict[str, tuple[str, ...]] = {
-    "finetune": ("hf", "kaggle", "tfds"),
-    "inspect": ("hf", "kaggle"),
-    "generate": ("hf", "kaggle"),
-    "export": ("hf", "kaggle"),
+    "finetune": ("hf", "kaggle", "gcs", "tfds"),
+    "inspect": ("hf", "kaggle", "gcs"),
+    "generate": ("hf", "kaggle", "gcs"),
+    "export": ("hf", "kaggle", "gcs"),
     "upload": ("hf", "kaggle"),
     "init": ("hf", "kaggle"),
     "config validate": ("hf", "kaggle"),
@@ -259,7 +270,7 @@ _ANSWERED: set[str] = set()  # hosts that answered in this process: asked once
 _LOCK = threading.Lock()
 
 
-def check(kind: str, target: str | None = None, timeout: float = DEADLINE_S,
+def check(kind: str, target: str | None = None, timeout: float | None = None,
           headers: dict[str, str] | None = None) -> Reply:
     """Probe `target` of `kind` (see `url_for`) within `timeout` seconds. Never raises for the
     network; a `Reply` with `reached` False says why."""
@@ -284,7 +295,7 @@ def refused_offline(kind: str, what: str, var: str, todo: str | None = None) -> 
                           hint=todo or k.todo)
 
 
-def require(kind: str, what: str, *, target: str | None = None, timeout: float = DEADLINE_S,
+def require(kind: str, what: str, *, target: str | None = None, timeout: float | None = None,
             headers: dict[str, str] | None = None, todo: str | None = None, once: bool = False) -> Reply:
     """The probe, or `RuntimeFailure` (exit 1) in one line naming the host and what to do.
 
@@ -292,7 +303,7 @@ def require(kind: str, what: str, *, target: str | None = None, timeout: float =
         kind: str. A key of `KINDS`.
         what: str. What needed it, first on the line (`model.preset: hf://google/gemma-3-270m`).
         target: str | None. The handle or URL (see `url_for`). Defaults to the kind's endpoint.
-        timeout: float. The whole exchange, name resolution included. Defaults to `DEADLINE_S`.
+        timeout: float | None. The whole exchange, name resolution included. Defaults to `probe_deadline()`.
         headers: dict | None. Sent with the HEAD (a token: never printed).
         todo: str | None. What to do instead of the kind's default advice.
         once: bool. Skip the probe when the host already answered in this process.
@@ -311,7 +322,7 @@ def require(kind: str, what: str, *, target: str | None = None, timeout: float =
     return reply
 
 
-def check_all(probes: Iterable[tuple[str, str | None]], timeout: float = DEADLINE_S) -> list[Reply]:
+def check_all(probes: Iterable[tuple[str, str | None]], timeout: float | None = None) -> list[Reply]:
     """Several `check`s at once, all within one `timeout` (a config naming two hosts waits for
     the slower, not their sum)."""
     todo = list(probes)
@@ -341,7 +352,7 @@ def cached(handle: str) -> bool:
     return False
 
 
-def require_preset(handle: str, what: str | None = None, timeout: float = DEADLINE_S) -> None:
+def require_preset(handle: str, what: str | None = None, timeout: float | None = None) -> None:
     """Before a library downloads preset `handle` (`hf://`, `kaggle://`, `gs://`): nothing when
     it is cached or local, else the probe of its host (asked once per process)."""
     kind = kind_of(handle)
@@ -433,7 +444,7 @@ def _guard_tfds(g: Guard) -> list[tuple[Any, str, Any]]:
         if g.failure is not None:
             raise g.failure
         if url.startswith("http"):
-            kwargs.setdefault("timeout", (DEADLINE_S, READ_TIMEOUT_S))
+            kwargs.setdefault("timeout", (probe_deadline(), READ_TIMEOUT_S))
         return original(url, **kwargs)
 
     downloader._open_url = open_url  # noqa: SLF001

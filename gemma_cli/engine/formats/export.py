@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,11 @@ def upload(directory: str, uri: str, *, log: Any = None) -> dict[str, Any]:
     if not credentials.credential(service).configured:
         raise UsageError(f"uploading to {name} needs credentials and none are configured",
                          f"run `gemma login {service}`")
+    from gemma_cli.engine.core import remote
+
+    # the upload's host answers, or one line now (not the library's retries)
+    remote.require(service, f"uploading to {uri}", target=os.environ.get("KAGGLE_API_ENDPOINT") if service == "kaggle" else None,
+                   todo="upload later, where there is network")
     _setup()
     import keras_hub
 
