@@ -127,8 +127,15 @@ def preset(cfg: Any, *, weights: bool, network: bool) -> list[Problem]:
     if p.startswith("kaggle://"):
         known = families.canonical(p) is not None
         return remote(p, "kaggle", say, network=network) if weights or not known else []
+    if p.startswith("gs://"):
+        try:
+            if network:
+                net.require_preset(p, p)
+        except RuntimeFailure as e:
+            return [Problem(say(e.line()), exit_code=1)]
+        return []
     if "://" in p:
-        return []  # another scheme keras-hub may know (gs://): left to it
+        return []  # another scheme keras-hub may know: left to it
     registry = families.keras_hub_presets()
     unknown = families.unknown_preset(p)
     if unknown:

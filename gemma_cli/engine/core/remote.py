@@ -92,19 +92,45 @@ def host_of(url: str) -> str:
     return m.group(1) if m else url
 
 
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    """`e`, then what it wraps: `reason`, `__cause__`, `__context__`, exceptions in `args`
+    (requests and httpx wrap the socket's error a few levels down)."""
+    seen: set[int] = set()
+    todo = [e]
+    while todo:
+        x = todo.pop(0)
+        if id(x) in seen or len(seen) > 32:
+            continue
+        seen.add(id(x))
+        yield x
+        for nxt in (getattr(x, "reason", None), x.__cause__, x.__context__, *getattr(x, "args", ())):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+
+
 def reason(e: BaseException) -> str:
     """A short, lower-case reason for a failed connection."""
+    chain = list(_chain(e))
+    for x in chain:
+        if isinstance(x, NoAnswer):
+            return str(x)
+    for x in chain:
+        if isinstance(x, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(x, socket.gaierror):
+            return "host name not resolved"
+    for x in chain:
+        if isinstance(x, (TimeoutError, socket.timeout)):
+            return "timed out"
+    for x in chain:
+        if isinstance(x, OSError) and x.strerror:
+            return x.strerror.lower()
+        text = str(x).lower()
+        if "connection refused" in text:
+            return "connection refused"
+        if "name or service not known" in text or "nodename nor servname" in text or "name resolution" in text:
+            return "host name not resolved"
     inner = getattr(e, "reason", e)
-    if isinstance(inner, NoAnswer) or isinstance(e, NoAnswer):
-        return str(inner if isinstance(inner, NoAnswer) else e)
-    if isinstance(inner, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(inner, socket.gaierror):
-        return "host name not resolved"
-    if isinstance(inner, (TimeoutError, socket.timeout)):
-        return "timed out"
-    if isinstance(inner, OSError) and inner.strerror:
-        return inner.strerror.lower()
     return str(inner)[:120] or type(inner).__name__
 
 
@@ -147,7 +173,7 @@ def head(url: str, headers: dict[str, str] | None = None, deadline: float | None
 
     def ask() -> int:
         try:
-            with opener.open(req, timeout=deadline) as r:
+            with opener.open(req, timeout=deadline + 1) as r:  # `within` answers first, by name
                 return int(r.status)
         except urllib.error.HTTPError as e:
             return int(e.code)
@@ -284,7 +310,7 @@ def check(kind: str, target: str | None = None, timeout: float | None = None,
 def unreachable(kind: str, what: str, reply: Reply, todo: str | None = None) -> RuntimeFailure:
     """The one line for a host that did not answer: the host, what needed it, what to do."""
     k = KINDS[kind]
-    fix = "check the network, a proxy" + (f", or {k.env}" if k.env else "")
+    fix = f"check the network, a proxy, or {k.env}" if k.env else "check the network or a proxy"
     return RuntimeFailure(f"{what}: cannot reach {k.service} at {reply.host} ({reply.error}); {fix}",
                           hint=todo or k.todo)
 
