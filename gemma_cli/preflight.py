@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import os
 import tempfile
@@ -45,7 +44,6 @@ from gemma_cli import net
 from gemma_cli.errors import PreflightError, RuntimeFailure, UsageError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-DATA_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "txt", ".parquet": "parquet"}
 
 
 class Problem(str):
@@ -282,11 +280,12 @@ def data(cfg: Any, *, required: bool) -> list[Problem]:
     if d is None:
         return [_say(cfg, "data", "the config has no data section; finetune needs one")] if required else []
     out: list[Problem] = []
+    from gemma_cli.engine.data import sources  # light: no keras, jax or TensorFlow
+
     for key in ("paths", "eval_paths"):
         for i, pattern in enumerate(getattr(d, key) or []):
             say = functools.partial(_say, cfg, f"data.{key}[{i}]")
-            hits = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
-            files = [Path(h) for h in hits if not Path(h).is_dir()]
+            hits, files = sources.expand(pattern)
             if not hits:
                 out.append(say(f"'{pattern}' matches no file (paths are relative to the current directory, "
                                f"{Path.cwd()})"))
@@ -295,10 +294,10 @@ def data(cfg: Any, *, required: bool) -> list[Problem]:
                 out.append(say(f"'{pattern}' matches only directories; give files or a glob such as {pattern}/*.jsonl"))
                 continue
             for f in files:
-                kind = d.format or DATA_EXTENSIONS.get(f.suffix.lower())
+                kind = sources.file_kind(f, d.format)
                 if kind is None:
                     out.append(say(f"{f}: cannot tell the format from the extension; set data.format "
-                                   "(jsonl, csv, txt)"))
+                                   f"({sources.kinds_hint()})"))
                     continue
                 try:
                     with open(f, "rb") as fh:
