@@ -205,7 +205,7 @@ def check_kaggle(cred: Credential, timeout: float | None = None) -> CheckResult:
     else:
         auth = (cred.username or "", cred.key or "")
     try:
-        r = net.within(timeout, lambda: requests.post(url, json={}, auth=auth, timeout=timeout,
+        r = net.within(timeout, lambda: requests.post(url, json={}, auth=auth, timeout=timeout + 1,
                                                       headers={"User-Agent": f"gemma-cli/{__version__}"}))
     except (requests.RequestException, net.NoAnswer) as e:
         raise _unreachable("Kaggle", url, e, "KAGGLE_API_ENDPOINT") from None
