@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -224,8 +223,7 @@ def upload(directory: str, uri: str, *, log: Any = None) -> dict[str, Any]:
     from gemma_cli.engine.core import remote
 
     # the upload's host answers, or one line now (not the library's retries)
-    remote.require(service, f"uploading to {uri}", target=os.environ.get("KAGGLE_API_ENDPOINT") if service == "kaggle" else None,
-                   todo="upload later, where there is network")
+    remote.require(service, f"uploading to {uri}", todo="upload later, where there is network")
     _setup()
     import keras_hub
 
