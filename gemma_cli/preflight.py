@@ -64,8 +64,9 @@ def require(problems: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------ verbs ---
-def finetune(cfg: Any, *, resume: bool = False, dry_run: bool = False, network: bool = True) -> list[Problem]:
-    """Everything `gemma finetune` needs before it loads the model."""
+def finetune(cfg: Any, *, resume: bool | str = False, dry_run: bool = False, network: bool = True) -> list[Problem]:
+    """Everything `gemma finetune` needs before it loads the model (`resume`: False, True or
+    "auto": the checkpoint if there is one)."""
     out = preset(cfg, weights=True, network=network)
     out += run_dir(cfg, resume=resume, dry_run=dry_run)
     found = data(cfg, required=True)
@@ -388,9 +389,10 @@ def _writable(d: Path) -> str | None:
     return None
 
 
-def run_dir(cfg: Any, *, resume: bool, dry_run: bool) -> list[Problem]:
+def run_dir(cfg: Any, *, resume: bool | str, dry_run: bool) -> list[Problem]:
     """train.output_dir for a fine-tune: writable; with --resume, a readable checkpoint;
-    without it, no earlier run's checkpoints to overwrite."""
+    with `--resume auto`, a readable checkpoint if there is one; without either, no earlier
+    run's checkpoints to overwrite."""
     from gemma_cli.engine.model import checkpoint as ckptlib
 
     out_dir = cfg.output_dir
@@ -398,6 +400,8 @@ def run_dir(cfg: Any, *, resume: bool, dry_run: bool) -> list[Problem]:
     if problems:
         return problems
     latest = ckptlib.latest(out_dir)
+    if resume == "auto":
+        return [] if latest is None else checkpoint(latest, optimizer=True)
     if resume:
         if latest is None:
             return [Problem(f"--resume: no checkpoint in {out_dir}/checkpoints (run without --resume to start)")]
