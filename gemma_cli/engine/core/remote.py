@@ -455,6 +455,8 @@ def _guard_tfds(g: Guard) -> list[tuple[Any, str, Any]]:
         from tensorflow_datasets.core.download import downloader
     except ImportError:
         return []
+    if not callable(getattr(downloader, "_open_url", None)) or not isinstance(getattr(downloader, "MAX_RETRIES", None), int):
+        return []  # another tfds: its logging is still silenced, its downloads not probed
     original = downloader._open_url  # noqa: SLF001
     retries = downloader.MAX_RETRIES
 
