@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli import net
-from gemma_cli.errors import PreflightError, UsageError
+from gemma_cli.errors import PreflightError, RuntimeFailure, UsageError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -87,8 +87,8 @@ def validate(cfg: Any, *, network: bool = True) -> list[Problem]:
 def inspect(tgt: Any, *, live: bool = False) -> list[Problem]:
     """Plan mode needs the architecture only (no weights, no credentials for a known name);
     `--live` loads the model, and a run's checkpoint with its optimizer state."""
-    if not live:
-        return preset(tgt.config, weights=False, network=False)
+    if not live:  # a name we ship needs nothing; a download's config.json needs its host
+        return preset(tgt.config, weights=False, network=True)
     out = preset(tgt.config, weights=True, network=True)
     if tgt.checkpoint is not None:
         out += checkpoint(Path(tgt.checkpoint), optimizer=True)
@@ -126,8 +126,15 @@ def preset(cfg: Any, *, weights: bool, network: bool) -> list[Problem]:
     if p.startswith("kaggle://"):
         known = families.canonical(p) is not None
         return remote(p, "kaggle", say, network=network) if weights or not known else []
+    if p.startswith("gs://"):
+        try:
+            if network:
+                net.require_preset(p, p)
+        except RuntimeFailure as e:
+            return [Problem(say(e.line()), exit_code=1)]
+        return []
     if "://" in p:
-        return []  # another scheme keras-hub may know (gs://): left to it
+        return []  # another scheme keras-hub may know: left to it
     registry = families.keras_hub_presets()
     unknown = families.unknown_preset(p)
     if unknown:
@@ -220,7 +227,8 @@ def _needs_vocabulary(tconf: Any) -> bool:
 
 
 def remote(preset: str, service: str, say: Any, *, network: bool) -> list[Problem]:
-    """A preset that downloads from Kaggle or the Hugging Face Hub: credentials, then the host."""
+    """A preset that downloads from Kaggle or the Hugging Face Hub: credentials, then the host
+    (the bounded probe of `gemma_cli.engine.core.remote`, within `net.DEADLINE_S` seconds)."""
     from gemma_cli import auth
 
     if not network or cached(preset):
@@ -231,48 +239,30 @@ def remote(preset: str, service: str, say: Any, *, network: bool) -> list[Proble
         return [say(e.line())]
     cred = auth.credential(service)
     if service == "hf":
-        endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-        repo = preset[len("hf://"):].strip("/")
-        reply = net.head(f"{endpoint}/{repo}/resolve/main/config.json",
-                         headers={"Authorization": f"Bearer {cred.token}"} if cred.token else None)
-        if not reply.reached:
-            return [Problem(say(f"{preset}: cannot reach the Hugging Face Hub at {reply.host} ({reply.error}); "
-                                "check the network, a proxy, or HF_ENDPOINT"), exit_code=1)]
-        if reply.status in (401, 403):
-            return [say(f"{preset}: the Hub refused access (HTTP {reply.status}); run `gemma login hf` with a "
-                        "token whose account accepted the model's license")]
-        if reply.status == 404:
-            return [say(f"{preset}: the Hub has no such repository, or it has no config.json (HTTP 404)")]
-        return []
-    url = _kaggle_host()
-    reply = net.head(url)
-    if not reply.reached:
-        return [Problem(say(f"{preset}: cannot reach Kaggle at {reply.host} ({reply.error}); "
-                            "check the network, a proxy, or KAGGLE_API_ENDPOINT"), exit_code=1)]
+        target = preset
+        headers = {"Authorization": f"Bearer {cred.token}"} if cred.token else None
+    else:
+        target, headers = _kaggle_host(), None
+    try:
+        reply = net.require(service, preset, target=target, headers=headers)
+    except RuntimeFailure as e:
+        return [Problem(say(e.line()), exit_code=1)]
+    if service == "hf" and reply.status in (401, 403):
+        return [say(f"{preset}: the Hub refused access (HTTP {reply.status}); run `gemma login hf` with a "
+                    "token whose account accepted the model's license")]
+    if service == "hf" and reply.status == 404:
+        return [say(f"{preset}: the Hub has no such repository, or it has no config.json (HTTP 404)")]
     return []
 
 
 def cached(handle: str) -> bool:
-    """Whether the download cache already holds `handle` (kagglehub's and huggingface_hub's
-    own cache folders, by their rules); a bare keras-hub name is looked up by its handle."""
+    """Whether the download cache already holds `handle` (`net.cached`); a bare keras-hub name
+    is looked up by its handle."""
     if not handle.startswith(("kaggle://", "hf://")):
         from gemma_cli.engine import families
 
         handle = families.keras_hub_presets().get(handle, "")
-    home = Path.home()
-    if handle.startswith("kaggle://"):
-        parts = handle[len("kaggle://"):].strip("/").split("/")
-        if len(parts) < 4:
-            return False  # no version: kagglehub asks for the latest one
-        root = Path(os.environ.get("KAGGLEHUB_CACHE") or home / ".cache" / "kagglehub")
-        return (root / "models" / Path(*parts[:5])).is_dir() and len(parts) >= 5
-    if handle.startswith("hf://"):
-        repo = handle[len("hf://"):].strip("/")
-        hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-            os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or home / ".cache", "huggingface"),
-            "hub")
-        return (Path(hub) / f"models--{repo.replace('/', '--')}" / "snapshots").is_dir()
-    return False
+    return net.cached(handle)
 
 
 def _kaggle_host() -> str:

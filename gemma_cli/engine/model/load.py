@@ -55,11 +55,15 @@ def backbone_config(preset: str) -> dict[str, Any]:
     if known is not None:
         return known
     _check_credentials(preset)
+    _require_host(preset)
     _setup()
     from keras_hub.src.utils.preset_utils import load_json
 
+    from gemma_cli.engine.core import remote
+
     try:
-        cfg = load_json(preset, "config.json")
+        with remote.guard(remote.kind_of(_handle(preset)) or "kaggle"):
+            cfg = load_json(preset, "config.json")
     except Exception as e:  # network, auth, unknown name
         raise load_error(preset, e) from None
     if isinstance(cfg, dict) and "model_type" in cfg and "registered_name" not in cfg:
@@ -67,6 +71,24 @@ def backbone_config(preset: str) -> dict[str, Any]:
 
         return hf_checkpoint.backbone_config(preset, hf_config=cfg)
     return cfg
+
+
+def _handle(preset: str) -> str:
+    """The download handle of a preset: itself, or a bare keras-hub name's registered handle."""
+    if "://" in preset or is_local(preset):
+        return preset
+    from gemma_cli.engine import families
+
+    return families.keras_hub_presets().get(preset, "")
+
+
+def _require_host(preset: str) -> None:
+    """The bounded probe of the host a download comes from (`engine/core/remote.py`), unless
+    the download is cached: a host that does not answer is one line in seconds, not the
+    library's retries."""
+    from gemma_cli.engine.core import remote
+
+    remote.require_preset(_handle(preset), f"model.preset: {preset}")
 
 
 def _check_credentials(preset: str) -> None:
@@ -133,6 +155,7 @@ def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none")
 
     if not is_local(preset):
         _check_credentials(preset)
+        _require_host(preset)
         if preset.startswith("hf://") and hf_checkpoint.read_config(preset) is not None:
             return hf_checkpoint.load_causal_lm(preset, dtype_for(precision))
     else:
@@ -148,8 +171,10 @@ def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none")
     # Without TensorFlow the task is built without a preprocessor and carries its tokenizer.
     with_tf = runtime.tensorflow_available()
     extra: dict[str, Any] = {} if with_tf else {"preprocessor": None}
+    from gemma_cli.engine.core import remote
+
     try:
-        with runtime.quiet_native_info():
+        with runtime.quiet_native_info(), remote.guard(remote.kind_of(_handle(preset)) or "hf"):
             lm = rematlib.build(
                 remat,
                 backbone_config(preset) if remat != "none" else {},
