@@ -32,7 +32,9 @@ from pydantic import (
     model_validator,
 )
 
+from gemma_cli import defaults as D
 from gemma_cli.errors import ConfigError, UsageError
+from gemma_cli.foreign import explain as explain_foreign
 
 
 class _Strict(BaseModel):
@@ -194,11 +196,25 @@ class LayoutConfig(_Strict):
 
 # ----------------------------------------------------------------------------------- data ---
 class DataConfig(_Strict):
-    name: str | None = Field(None, description="tfds dataset name, e.g. imdb_reviews.")
-    split: str = Field("train", description="tfds split (slicing allowed: train[:10%]).")
+    name: str | None = Field(
+        None,
+        description="A dataset by name: a tfds name (imdb_reviews), or a Hugging Face dataset "
+        "`hf://ORG/NAME` (read through the `datasets` library: the Hub, or its local cache "
+        "offline).",
+    )
+    split: str = Field("train", description="Split (tfds slicing allowed: train[:10%]).")
+    subset: str | None = Field(
+        None, description="Hugging Face datasets: the config (subset) name, e.g. `main`."
+    )
+    revision: str | None = Field(
+        None, description="Hugging Face datasets: a branch, tag or commit of the dataset repo."
+    )
     data_dir: str | None = Field(None, description="tfds data_dir (prepared data lives here).")
     paths: list[str] | None = Field(
-        None, description="Local files or globs (jsonl, csv, txt, parquet)."
+        None,
+        description="Local files or globs (jsonl, csv, txt, parquet), or a dataset directory: "
+        "`datasets`' save_to_disk output, or a folder of Parquet/JSONL files (a Hub dataset "
+        "checked out).",
     )
     format: Literal["jsonl", "csv", "txt", "parquet", "chat"] | None = Field(
         None,
@@ -239,8 +255,10 @@ class DataConfig(_Strict):
         description="Shuffle window in records for sources read in order (CSV, Parquet, tfds); "
         "JSONL and TXT are shuffled globally by record index.",
     )
-    sequence_length: int = Field(128, ge=8, le=131_072)
-    batch_size: int = Field(2, ge=1, le=65_536, description="Global batch size.")
+    sequence_length: int = Field(
+        D.SEQUENCE_LENGTH, ge=8, le=131_072, description="Tokens per training sequence."
+    )
+    batch_size: int = Field(D.BATCH_SIZE, ge=1, le=65_536, description="Global batch size.")
     packing: bool = Field(
         False,
         description="Pack several whole documents into each sequence; each keeps its own "
@@ -276,6 +294,8 @@ class DataConfig(_Strict):
 
     @property
     def source(self) -> str:
+        if self.name and self.name.startswith("hf://"):
+            return "hf"
         return "tfds" if self.name else "local"
 
     @property
@@ -288,13 +308,32 @@ class DataConfig(_Strict):
 # ------------------------------------------------------------------------------ optimizer ---
 class OptimizerConfig(_Strict):
     name: Literal["adamw", "adam", "sgd", "adafactor"] = "adamw"
-    learning_rate: float = Field(5e-5, gt=0, le=10)
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description=f"Peak learning rate. Defaults by method: {D.LR_LORA:g} with LoRA, "
+        f"{D.LR_FULL:g} for a full fine-tune.",
+    )
+    schedule: Literal["constant", "cosine", "linear"] = Field(
+        D.SCHEDULE, description="Decay after the warmup (to 0 at the last step)."
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Linear warmup steps; when absent, warmup_ratio of the steps."
+    )
+    warmup_ratio: float = Field(
+        D.WARMUP_RATIO, ge=0, le=1, description="Warmup as a fraction of the optimizer steps (when warmup_steps is absent)."
+    )
     weight_decay: float = Field(0.01, ge=0, le=1)
     exclude_from_weight_decay: list[str] = Field(["bias", "scale"])
     clipnorm: float | None = Field(None, gt=0)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warmup steps of a run of `total_steps` optimizer updates."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return D.warmup_steps(total_steps, self.warmup_ratio)
 
 
 # ---------------------------------------------------------------------------------- train ---
@@ -318,6 +357,12 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(3, ge=1, le=1000)
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps.")
     log_every: int = Field(10, ge=1, description="Write a metrics line every N steps.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "none"]] = Field(
+        list(D.REPORT_TO),
+        description="Experiment trackers that receive the metrics, the resolved config and the "
+        "summary: tensorboard, wandb (pip install 'gemma-cli[wandb]'), mlflow "
+        "(pip install 'gemma-cli[mlflow]'), or none. metrics.jsonl is always written.",
+    )
     remat: Literal["none", "blocks"] = Field(
         "none",
         description="Rematerialisation: `blocks` keeps only each decoder block's input for the "
@@ -342,11 +387,22 @@ class TrainConfig(_Strict):
 
 # ------------------------------------------------------------------------------- generate ---
 class GenerateConfig(_Strict):
-    max_length: int = Field(64, ge=1, le=131_072, description="Total tokens incl. the prompt.")
-    sampler: Literal["greedy", "top_k", "top_p", "random", "beam"] = "greedy"
-    temperature: float = Field(1.0, gt=0, le=100)
-    top_k: int = Field(5, ge=1)
-    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(
+        D.MAX_NEW_TOKENS, ge=1, le=131_072, description="Tokens to generate after the prompt."
+    )
+    max_length: int | None = Field(
+        None,
+        ge=1,
+        le=131_072,
+        description="Total tokens incl. the prompt (keras-hub's count); when set it wins over "
+        "max_new_tokens. Prefer max_new_tokens.",
+    )
+    sampler: Literal["greedy", "top_k", "top_p", "random", "beam"] = Field(
+        "greedy", description="greedy, top_k, top_p, random or beam."
+    )
+    temperature: float = Field(D.TEMPERATURE, gt=0, le=100)
+    top_k: int = Field(D.TOP_K, ge=1, description="top_k sampler: sample from the k likeliest tokens.")
+    top_p: float = Field(D.TOP_P, gt=0, le=1, description="top_p sampler: the smallest set of tokens with this much probability.")
     num_beams: int = Field(4, ge=1, le=64)
     seed: int | None = Field(None, ge=0)
 
@@ -365,6 +421,14 @@ class RunConfig(_Strict):
     # set by the loader, not part of the schema
     source_path: str | None = Field(None, exclude=True, repr=False)
     _located: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _method_defaults(self) -> RunConfig:
+        """Defaults that depend on other keys, resolved once so that `config show` and the
+        run's saved config.yaml say the value used (gemma_cli/defaults.py)."""
+        if self.optimizer.learning_rate is None:
+            self.optimizer.learning_rate = D.learning_rate(self.model.lora_rank)
+        return self
 
     @property
     def output_dir(self) -> Path:
@@ -434,6 +498,23 @@ def _fields_at(loc: _Loc) -> list[str]:
     return keys
 
 
+def _all_keys() -> list[str]:
+    """Every dotted key of the schema (model.lora.rank, ...), sections first to last."""
+    out: list[str] = []
+
+    def walk(tp: Any, prefix: str) -> None:
+        for k, f in tp.model_fields.items():
+            if f.exclude:
+                continue
+            out.append(prefix + k)
+            for sub in _unwrap(f.annotation):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    walk(sub, prefix + k + ".")
+
+    walk(RunConfig, "")
+    return out
+
+
 def _dotted(loc: _Loc) -> str:
     out = ""
     for p in loc:
@@ -462,6 +543,12 @@ def _pydantic_message(err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     if kind == "extra_forbidden":
         key = loc[-1]
+        foreign = explain_foreign(str(key), _dotted(loc[:-1]) if loc[:-1] else "")
+        if foreign:
+            return foreign
+        elsewhere = [k for k in _all_keys() if k.rpartition(".")[2] == key]
+        if elsewhere:
+            return f"did you mean `{elsewhere[0]}`? (`{key}` belongs in the {elsewhere[0].rpartition('.')[0] or 'top'} section)"
         close = difflib.get_close_matches(str(key), _fields_at(loc[:-1]), n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         valid = ", ".join(_fields_at(loc[:-1]))
