@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gemma_cli import defaults as D
 from gemma_cli.commands.common import (
     DebugOpt,
     JsonOpt,
@@ -18,7 +19,6 @@ from gemma_cli.commands.common import (
     boundary,
     make_output,
 )
-from gemma_cli import defaults as D
 from gemma_cli.errors import UsageError
 
 
