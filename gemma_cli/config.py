@@ -272,7 +272,9 @@ class DataConfig(_Strict):
         "training thread). Default: the CPU count, at most 8, with an accelerator; 0 on the CPU "
         "backend, where the step itself uses every core.",
     )
-    eval_split: str | None = Field(None, description="tfds split for evaluation.")
+    eval_split: str | None = Field(
+        None, description="Split for evaluation (tfds, hf://, or a dataset directory in paths)."
+    )
     eval_paths: list[str] | None = Field(None, description="Local files for evaluation.")
     eval_holdout: int | None = Field(
         None, ge=1, description="Hold out the first N records of the data for evaluation."
@@ -610,8 +612,19 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
     if d is not None:
         if bool(d.name) == bool(d.paths):
             problems.append((("data",), "give exactly one source: `name` (tfds) or `paths` (local files)"))
-        if d.eval_split and not d.name:
-            problems.append((("data", "eval_split"), "eval_split needs a tfds `name`; use eval_paths or eval_holdout"))
+        if d.eval_split and not d.name and not d.paths:
+            problems.append((("data", "eval_split"), "eval_split needs a dataset `name` (tfds or hf://) or a dataset directory in `paths`; use eval_paths or eval_holdout"))
+        if d.name and d.name.startswith("hf://"):
+            m = re.fullmatch(r"hf://([\w.-]+(?:/[\w.-]+)?)(?::([\w.-]+))?(?:@([\w.\[\]:%+-]+))?", d.name)
+            if not m:
+                problems.append((("data", "name"), f"{d.name!r} is not hf://ORG/NAME[:SUBSET][@SPLIT]"))
+            else:
+                if m.group(2) and d.subset and m.group(2) != d.subset:
+                    problems.append((("data", "subset"), f"{d.subset!r} differs from the subset in data.name ({m.group(2)!r}); give it once"))
+                if m.group(3) and "split" in d.model_fields_set and m.group(3) != d.split:
+                    problems.append((("data", "split"), f"{d.split!r} differs from the split in data.name ({m.group(3)!r}); give it once"))
+        elif d.revision is not None:
+            problems.append((("data", "revision"), "is for Hugging Face datasets (data.name: hf://ORG/NAME)"))
         if sum(x is not None for x in (d.eval_split, d.eval_paths, d.eval_holdout)) > 1:
             problems.append((("data",), "give at most one of eval_split, eval_paths, eval_holdout"))
         if d.response_field is not None:
@@ -629,8 +642,8 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
             problems.append(
                 (("data", "loss_on"), "`assistant` with a template needs data.response_field (the field that carries the loss)")
             )
-        if d.format == "chat" and d.name:
-            problems.append((("data", "format"), "chat reads local files (data.paths); tfds records use field or template"))
+        if d.format == "chat" and d.name and not d.name.startswith("hf://"):
+            problems.append((("data", "format"), "chat reads local files (data.paths) or hf:// datasets; tfds records use field or template"))
         if m.batch_axis in m.axes and len(m.shape) == len(m.axes):
             bad = m.batch_problem(d.batch_size, tuple(m.shape))
             if bad:
