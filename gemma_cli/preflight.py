@@ -70,6 +70,7 @@ def finetune(cfg: Any, *, resume: bool = False, dry_run: bool = False, network: 
     """Everything `gemma finetune` needs before it loads the model."""
     out = preset(cfg, weights=True, network=network)
     out += run_dir(cfg, resume=resume, dry_run=dry_run)
+    out += trackers(cfg, network=network and not dry_run)
     found = data(cfg, required=True, network=network)
     return out + (found or records(cfg))
 
@@ -79,6 +80,7 @@ def validate(cfg: Any, *, network: bool = True) -> list[Problem]:
     depend on --resume (an existing run is neither wrong nor right for a config)."""
     out = preset(cfg, weights=True, network=network)
     out += output(cfg.output_dir, "train.output_dir", cfg=cfg)
+    out += trackers(cfg, network=network)
     if cfg.data is None:
         return out
     found = data(cfg, required=False, network=network)
@@ -330,6 +332,33 @@ def data(cfg: Any, *, required: bool, network: bool = True) -> list[Problem]:
             out.append(_say(cfg, "data.data_dir", f"{d.data_dir} is a file; tfds reads and prepares datasets in a directory"))
         elif not where.exists():  # tfds makes it when it downloads and prepares the dataset there
             out += output(where, "data.data_dir", cfg=cfg)
+    return out
+
+
+def trackers(cfg: Any, *, network: bool) -> list[Problem]:
+    """`train.report_to`: each chosen tracker's package is installed (exit 2 naming the extra),
+    and a tracking server it would talk to answers one bounded probe (exit 1), so that a run
+    fails now and not at its first log line."""
+    from gemma_cli.engine.train import trackers as T  # light: importlib only
+
+    report_to = cfg.train.report_to
+    out = [_say(cfg, "train.report_to", f"{name} is not installed; pip install 'gemma-cli[{extra}]' "
+                f"(or remove {name} from train.report_to)") for name, extra in T.missing(report_to)]
+    if out or not network:
+        return out
+    chosen = T.chosen(report_to)
+    urls = []
+    if "wandb" in chosen and os.environ.get("WANDB_MODE", "online") not in ("offline", "disabled", "dryrun"):
+        urls.append(("wandb", (os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").rstrip("/"),
+                     "set WANDB_MODE=offline to record locally and `wandb sync` later"))
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if "mlflow" in chosen and uri.startswith(("http://", "https://")):
+        urls.append(("mlflow", uri.rstrip("/"), "check MLFLOW_TRACKING_URI, or unset it to record to ./mlruns"))
+    for name, url, fix in urls:
+        reply = net.head(url)
+        if not reply.reached:
+            out.append(Problem(_say(cfg, "train.report_to", f"{name}: the tracking server at {reply.host} cannot be "
+                                    f"reached ({reply.error}); {fix}"), exit_code=1))
     return out
 
 
