@@ -615,14 +615,14 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
         if d.eval_split and not d.name and not d.paths:
             problems.append((("data", "eval_split"), "eval_split needs a dataset `name` (tfds or hf://) or a dataset directory in `paths`; use eval_paths or eval_holdout"))
         if d.name and d.name.startswith("hf://"):
-            m = re.fullmatch(r"hf://([\w.-]+(?:/[\w.-]+)?)(?::([\w.-]+))?(?:@([\w.\[\]:%+-]+))?", d.name)
-            if not m:
+            hm = re.fullmatch(r"hf://([\w.-]+(?:/[\w.-]+)?)(?::([\w.-]+))?(?:@([\w.\[\]:%+-]+))?", d.name)
+            if not hm:
                 problems.append((("data", "name"), f"{d.name!r} is not hf://ORG/NAME[:SUBSET][@SPLIT]"))
             else:
-                if m.group(2) and d.subset and m.group(2) != d.subset:
-                    problems.append((("data", "subset"), f"{d.subset!r} differs from the subset in data.name ({m.group(2)!r}); give it once"))
-                if m.group(3) and "split" in d.model_fields_set and m.group(3) != d.split:
-                    problems.append((("data", "split"), f"{d.split!r} differs from the split in data.name ({m.group(3)!r}); give it once"))
+                if hm.group(2) and d.subset and hm.group(2) != d.subset:
+                    problems.append((("data", "subset"), f"{d.subset!r} differs from the subset in data.name ({hm.group(2)!r}); give it once"))
+                if hm.group(3) and "split" in d.model_fields_set and hm.group(3) != d.split:
+                    problems.append((("data", "split"), f"{d.split!r} differs from the split in data.name ({hm.group(3)!r}); give it once"))
         elif d.revision is not None:
             problems.append((("data", "revision"), "is for Hugging Face datasets (data.name: hf://ORG/NAME)"))
         if sum(x is not None for x in (d.eval_split, d.eval_paths, d.eval_holdout)) > 1:
