@@ -328,3 +328,18 @@ def test_wandb_offline_writes_its_run_files(tmp_path: Path, monkeypatch: pytest.
     m.finish({"steps": 2})
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs and any(runs[0].glob("*.wandb"))
+
+
+# ---------------------------------------------------------------------------- generation ---
+def test_max_new_tokens_counts_after_the_prompt(tmp_path: Path, tiny_gemma3: Path) -> None:
+    from test_generate import tiny_config
+
+    cfg = tiny_config(tmp_path, tiny_gemma3)  # its generate.max_length: 12 loses to the flag
+    prompt = "the quick brown fox jumps over the lazy dog the quick"
+    r = gemma("generate", cfg, "-p", prompt, "--max-new-tokens", "5", "--sampler", "random", "--seed", "3", "--json", "-q")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    res = doc["results"][0]
+    # the prompt alone is longer than max_length 12: only a count after the prompt lets it generate
+    # and exactly 5 new tokens come back, though the generated length was rounded up to 64
+    assert res["prompt_tokens"] > 12 and res["completion_tokens"] == 5 and doc["max_new_tokens"] == 5, res

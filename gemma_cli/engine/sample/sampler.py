@@ -143,7 +143,13 @@ class Sampler:
                     prompt_text = orig
                     completion = full[len(prompt_text) :] if full.startswith(prompt_text) else full
                     n_prompt = len(self._ids(prompt_text)) + 1
-                    n_new = len(self._ids(completion))
+                    new_ids = self._ids(completion)
+                    if self._max_new and len(new_ids) > self._max_new:  # the length was rounded up
+                        from gemma_cli.engine.data import Encoder
+
+                        new_ids = new_ids[: self._max_new]
+                        completion = Encoder(self.tokenizer).decode(new_ids)
+                    n_new = len(new_ids)
                 new_tokens += n_new
                 results.append(
                     {
