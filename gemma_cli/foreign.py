@@ -26,6 +26,7 @@ FOREIGN: dict[str, tuple[str, str]] = {
     "micro_batch_size": ("data.batch_size", "the global batch: per-device size × the mesh's batch axis"),
     "train_batch_size": ("data.batch_size", "the global batch"),
     "max_seq_length": ("data.sequence_length", ""),
+    "max_length": ("data.sequence_length", "TRL's SFTConfig max_length; generate.max_length is the generation length"),
     "max_seq_len": ("data.sequence_length", ""),
     "sequence_len": ("data.sequence_length", ""),
     "cutoff_len": ("data.sequence_length", ""),

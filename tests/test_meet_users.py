@@ -343,3 +343,12 @@ def test_max_new_tokens_counts_after_the_prompt(tmp_path: Path, tiny_gemma3: Pat
     # the prompt alone is longer than max_length 12: only a count after the prompt lets it generate
     # and exactly 5 new tokens come back, though the generated length was rounded up to 64
     assert res["prompt_tokens"] > 12 and res["completion_tokens"] == 5 and doc["max_new_tokens"] == 5, res
+
+
+def test_config_validate_json_failure_has_the_common_fields(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {preset: gemma3_1b}\nnum_train_epochs: 3\n")
+    r = gemma("config", "validate", cfg, "--offline", "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 2 and doc["valid"] is False and doc["exit_code"] == 2
+    assert "did you mean `train.epochs`" in doc["error"] and len(doc["problems"]) == 1
