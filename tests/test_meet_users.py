@@ -352,3 +352,18 @@ def test_config_validate_json_failure_has_the_common_fields(tmp_path: Path) -> N
     doc = json.loads(r.stdout)
     assert r.exit_code == 2 and doc["valid"] is False and doc["exit_code"] == 2
     assert "did you mean `train.epochs`" in doc["error"] and len(doc["problems"]) == 1
+
+
+def test_finetune_dry_run_reads_a_hub_name_from_the_cache(hub_cache: Path, tmp_path: Path, tiny_gemma3: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"preset": str(tiny_gemma3), "precision": "float32", "lora": {"rank": 4}},
+        "mesh": {"shape": [2, 4]}, "layout": {"indivisible": "replicate"},
+        "data": {"name": "hf://acme/pairs:main", "sequence_length": 64, "batch_size": 4},
+        "train": {"output_dir": str(tmp_path / "run")},
+    }))
+    r = gemma("finetune", cfg, "--dry-run", "--json", "-q")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["train_records"] == 12 and doc["data"]["kind"] == "chat"
+    assert 0 < doc["data"]["first_batch_tokens_trained"] < doc["data"]["first_batch_tokens"]  # completions only
