@@ -69,7 +69,8 @@ def finetune(cfg: Any, *, resume: bool | str = False, dry_run: bool = False, net
     "auto": the checkpoint if there is one)."""
     out = preset(cfg, weights=True, network=network)
     out += run_dir(cfg, resume=resume, dry_run=dry_run)
-    found = data(cfg, required=True)
+    out += trackers(cfg, network=network and not dry_run)
+    found = data(cfg, required=True, network=network)
     return out + (found or records(cfg))
 
 
@@ -78,9 +79,10 @@ def validate(cfg: Any, *, network: bool = True) -> list[Problem]:
     depend on --resume (an existing run is neither wrong nor right for a config)."""
     out = preset(cfg, weights=True, network=network)
     out += output(cfg.output_dir, "train.output_dir", cfg=cfg)
+    out += trackers(cfg, network=network)
     if cfg.data is None:
         return out
-    found = data(cfg, required=False)
+    found = data(cfg, required=False, network=network)
     return out + (found or records(cfg, full=True))
 
 
@@ -275,7 +277,7 @@ def _kaggle_host() -> str:
 
 
 # ------------------------------------------------------------------------------- data ---
-def data(cfg: Any, *, required: bool) -> list[Problem]:
+def data(cfg: Any, *, required: bool, network: bool = True) -> list[Problem]:
     """Every local data path matches readable files of a known format; a tfds data_dir is, or can be made, a directory."""
     d = cfg.data
     if d is None:
@@ -292,7 +294,14 @@ def data(cfg: Any, *, required: bool) -> list[Problem]:
                                f"{Path.cwd()})"))
                 continue
             if not files:
-                out.append(say(f"'{pattern}' matches only directories; give files or a glob such as {pattern}/*.jsonl"))
+                from gemma_cli.engine.data.hf_datasets import (
+                    is_dataset_dir,  # light: no datasets import
+                )
+
+                if all(is_dataset_dir(Path(h)) for h in hits):
+                    continue  # save_to_disk output or a folder of data files: the reader checks it
+                out.append(say(f"'{pattern}' matches only directories with no data files; give files, a glob such as "
+                               f"{pattern}/*.jsonl, or a dataset directory (save_to_disk output)"))
                 continue
             for f in files:
                 kind = sources.file_kind(f, d.format)
@@ -305,6 +314,8 @@ def data(cfg: Any, *, required: bool) -> list[Problem]:
                         fh.read(1)
                 except OSError as e:
                     out.append(say(f"{f}: cannot read: {e.strerror or e}"))
+    if d.source == "hf":
+        out += hf_dataset(cfg, network=network)
     if d.data_dir:
         where = Path(d.data_dir).expanduser()
         if where.exists() and not where.is_dir():
@@ -336,6 +347,73 @@ def grpo_inputs(cfg: Any) -> list[Problem]:
     return out
 
 
+def trackers(cfg: Any, *, network: bool) -> list[Problem]:
+    """`train.report_to`: each chosen tracker's package is installed (exit 2 naming the extra),
+    and a tracking server it would talk to answers one bounded probe (exit 1), so that a run
+    fails now and not at its first log line."""
+    from gemma_cli.engine.train import trackers as T  # light: importlib only
+
+    report_to = cfg.train.report_to
+    out = [_say(cfg, "train.report_to", f"{name} is not installed; pip install 'gemma-cli[{extra}]' "
+                f"(or remove {name} from train.report_to)") for name, extra in T.missing(report_to)]
+    if out or not network:
+        return out
+    chosen = T.chosen(report_to)
+    urls = []
+    if "wandb" in chosen and os.environ.get("WANDB_MODE", "online") not in ("offline", "disabled", "dryrun"):
+        urls.append(("wandb", (os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").rstrip("/"),
+                     "set WANDB_MODE=offline to record locally and `wandb sync` later"))
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if "mlflow" in chosen and uri.startswith(("http://", "https://")):
+        urls.append(("mlflow", uri.rstrip("/"), "check MLFLOW_TRACKING_URI, or unset it to record to ./mlruns"))
+    for name, url, fix in urls:
+        reply = net.head(url)
+        if not reply.reached:
+            out.append(Problem(_say(cfg, "train.report_to", f"{name}: the tracking server at {reply.host} cannot be "
+                                    f"reached ({reply.error}); {fix}"), exit_code=1))
+    return out
+
+
+def hf_dataset(cfg: Any, *, network: bool) -> list[Problem]:
+    """A `hf://` dataset: in the local cache, or the Hub answers (one bounded probe) — never
+    half a minute of `datasets`' retries before one line."""
+    from gemma_cli.engine.data import hf_datasets
+
+    d = cfg.data
+    repo, _, _ = hf_datasets.parse_name(d.name)
+    if hf_datasets.cached_snapshot(repo, d.revision) is not None:
+        return []
+    say = functools.partial(_say, cfg, "data.name")
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        return [say(f"{d.name}: reading Hugging Face datasets needs the `datasets` package; "
+                    "pip install 'gemma-cli[datasets]'")]
+    if not network:
+        return []
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or \
+        os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline:
+        return [Problem(say(f"{d.name} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                            "download it once with network, or point data.paths at a copy"), exit_code=1)]
+    from gemma_cli import auth
+
+    cred = auth.credential("hf")
+    reply = net.head(f"{endpoint}/api/datasets/{repo}",
+                     headers={"Authorization": f"Bearer {cred.token}"} if cred.token else None)
+    if not reply.reached:
+        return [Problem(say(f"{d.name} is not in the local Hugging Face cache and the Hub at {reply.host} cannot be "
+                            f"reached ({reply.error}); check the network, a proxy or HF_ENDPOINT, or point data.paths "
+                            "at a local copy (save_to_disk output or a folder of Parquet/JSONL files)"), exit_code=1)]
+    if reply.status in (401, 403):
+        return [say(f"{d.name}: the Hub refused access (HTTP {reply.status}); run `gemma login hf` with a token "
+                    "whose account accepted the dataset's terms")]
+    if reply.status == 404:
+        return [say(f"{d.name}: the Hub has no such dataset (HTTP 404)")]
+    return []
+
+
 def records(cfg: Any, *, full: bool = False) -> list[Problem]:
     """Every record has the fields the config reads, checked by the data pipeline itself.
 
@@ -344,7 +422,7 @@ def records(cfg: Any, *, full: bool = False) -> list[Problem]:
     `gemma finetune` checks data up to 16 MiB per split whole and the start of larger data (the
     rest is checked as it streams); `gemma config validate` (`full`) reads every record.
     """
-    if cfg.data is None or cfg.data.source != "local":
+    if cfg.data is None or cfg.data.source == "tfds":
         return []  # tfds records are checked as the pipeline reads them (no TensorFlow here)
     if cfg.train.method == "grpo":
         return grpo_inputs(cfg)

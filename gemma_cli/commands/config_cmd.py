@@ -61,7 +61,9 @@ def validate(
         except (ConfigError, PreflightError) as e:  # report --json errors as a document too
             if json_:
                 out.error(e.line())
-                out.result({"valid": False, "config": shown, "problems": e.problems})
+                # the failure contract of every verb (`error`, `exit_code`, `problems`), plus `valid`
+                out.result({"valid": False, "config": shown, "error": e.line().splitlines()[0],
+                            "exit_code": e.exit_code, "problems": e.problems})
                 raise typer.Exit(e.exit_code) from None
             raise
         from gemma_cli import run_facts

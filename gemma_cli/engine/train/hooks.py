@@ -4,7 +4,8 @@
   auxiliary metric of the objective, by name) into per-window values.
 - `DivergenceGuard`: a non-finite loss stops the run.
 - `ProgressView`: the reporter's progress display, and a line per log window without one.
-- `MetricsLog`: `metrics.jsonl` and TensorBoard scalars, one record per `train.log_every`.
+- `MetricsLog`: `metrics.jsonl` and the trackers of `train.report_to` (TensorBoard, wandb,
+  mlflow: `trackers.py`), one record per `train.log_every`.
 
 Metrics are a dict end to end: whatever names the objective declares (`RunState.metric_names`)
 reach `metrics.jsonl`, TensorBoard (`train/<name>`, `eval/<name>`), the progress line, the eval
@@ -152,14 +153,24 @@ class ProgressView(keras.callbacks.Callback):
 
 
 class MetricsLog(keras.callbacks.Callback):
-    """metrics.jsonl (appended, flushed per line) and TensorBoard scalars (main process only)."""
+    """metrics.jsonl (appended, flushed per line) and the trackers of `train.report_to`
+    (engine/train/trackers.py: TensorBoard, wandb, mlflow), main process only.
 
-    def __init__(self, state: RunState, out_dir: Path, schedule: Schedule, view: ProgressView, write: bool, reporter: Reporter):
+    Args:
+        report_to: list[str]. The trackers; `["tensorboard"]` when None.
+        run_name: str. The run's name for the trackers.
+        config: dict. The resolved run config, handed to each tracker when training begins.
+    """
+
+    def __init__(self, state: RunState, out_dir: Path, schedule: Schedule, view: ProgressView, write: bool, reporter: Reporter,
+                 report_to: list[str] | None = None, run_name: str = "run", config: dict[str, Any] | None = None):
         super().__init__()
         self.state, self.out_dir, self.schedule, self.view, self.write = state, Path(out_dir), schedule, view, write
         self.reporter = reporter
+        self.report_to = list(report_to) if report_to is not None else ["tensorboard"]
+        self.run_name, self.config = run_name, config or {}
         self._f: Any = None
-        self._tb: Any = None
+        self.trackers: list[Any] = []
 
     def on_train_begin(self, logs: Any = None) -> None:
         if not self.write:
@@ -170,13 +181,13 @@ class MetricsLog(keras.callbacks.Callback):
             keep_metrics_until(path, self.state.start)
         self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self.state.files["metrics"] = str(self.out_dir / "metrics.jsonl")
-        self.state.files["tensorboard"] = str(self.out_dir / "tensorboard")
-        try:
-            from gemma_cli.engine.train.tensorboard import ScalarWriter
+        from gemma_cli.engine.train import trackers
 
-            self._tb = ScalarWriter(self.out_dir / "tensorboard")
-        except Exception as e:  # TensorBoard is a nicety, never a failure
-            self.reporter.warn(f"TensorBoard disabled: {e}")
+        if "tensorboard" in trackers.chosen(self.report_to):
+            self.state.files["tensorboard"] = str(self.out_dir / "tensorboard")
+        self.trackers = trackers.build(self.report_to, self.out_dir, self.run_name, warn=self.reporter.warn)
+        for t in self.trackers:
+            t.start(self.config)
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         st = self.state
@@ -203,16 +214,24 @@ class MetricsLog(keras.callbacks.Callback):
         if self._f is not None:
             self._f.write(json.dumps(rec) + "\n")
             self._f.flush()
-        if self._tb is not None:
-            self._tb.scalars(rec["step"], scalars)
+        for t in self.trackers:
+            t.log(rec["step"], scalars)
 
     def close(self) -> None:
+        """Close metrics.jsonl (the trackers stay open for the final eval and the summary)."""
         if self._f is not None:
             self._f.close()
             self._f = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+
+    def finish(self, summary: dict[str, Any] | None) -> None:
+        """Hand the trackers the run's summary (None after a failure) and close them."""
+        trackers, self.trackers = self.trackers, []
+        for t in trackers:
+            try:
+                if summary is not None:
+                    t.finish(summary)
+            finally:
+                t.close()
 
 
 def keep_metrics_until(path: Path, step: int) -> None:
