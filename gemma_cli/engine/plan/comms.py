@@ -44,7 +44,8 @@ class Collective:
         kind: str. One of KINDS.
         result_bytes: int. Bytes of its result per device (for an async `-start`, the
             destination buffers only).
-        operand_bytes: int. Bytes of its operands per device.
+        operand_bytes: int. Bytes of its operands per device (0 when the HLO text does not
+            print operand shapes, as jax ≥ 0.10's optimized HLO does not).
         group: int. Devices in each of its groups (0: unknown).
     """
 
@@ -61,8 +62,8 @@ class Collective:
             return 0 if g == 1 else self.result_bytes
         if self.kind == "all-reduce":
             return 2 * self.result_bytes * (g - 1) // g
-        if self.kind == "reduce-scatter":
-            return self.operand_bytes * (g - 1) // g
+        if self.kind == "reduce-scatter":  # the operand is g results (newer HLO omits operand shapes)
+            return (self.operand_bytes or self.result_bytes * g) * (g - 1) // g
         if self.kind == "collective-permute":
             return self.result_bytes
         return self.result_bytes * (g - 1) // g  # all-gather, all-to-all
@@ -82,6 +83,16 @@ def _bytes(text: str) -> int:
 
 
 def _group(attrs: str, devices: int | None) -> int:
+    # mesh form (jax ≥ 0.10): replica_groups=mesh['axis_0'=4,'axis_1'=2], device_ids=(...) {'axis_0'}
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]", attrs)
+    if m:
+        sizes = {k: int(v) for k, v in re.findall(r"'([^']+)'=(\d+)", m.group(1))}
+        over = re.search(r"\{((?:\s*'[^']+'\s*,?)*)\}", attrs[m.end():])
+        if over is not None:
+            n = 1
+            for name in re.findall(r"'([^']+)'", over.group(1)):
+                n *= sizes.get(name, 1)
+            return n
     m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", attrs)  # iota form: [groups, size]<=[...]
     if m:
         return int(m.group(2))
