@@ -216,7 +216,8 @@ def _weights(ckpt: Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for f in sorted(ckpt.rglob("*.h5")):
         with h5py.File(f, "r") as h:
-            h.visititems(lambda n, o: out.__setitem__(f"{f.name}/{n}", np.array(o)) if isinstance(o, h5py.Dataset) else None)
+            h.visititems(lambda n, o, name=f.name: out.__setitem__(f"{name}/{n}", np.array(o))
+                         if isinstance(o, h5py.Dataset) else None)
     return out
 
 
