@@ -91,6 +91,7 @@ def eval_(
         if tasks is not None:
             from gemma_cli.engine.evaluate import harness
 
+            _offline_if_unreachable(out)
             run_tasks = harness.prepare(tasks, include_path=include_path, num_fewshot=num_fewshot, limit=limit)
         else:
             from gemma_cli.engine.evaluate import records as recordlib
@@ -140,6 +141,23 @@ def eval_(
             _write_out(Path(out_file), results)
         doc = _document(results, data=data, tasks=tasks, threshold=pass_threshold)
         out.result(doc, human=lambda console: _human(console, doc))
+
+
+def _offline_if_unreachable(out: Any) -> None:
+    """lm-eval reads task data through `datasets`, which retries an unreachable Hub for a minute
+    with a line per try: when huggingface.co does not answer, tell it to stay offline (local
+    task data still loads; a task that needs a download then fails at once, in one line)."""
+    import os
+
+    if os.environ.get("HF_DATASETS_OFFLINE") or os.environ.get("HF_HUB_OFFLINE"):
+        return
+    from gemma_cli import net
+
+    reply = net.head("https://huggingface.co")
+    if not reply.reached:
+        out.debug_line(f"huggingface.co: {reply.error}; lm-eval task data: local files only")
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def _write_out(path: Path, results: list[dict[str, Any]]) -> None:

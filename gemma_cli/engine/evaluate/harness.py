@@ -159,18 +159,26 @@ def prepare(tasks: str, *, include_path: str | None = None, num_fewshot: int | N
         loaded = tm.load(names)
     except Exception as e:  # noqa: BLE001 - the datasets library's many ways to fail a download
         raise _data_error(names, e) from None
-    built = [*loaded["groups"].values()] or [*loaded["tasks"].values()]
-    if loaded["groups"]:  # tasks outside any group too
-        inside = {t.task_name for g in loaded["groups"].values() for t in g.get_all_tasks()}
-        built += [t for name, t in loaded["tasks"].items() if name not in inside]
+    for t in loaded["tasks"].values():  # as lm-eval's simple_evaluate sets them
+        if num_fewshot is not None and t.get_config("num_fewshot") != 0:
+            t.set_config(key="num_fewshot", value=num_fewshot)
+        elif t.get_config("num_fewshot") is None:
+            t.set_config(key="num_fewshot", value=0)
+        t.set_fewshot_seed(seed=1234)
 
     def run(sampler: Any, reporter: Any = None) -> dict[str, Any]:
-        import lm_eval
+        import os
+        import random
 
+        import numpy as np
+        from lm_eval.evaluator import evaluate
+
+        os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's own bars; gemma's output stays on stderr
+        random.seed(0)
+        np.random.seed(1234)
         lm = lm_class()(sampler, reporter=reporter)
         t0 = time.perf_counter()
-        res = lm_eval.simple_evaluate(model=lm, tasks=built, task_manager=tm,
-                                      num_fewshot=num_fewshot, limit=limit, bootstrap_iters=0, log_samples=False)
+        res = evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=0, log_samples=False, verbosity="ERROR")
         dt = time.perf_counter() - t0
         metrics: dict[str, float | None] = {}
         for task, vals in (res or {}).get("results", {}).items():
@@ -186,7 +194,7 @@ def prepare(tasks: str, *, include_path: str | None = None, num_fewshot: int | N
 
 def _data_error(names: list[str], e: Exception) -> RuntimeFailure:
     text = f"{type(e).__name__}: {e}"
-    offline = any(w in text for w in ("ConnectionError", "Couldn't reach", "offline", "Max retries", "resolve",
+    offline = any(w in text for w in ("ConnectionError", "is set to offline", "HF_DATASETS_OFFLINE", "Couldn't reach", "offline", "Max retries", "resolve",
                                       "OfflineModeIsEnabled", "Network", "getaddrinfo", "Temporary failure"))
     first = " ".join(str(e).split())[:200]
     if offline:
