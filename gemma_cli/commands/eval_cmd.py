@@ -201,18 +201,31 @@ def _fmt(v: Any, signed: bool = False) -> str:
     return str(v)
 
 
+def _short_names(sources: list[str]) -> list[str]:
+    """Column headers: each target's last path part, longer where two would read the same."""
+    parts = [Path(s.rstrip("/")).parts or (s,) for s in sources]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{i + 1}: {s}" for i, s in enumerate(sources)]
+
+
 def _human(console: Any, doc: dict[str, Any]) -> None:
     from gemma_cli.output import table
 
-    cols = ["metric"] + [t["target"] for t in doc["targets"]]
+    names = _short_names([t["target"] for t in doc["targets"]])
+    cols = ["metric", *names]
     many = "difference" in doc
     if many:
-        cols.append(f"Δ ({doc['targets'][-1]['target']} − {doc['targets'][0]['target']})")
+        cols.append(f"Δ {names[-1]} − {names[0]}")
     rows = []
     for m in doc["metrics"]:
         row = [m] + [_fmt(t["metrics"].get(m)) for t in doc["targets"]]
         if many:
             row.append(_fmt(doc["difference"].get(m), signed=True))
         rows.append(row)
-    what = doc.get("data") or doc.get("tasks")
-    console.print(table(f"gemma eval: {what}", cols, rows))
+    console.print(table(None, cols, rows))
+    for n, t in zip(names, doc["targets"], strict=True):
+        if n != t["target"]:
+            console.print(f"{n}: {t['target']}", markup=False, highlight=False, soft_wrap=True)
