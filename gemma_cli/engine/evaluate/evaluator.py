@@ -104,9 +104,14 @@ def _generate(sampler: Any, records: list[EvalRecord], rewards: list[Any], thres
     max_length = sampler.generate_cfg.max_length
     outs: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    warm_s, warm_tokens = 0.0, 0
     for i in range(0, len(records), sampler.batch_size):
         chunk = records[i : i + sampler.batch_size]
-        outs += sampler([r.prompt for r in chunk], max_length=max_length, chat=chat)
+        got = sampler([r.prompt for r in chunk], max_length=max_length, chat=chat)
+        if got and not got[0]["compiled"]:  # batches that reused a compiled function
+            warm_s += got[0]["seconds"]
+            warm_tokens += sum(o["completion_tokens"] for o in got)
+        outs += got
         tick(len(chunk))
     dt = time.perf_counter() - t0
     completions = [o["completion"] for o in outs]
@@ -121,6 +126,7 @@ def _generate(sampler: Any, records: list[EvalRecord], rewards: list[Any], thres
         "completion_tokens_mean": new_tokens / len(outs) if outs else 0.0,
         "seconds": round(dt, 3),
         "tokens_per_second": round(new_tokens / dt, 2) if dt > 0 else 0.0,
+        "warm_tokens_per_second": round(warm_tokens / warm_s, 2) if warm_s > 0 else None,
         "sampler": sampler.generate_cfg.sampler,
         "max_length": max_length,
     }
