@@ -261,5 +261,5 @@ def test_a_reward_that_raises_exits_1_naming_it_and_leaves_no_out_file(memorized
     out = m["tmp"] / "never.jsonl"
     r = gemma("eval", m["preset"], "--data", m["heldout"], "--reward", f"{m['rewards']}:explode", "--out", out, "-q")
     line = assert_one_error_line(r, 1)
-    assert "reward explode: heldout.jsonl:3: raised ValueError: no rank" in line
+    assert f"reward explode: {m['heldout']}:3: raised ValueError: no rank" in line
     assert not out.exists() and not list(out.parent.glob(".never.jsonl.tmp-*"))
