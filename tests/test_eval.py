@@ -135,10 +135,9 @@ def test_two_targets_give_a_side_by_side_table(memorized):
 
 def _direct_logp(preset: Path, prompt: str, answer: str) -> float:
     """log p(answer <eos> | <bos> prompt) by calling the keras model on the whole sequence."""
-    import keras
     import keras_hub
 
-    lm = keras_hub.models.CausalLM.from_preset(str(preset), preprocessor=None)
+    lm = _model(preset)
     tok = keras_hub.tokenizers.Tokenizer.from_preset(str(preset))
     p_ids = [int(t) for t in np.asarray(tok(prompt))]
     a_ids = [int(t) for t in np.asarray(tok(answer))] + [tok.end_token_id]
@@ -146,7 +145,6 @@ def _direct_logp(preset: Path, prompt: str, answer: str) -> float:
     logits = np.asarray(lm({"token_ids": ids, "padding_mask": np.ones_like(ids, dtype=bool)}), dtype="float64")[0]
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
     start = 1 + len(p_ids)
-    del keras
     return float(sum(logp[i - 1, ids[0, i]] for i in range(start, ids.shape[1])))
 
 
@@ -263,3 +261,27 @@ def test_a_reward_that_raises_exits_1_naming_it_and_leaves_no_out_file(memorized
     line = assert_one_error_line(r, 1)
     assert f"reward explode: {m['heldout']}:3: raised ValueError: no rank" in line
     assert not out.exists() and not list(out.parent.glob(".never.jsonl.tmp-*"))
+
+
+# ------------------------------------------------------------------------------ demo ---
+def test_demo_reward_is_the_demo_rule_and_score_demo_takes_evals_pass(tmp_path):
+    import subprocess
+    import sys
+
+    from gemma_cli.engine.rewards import resolve
+
+    root = Path(__file__).resolve().parents[1]
+    r = resolve(f"{root}/data/demo_reward.py:expected")
+    assert r(["q"] * 3, ["gemma: Add `--RESUME`.", "Press restart.", "set GEMMA_DEBUG=1"],
+             expect=[["--resume"], ["--resume"], ["--debug", "gemma_debug"]]) == [1.0, 0.0, 1.0]
+    held = [json.loads(ln) for ln in (root / "data/demo_heldout.jsonl").read_text().splitlines()][:2]
+    _jsonl(tmp_path / "h.jsonl", held)
+    # gemma eval --out lines: the `pass` decides (here against the completion's text on purpose)
+    before = [{"target": "b", "prompt": h["prompt"], "completion": h["expect"][0], "pass": False} for h in held]
+    after = [{"target": "a", "prompt": h["prompt"], "completion": "no", "pass": True} for h in held]
+    _jsonl(tmp_path / "b.jsonl", before)
+    _jsonl(tmp_path / "a.jsonl", after)
+    out = subprocess.run([sys.executable, str(root / "data/score_demo.py"), str(tmp_path / "b.jsonl"), str(tmp_path / "a.jsonl"),
+                          "--heldout", str(tmp_path / "h.jsonl")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "demo: held-out answers correct before 0/2, after 2/2"

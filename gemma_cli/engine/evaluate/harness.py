@@ -147,7 +147,12 @@ def prepare(tasks: str, *, include_path: str | None = None, num_fewshot: int | N
         raise UsageError("--tasks: no task name (NAME[,NAME])")
     if include_path is not None and not Path(include_path).is_dir():
         raise UsageError(f"--include-path {include_path}: no such directory")
-    tm = TaskManager(include_path=include_path)
+    tm = None
+    if include_path is not None:  # local tasks alone: no need to index lm-eval's ~15k task files
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(n in set(local.all_tasks) or Path(n).is_file() for n in names):
+            tm = local
+    tm = tm or TaskManager(include_path=include_path)
     known = set(tm.all_tasks)
     for n in names:
         if n not in known and not Path(n).is_file():
