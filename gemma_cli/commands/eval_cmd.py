@@ -74,6 +74,8 @@ def eval_(
                 items.append(f"{key}={val}")
         if tasks is None and data is None:
             raise UsageError("give --data FILE (records to score) or --tasks NAME (lm-evaluation-harness)")
+        if tasks is not None and data is not None:
+            raise UsageError("--data and --tasks: choose one (records to score, or lm-evaluation-harness tasks)")
         if tasks is not None and (reward or no_generate or out_file):
             raise UsageError("--tasks runs lm-evaluation-harness tasks; --reward, --no-generate and --out go with --data")
         if limit is not None and tasks is None and data is None:
