@@ -242,7 +242,7 @@ def _model(preset: Path) -> Any:
 def test_bad_reward_spec_exits_2_before_any_target_is_looked_at(tmp_path):
     data = _jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "answer": "a"}])
     r = gemma("eval", "no/such/run", "--data", data, "--reward", "regex:(", "-q")
-    assert "--reward regex:(: not a valid regular expression" in assert_one_error_line(r, 2)
+    assert "reward regex:(: not a valid regular expression" in assert_one_error_line(r, 2)
     r = gemma("eval", "no/such/run", "--data", data, "--reward", f"{tmp_path}/none.py:f", "-q")
     assert "none.py: no such file" in assert_one_error_line(r, 2)
 

@@ -87,7 +87,7 @@ def test_user_spec_failures_name_the_spec(tmp_path):
             return []
         VALUE = 3
     """)
-    with pytest.raises(UsageError, match=r":nope: .* has no function 'nope' \(it has: no_completions\)"):
+    with pytest.raises(UsageError, match=r":nope: .* has no function nope \(it has: no_completions\)"):
         resolve(f"{p}:nope")
     with pytest.raises(UsageError, match="no_completions.*takes no 'completions'"):
         resolve(f"{p}:no_completions")

@@ -109,15 +109,15 @@ def builtin(spec: str) -> Reward | None:
     if spec.startswith("regex:"):
         pattern = spec[len("regex:") :]
         if not pattern:
-            raise UsageError(f"--reward {spec}: an empty pattern (write regex:PATTERN)")
+            raise UsageError(f"reward {spec}: an empty pattern (write regex:PATTERN)")
         try:
             rx = re.compile(pattern)
         except re.error as e:
-            raise UsageError(f"--reward {spec}: not a valid regular expression ({e})") from None
+            raise UsageError(f"reward {spec}: not a valid regular expression ({e})") from None
         return Reward(spec, lambda prompts, completions, **_: [float(rx.search(c) is not None) for c in completions])
     if spec.startswith("length:"):
         raw = spec[len("length:") :]
         if not raw.isdigit() or int(raw) < 1:
-            raise UsageError(f"--reward {spec}: N must be a positive whole number of tokens (length:64)")
+            raise UsageError(f"reward {spec}: N must be a positive whole number of tokens (length:64)")
         return Reward(spec, _length(int(raw)))
     return None

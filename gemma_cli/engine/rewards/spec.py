@@ -20,7 +20,7 @@ def resolve(spec: str) -> Reward:
     """
     spec = spec.strip()
     if not spec:
-        raise UsageError("--reward: an empty spec (built-ins: " + ", ".join(BUILTINS) + ")")
+        raise UsageError("reward: an empty spec (built-ins: " + ", ".join(BUILTINS) + ")")
     found = builtin(spec)
     if found is not None:
         return found
@@ -28,9 +28,9 @@ def resolve(spec: str) -> Reward:
     if sep and (path.endswith(".py") or "/" in path):
         return user.load(spec, path, func)
     if spec.endswith(".py"):
-        raise UsageError(f"--reward {spec}: name the function too: {spec}:FUNCTION")
+        raise UsageError(f"reward {spec}: name the function too: {spec}:FUNCTION")
     names = [b.split(":")[0] for b in BUILTINS]
     close = difflib.get_close_matches(spec.split(":")[0], names, n=2)
     mean = f"; did you mean {' or '.join(close)}?" if close else ""
-    raise UsageError(f"--reward {spec}: no such built-in{mean} (built-ins: {', '.join(BUILTINS)}; "
+    raise UsageError(f"reward {spec}: no such built-in{mean} (built-ins: {', '.join(BUILTINS)}; "
                      "or a function: path/to/file.py:function)")
