@@ -73,13 +73,17 @@ def evaluate(sampler: Any, kind: str, records: list[EvalRecord], rewards: list[A
     result: dict[str, Any] = {"generation": None, "rewards": None, "likelihood": None, "preference": None}
     steps = (len(records) if generate and kind != "preference" else 0) + len(records)
     bar = log.progress(total=steps, label="eval", unit="records/s")
-    done, t_all = 0, time.perf_counter()
+    done, t_all, said = 0, time.perf_counter(), time.perf_counter()
 
     def tick(n: int) -> None:
-        nonlocal done
+        nonlocal done, said
         done += n
-        dt = time.perf_counter() - t_all
-        bar.update(done, tps=f"{done / dt:.1f}" if dt > 0 else "-")
+        now = time.perf_counter()
+        rate = f"{done / (now - t_all):.1f}" if now > t_all else "-"
+        bar.update(done, tps=rate)
+        if not getattr(bar, "live", False) and (now - said >= 10 or done == steps):  # logs, pipes: a line now and then
+            said = now
+            log.info(f"eval: {done}/{steps} ({rate} records/s)")
 
     try:
         if generate and kind != "preference":
