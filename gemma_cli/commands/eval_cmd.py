@@ -38,7 +38,8 @@ def eval_(
     include_path: Annotated[str | None, typer.Option("--include-path", help="A folder of lm-eval task YAML files.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N records (per task).")] = None,
     num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", min=0, help="lm-eval few-shot examples.")] = None,
-    max_length: Annotated[int | None, typer.Option("--max-length", min=1, help="generate.max_length: total tokens incl. the prompt.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="generate.max_new_tokens: tokens after the prompt.")] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", min=1, help="generate.max_length: total tokens incl. the prompt (wins).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Records per batch (rounded up to the batch axis).")] = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -69,7 +70,7 @@ def eval_(
         names, items = [], []
         for a in targets_ or []:
             (items if _OVERRIDE.match(a) and not Path(a).exists() else names).append(a)
-        for key, val in (("generate.max_length", max_length),):
+        for key, val in (("generate.max_length", max_length), ("generate.max_new_tokens", max_new_tokens)):
             if val is not None:
                 items.append(f"{key}={val}")
         if tasks is None and data is None:

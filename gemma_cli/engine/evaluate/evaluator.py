@@ -105,13 +105,15 @@ def _generate(sampler: Any, records: list[EvalRecord], rewards: list[Any], thres
     from gemma_cli.engine.rewards import score
 
     chat = records[0].chat
-    max_length = sampler.generate_cfg.max_length
+    g = sampler.generate_cfg
+    # as `gemma generate`: generate.max_length (prompt included) when set, else max_new_tokens
+    limit = {"max_length": g.max_length} if g.max_length is not None else {"max_new_tokens": g.max_new_tokens}
     outs: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     warm_s, warm_tokens = 0.0, 0
     for i in range(0, len(records), sampler.batch_size):
         chunk = records[i : i + sampler.batch_size]
-        got = sampler([r.prompt for r in chunk], max_length=max_length, chat=chat)
+        got = sampler([r.prompt for r in chunk], chat=chat, **limit)
         if got and not got[0]["compiled"]:  # batches that reused a compiled function
             warm_s += got[0]["seconds"]
             warm_tokens += sum(o["completion_tokens"] for o in got)
@@ -132,7 +134,7 @@ def _generate(sampler: Any, records: list[EvalRecord], rewards: list[Any], thres
         "tokens_per_second": round(new_tokens / dt, 2) if dt > 0 else 0.0,
         "warm_tokens_per_second": round(warm_tokens / warm_s, 2) if warm_s > 0 else None,
         "sampler": sampler.generate_cfg.sampler,
-        "max_length": max_length,
+        **limit,
     }
     if not rewards:
         return gen, None

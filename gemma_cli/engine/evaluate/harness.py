@@ -111,9 +111,7 @@ def lm_class() -> type:
                 groups.setdefault((tuple(until), int(kw.get("max_gen_toks", 256))), []).append(i)
             for (until, max_new), idx in groups.items():
                 contexts = [requests[i].args[0] for i in idx]
-                longest = max(len(self._ids(c)) for c in contexts) + 1
-                total = 1 << (longest + max_new - 1).bit_length()  # a power of two: few compiles
-                res = self.sampler(contexts, max_length=min(total, max(self.max_context, longest + max_new)))
+                res = self.sampler(contexts, max_new_tokens=max_new)  # lengths rounded: few compiles
                 for i, r in zip(idx, res, strict=True):
                     text = r["completion"]
                     cut = [text.find(u) for u in until if u and u in text]
