@@ -622,6 +622,47 @@ def sec_real(report: dict[str, Any]) -> None:
     })
 
 
+def sec_eval(report: dict[str, Any]) -> None:
+    """`gemma eval`: its generation vs `gemma generate` (same prompts, batch, max_length), and
+    its likelihood scoring vs a training step's forward (benchmarks/eval_speed.py)."""
+    if QUICK or not (REAL / "config.json").exists():
+        report["sections"].append({"title": "6c. gemma eval speed", "text": "skipped (QUICK mode or no real preset)."})
+        return
+    import yaml
+
+    demo = yaml.safe_load((ROOT / "configs" / "gemma3_270m_demo.yaml").read_text())
+    demo["model"]["preset"] = str(REAL)
+    demo["train"]["output_dir"] = str(OUT / "runs" / "eval_speed")
+    cfgp = OUT / "configs" / "eval_270m.yaml"
+    cfgp.parent.mkdir(parents=True, exist_ok=True)
+    cfgp.write_text(yaml.safe_dump(demo, sort_keys=False))
+    prompts = ["The capital of France is", "def fibonacci(n):", "Instruction:\nWhat does gemma inspect show?\n\nResponse:\n", "The three primary colors are"]
+    data = OUT / "eval_prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts + prompts))
+    max_len = 64
+    e = run("real 270M: gemma eval (generation)", [GEMMA, "eval", str(cfgp), "mesh.shape=[1,1]", "--data", str(data), "--max-length", str(max_len),
+                                                   "--batch-size", str(len(prompts)), "--json", "--quiet"], 420, {"GEMMA_CPU_DEVICES": ""}, need=100)
+    gen = (((e["doc"] or {}).get("targets") or [{}])[0].get("generation") or {})
+    eval_tps = gen.get("warm_tokens_per_second")
+    gen_tps = ((RAW.get("generate") or {}).get("gemma") or {}).get("warm_tps")
+    r_gen = bl.ratio(eval_tps, gen_tps)
+    s = run("real 270M: eval likelihood vs train forward", [PY, str(HERE / "eval_speed.py"), str(cfgp), "mesh.shape=[1,1]", "--batch", "4",
+                                                            "--seq", "256"], 420, {"GEMMA_CPU_DEVICES": ""}, need=100)
+    sd = s["doc"] or {}
+    r_lik = sd.get("ratio")
+    RAW["eval"] = {"generation": gen, "likelihood": sd}
+    report["summary"].append(["eval generation tokens/s / gemma generate (warm batch, 270M)", bl.fmt(r_gen), "≥ 0.95", bl.verdict(r_gen, 0.95, "higher")])
+    report["summary"].append(["eval likelihood tokens/s / training forward (270M, 4 × 256)", bl.fmt(r_lik), "≥ 0.9", bl.verdict(r_lik, 0.9, "higher")])
+    report["sections"].append({
+        "title": "6c. gemma eval speed, real Gemma 3 270M, one CPU device",
+        "text": "Generation: the prompts of 6b as an eval file, the same batch and max_length (warm batches). Likelihood: "
+                "`Scorer.score` against the jitted forward + loss of the training model on the same 4 × 256 tokens (best of 3, warm).",
+        "headers": ["", "gemma eval", "reference", "ratio"],
+        "rows": [["generation new tokens/s", eval_tps, gen_tps, bl.fmt(r_gen)],
+                 ["likelihood tokens/s", sd.get("likelihood_tokens_per_second"), sd.get("forward_tokens_per_second"), bl.fmt(r_lik)]],
+    })
+
+
 def sec_export(report: dict[str, Any]) -> None:
     """`gemma export --format gguf` of the real 270M per dtype: time and file size."""
     if not (REAL / "config.json").exists():
@@ -722,6 +763,7 @@ def main() -> int:
         ("train", lambda: sec_train(report, fixed, varied)),
         ("segments", lambda: sec_segments(report, varied)),
         ("real", lambda: sec_real(report)),
+        ("eval", lambda: sec_eval(report)),
         ("export", lambda: sec_export(report)),
         ("data", lambda: sec_data(report)),
         ("optimizations", lambda: sec_opt(report, fixed)),
