@@ -32,6 +32,12 @@ record decides the record kind, every record of data up to 16 MiB is parsed and 
 the eval set is read whole, and the first batch is built. Larger data is checked as it
 streams: a bad record stops the run with exit 2 naming file:line before the step that would
 use it; no checkpoint is written for that step.
+
+Preference pairs (`train.method: dpo`). A preference record becomes two rows, its chosen then
+its rejected answer, side by side in one stream: every stream's rows of a batch are
+[c0, r0, c1, r1, ...] (rows per stream must be even), so both halves of a pair sit on the same
+device, and on one process or many. They are never packed (the config refuses it): each row
+is one whole sequence, whose summed log-probability the objective compares with its twin's.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gemma_cli.engine.data import pack, sources
-from gemma_cli.engine.data.render import Renderer
+from gemma_cli.engine.data.render import PREFERENCE_FORMS, Renderer
 from gemma_cli.engine.data.tokenize import Doc, Encoder
 from gemma_cli.errors import UsageError
 
@@ -224,13 +230,12 @@ class _Train:
         self._keep = keep
 
     # -------------------------------------------------------------------------- docs ---
-    def load(self, stream: int, k: int) -> Doc:
-        """Stream `stream`'s k-th document: read, render, tokenize, cut to the row."""
+    def load(self, stream: int, k: int) -> Doc | tuple[Doc, Doc]:
+        """Stream `stream`'s k-th document: read, render, tokenize, cut to the row (a
+        preference record: its chosen and rejected documents)."""
         g = k * self.total + stream
         where, rec = self.source[self.order(g)]
-        doc = self.encoder.doc(self.renderer(where, rec), self.cfg.sequence_length + 1)
-        doc.index = k
-        return doc
+        return _encode(self.encoder, self.renderer(where, rec), self.cfg.sequence_length + 1, k)
 
     def docs(self, stream: int, start: int) -> Iterator[Doc]:
         import grain
@@ -239,7 +244,7 @@ class _Train:
         n_local = self.stop - self.first
         threads = max(1, -(-self.workers // n_local)) if self.workers else 0
         opts = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, 4 * self.rows_per_stream) if threads else 0)
-        return iter(ds.to_iter_dataset(opts))
+        return _flat(iter(ds.to_iter_dataset(opts)))
 
     # ----------------------------------------------------------------------- batches ---
     def _batches(self) -> Iterator[tuple[Any, Any]]:
@@ -255,13 +260,14 @@ class _Train:
         step = self.start_step
         while True:
             taken: list[pack.Row] = []
+            pairs = self.renderer.kind == "preference"
             for j, it in enumerate(row_iters):
-                for _ in range(self.rows_per_stream):
+                for i in range(self.rows_per_stream):
                     r = next(it)
                     taken.append(r)
                     a = r.arrays
                     counts[j] += (
-                        r.docs,
+                        (i % 2) if pairs else r.docs,  # a pair's two rows are one record
                         1,
                         int((a["segment_ids"] > 0).sum()),
                         int(a["weights"].sum()),
@@ -397,7 +403,7 @@ def _check_all(source: sources.Source, renderer: Renderer, limit: int | None = N
         renderer(where, rec)
 
 
-def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES) -> int:
+def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES, method: str | None = None) -> int:
     """Parse and render the records of local data files as training will; no tokenizer, no model.
 
     The preflight's record check (`gemma finetune`, `gemma config validate`): a record lacking
@@ -409,6 +415,8 @@ def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES) -> int:
     Args:
         cfg: DataConfig. Local `paths` / `eval_paths`; tfds data is not read here.
         max_bytes: int or None. How much of each split to check before training.
+        method: str or None. `train.method`: `dpo` needs preference records (chosen/rejected)
+            and only `dpo` takes them. None skips that check.
 
     Returns:
         int. The records checked.
@@ -417,7 +425,7 @@ def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES) -> int:
         return 0
     train, ev = _sources(cfg, cfg.shuffle_buffer)
     renderer = Renderer(cfg)
-    renderer.decide(*train[0])
+    _method_fits(renderer.decide(*train[0]), method, train[0][0])
     checked = 0
     for src in (train, ev):
         if src is None or len(src) == 0:
@@ -434,7 +442,7 @@ def _estimate_steps(train: _Train, n: int, batch_size: int) -> tuple[int, bool]:
     """Steps per epoch: exact unpacked (one row per record); packed, from packing the first
     records of the order as the streams would (the same on every process)."""
     if not train.cfg.packing:
-        return n // batch_size, True
+        return n * (2 if train.renderer.kind == "preference" else 1) // batch_size, True
     s = min(n, ESTIMATE_RECORDS)
     per_stream: dict[int, list[Doc]] = collections.defaultdict(list)
     for g in range(s):
@@ -456,13 +464,12 @@ def _eval_batches(
     def docs() -> Iterator[Doc]:
         for i in range(len(ev)):
             where, rec = ev[i]
-            d = encoder.doc(renderer(where, rec), cfg.sequence_length + 1)
-            d.index = i
-            yield d
+            yield _encode(encoder, renderer(where, rec), cfg.sequence_length + 1, i)
 
-    rows = list(pack.rows(docs(), cfg.sequence_length, encoder.pad_id, cfg.packing))
+    rows = list(pack.rows(_flat(docs()), cfg.sequence_length, encoder.pad_id, cfg.packing))
     n = len(rows)
-    eb = min(batch_size, n // total * total)
+    unit = 2 * total if renderer.kind == "preference" else total  # pairs stay whole on one stream
+    eb = min(batch_size, n // unit * unit)
     if eb < 1:
         raise UsageError(f"data: {n} eval sequences, fewer than the batch axis of the mesh ({total})")
     per = eb // total
@@ -502,6 +509,7 @@ def build(
     keep_positions: int = 1024,
     chat: Any = None,
     reporter: Any = None,
+    method: str | None = None,
 ) -> DataBundle:
     """The data of a run: the training stream, the eval batches, sizes and the resume hooks.
 
@@ -523,6 +531,7 @@ def build(
         chat: families.ChatFormat, or a function returning it when chat data shows up: the
             model family's turn format (Gemma's when None).
         reporter: engine.core.report.Reporter or None. Told of long steps (a tfds download).
+        method: str or None. `train.method` (`dpo` needs preference records; None: no check).
 
     Example:
         >>> bundle = build(cfg.data, causal_lm.preprocessor.tokenizer, seed=0)
@@ -537,8 +546,12 @@ def build(
     renderer = Renderer(cfg, chat=chat)
     where0, rec0 = train_src[0]
     kind = renderer.decide(where0, rec0)
+    _method_fits(kind, method, where0)
+    if kind == "preference" and (b // total) % 2:
+        raise UsageError(f"data.batch_size: {b} sequences over {total} streams is {b // total} a stream; preference "
+                         f"pairs need an even number (chosen and rejected side by side): use a multiple of {2 * total}")
     encoder = Encoder(tokenizer)
-    if kind == "chat":  # fail now if the vocabulary lacks the turn markers
+    if kind in ("chat", "preference"):  # fail now if the vocabulary lacks the turn markers
         encoder.special(renderer.chat_format.start_turn)
         encoder.special(renderer.chat_format.end_turn)
     checked = "the first batch checked; the rest is checked as it streams"
@@ -548,7 +561,8 @@ def build(
     order = Order(len(train_src), seed, cfg.shuffle, None if train_src.random_access else cfg.shuffle_buffer)
 
     rows_per_stream = b // total
-    positions, base = _resume_positions(resume, cfg, total, rows_per_stream, start_step, seed)
+    per_record = 2 if kind == "preference" else 1
+    positions, base = _resume_positions(resume, cfg, total, rows_per_stream, start_step, seed, per_record)
     train = _Train(
         train_src, order, renderer, encoder, cfg,
         streams=(first, stop, total), batch_size=b, start_step=start_step, positions=positions, base=base,
@@ -572,7 +586,8 @@ def build(
 
 
 def _resume_positions(
-    resume: dict[str, Any] | int | None, cfg: Any, total: int, rows_per_stream: int, start_step: int, seed: int
+    resume: dict[str, Any] | int | None, cfg: Any, total: int, rows_per_stream: int, start_step: int, seed: int,
+    rows_per_record: int = 1,
 ) -> tuple[dict[int, int], dict[str, int]]:
     """Per-stream start positions and the counters so far, from a checkpoint's data state."""
     if not start_step:
@@ -592,4 +607,37 @@ def _resume_positions(
     elif cfg.packing:
         raise UsageError("--resume: the checkpoint has no packed data position (written by an older gemma); start a new run")
     # unpacked: one row per record, so the position is arithmetic
-    return {d: start_step * rows_per_stream for d in range(total)}, base
+    return {d: start_step * rows_per_stream // rows_per_record for d in range(total)}, base
+
+
+def _encode(encoder: Encoder, rendered: Any, max_tokens: int, index: int) -> Doc | tuple[Doc, Doc]:
+    """A rendered record → its document (a preference record: chosen and rejected), indexed."""
+    if rendered.meta.get("chosen") is not None:
+        pair = encoder.pair(rendered, max_tokens)
+        for d in pair:
+            d.index = index
+        return pair
+    doc = encoder.doc(rendered, max_tokens)
+    doc.index = index
+    return doc
+
+
+def _flat(docs: Iterator[Any]) -> Iterator[Doc]:
+    """Documents in order, a preference pair's two in a row (chosen, rejected)."""
+    for d in docs:
+        if isinstance(d, tuple):
+            yield from d
+        else:
+            yield d
+
+
+def _method_fits(kind: str, method: str | None, where: str) -> None:
+    """Preference records and train.method: dpo go together."""
+    if method is None:
+        return
+    if method == "dpo" and kind != "preference":
+        raise UsageError(f"{where}: train.method: dpo trains on preference pairs, but this is a {kind} record; expected "
+                         "one of " + "; ".join(PREFERENCE_FORMS.values()))
+    if method != "dpo" and kind == "preference":
+        raise UsageError(f"{where}: a preference record (chosen/rejected) needs train.method: dpo (this config trains "
+                         f"with train.method: {method})")
