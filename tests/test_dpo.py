@@ -299,9 +299,11 @@ def test_dpo_raises_held_out_preference_accuracy(dpo_run):
     assert last["eval_rewards/accuracy"] >= 0.9
     assert last["eval_rewards/margin"] > 0.1 and last["eval_loss"] < first["eval_loss"] - 0.05
     assert last["eval_logps/chosen"] > first["eval_logps/chosen"]
+    # the model's own preference on the held-out pairs (its chosen answer likelier) rises too
+    assert last["eval_logps/accuracy"] > first["eval_logps/accuracy"]
     s = dpo_run["summary"]
     assert set(s["final_metrics"]) == {"rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy",
-                                       "logps/chosen", "logps/rejected"}
+                                       "logps/chosen", "logps/rejected", "logps/accuracy"}
     assert "32 preference records" in dpo_run["stderr"]
 
 
@@ -331,7 +333,7 @@ def test_resume_reaches_the_same_weights(dpo_run, tiny_presets):
     assert r.exit_code == 0, (r.stderr, r.exception)
     assert json.loads(r.stdout)["resumed_from"] == CKPT
     a_files = sorted(p.relative_to(dpo_run["out"] / "checkpoints" / f"step_{STEPS:08d}")
-                     for p in (dpo_run["out"] / "checkpoints" / f"step_{STEPS:08d}").rglob("*.weights.h5"))
+                     for p in (dpo_run["out"] / "checkpoints" / f"step_{STEPS:08d}").rglob("*.h5"))
     assert a_files
     import h5py
 

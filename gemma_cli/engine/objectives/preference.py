@@ -19,7 +19,9 @@ then one of the losses below, the formulas of TRL (`trl.DPOTrainer` / `CPOTraine
 Metrics (each a batch mean over pairs): `rewards/chosen` and `rewards/rejected` (β times the
 log-ratio; SimPO and ORPO: β times the mean token log-prob), `rewards/margin`,
 `rewards/accuracy` (share of pairs whose chosen reward is higher), `logps/chosen`,
-`logps/rejected` (summed log-probs of the policy).
+`logps/rejected` (summed log-probs of the policy), `logps/accuracy` (share of pairs whose chosen
+answer the policy itself finds likelier: the preference accuracy of the model alone, which the
+eval set reports before training too, where the rewards are all 0).
 
 Example:
     >>> obj = Preference("sigmoid", beta=0.1, reference=adapters_off)
@@ -32,7 +34,8 @@ from typing import Any
 
 from gemma_cli.engine.objectives import Objective, Output
 
-METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected")
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected",
+           "logps/accuracy")
 NO_REFERENCE = ("simpo", "orpo")
 
 
@@ -152,5 +155,6 @@ class Preference(Objective):
             "rewards/accuracy": ops.mean(ops.cast(rc > rr, "float32")),
             "logps/chosen": ops.mean(pol[:, 0]),
             "logps/rejected": ops.mean(pol[:, 1]),
+            "logps/accuracy": ops.mean(ops.cast(pol[:, 0] > pol[:, 1], "float32")),
         }
         return Output(loss, metrics, matches)
