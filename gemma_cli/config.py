@@ -596,12 +596,6 @@ def _dpo_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
     p = cfg.dpo or DpoConfig()
     if p.loss in ("simpo", "orpo") and p.reference is not None:
         out.append((("dpo", "reference"), f"dpo.loss: {p.loss} has no reference model; remove dpo.reference"))
-    lora = cfg.model.lora
-    if p.uses_reference and (p.reference == "precompute" or not (lora and lora.rank > 0)):
-        out.append((("dpo", "reference") if p.reference else ("train", "method"),
-                    "the reference log-probs of a full fine-tune (dpo.reference: precompute) are not computed by this "
-                    "version of gemma; use LoRA (model.lora.rank > 0: the reference is the model with its adapters off), "
-                    "dpo.reference: none (reference-free), or dpo.loss: simpo or orpo (no reference)"))
     d = cfg.data
     if d is not None:
         if d.packing:

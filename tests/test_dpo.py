@@ -235,7 +235,6 @@ def test_bad_preference_records_exit_2_with_file_line(tmp_path, tiny_gemma3, cas
     ({}, {"loss": "orpo", "reference": "auto"}, 4, "dpo.loss: orpo has no reference model"),
     ({}, {"loss": "simpo", "reference": "none"}, 4, "dpo.loss: simpo has no reference model"),
     ({}, {"beta": 0}, 4, "dpo.beta"),
-    ({}, {}, None, "full fine-tune"),
     ({"packing": True}, {}, 4, "does not pack"),
     ({"batch_size": 4}, {}, 4, "multiple of 2 × the batch axis (4) = 8"),
 ])
@@ -378,3 +377,27 @@ def test_the_adapters_off_reference_is_the_base_model(tiny_presets):
     for side in ("chosen", "rejected"):
         ref = float(tuned[f"rewards/{side}"]) - float(with_ref[f"rewards/{side}"])
         assert ref == pytest.approx(float(base[f"rewards/{side}"]), abs=1e-4)
+
+
+def test_full_fine_tune_precomputes_the_reference(tmp_path, tiny_presets):
+    """A full fine-tune: the reference log-probs of every pair come from a pass before training,
+    stored with the run; at step 0 the policy is the reference, so every eval reward is 0 — it
+    would not be if a row met another row's precomputed value."""
+    train = _write(tmp_path / "train.jsonl", _pairs(32))
+    held = _write(tmp_path / "held.jsonl", _pairs(8, offset=5))
+    cfg = config(tmp_path, tiny_presets["gemma3"], mesh=[2, 4], lora=None, layout={"indivisible": "replicate"},
+                 data={"paths": [str(train)], "eval_paths": [str(held)], "batch_size": 8, "sequence_length": 32},
+                 optimizer={"learning_rate": 3e-3},
+                 train={"method": "dpo", "max_steps": 4, "eval_every": 4, "log_every": 2})
+    r = gemma("finetune", cfg, "--json")
+    assert r.exit_code == 0, (r.stderr, r.exception)
+    assert "Computing the reference log-probs of 32 training and 8 eval pairs" in r.stderr
+    with np.load(tmp_path / "out" / "reference_logps.npz") as z:
+        assert z["train"].shape == (32, 2) and z["eval"].shape == (8, 2) and (z["train"] < 0).all()
+    evals = [ln for ln in _lines(tmp_path / "out") if "eval_loss" in ln]
+    first, last = evals[0], evals[-1]
+    assert first["step"] == 0 and last["step"] == 4
+    for k in ("eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margin"):
+        assert first[k] == pytest.approx(0.0, abs=1e-4), (k, first)
+    assert first["eval_loss"] == pytest.approx(np.log(2), abs=1e-4)
+    assert last["eval_rewards/margin"] > 0.05 and last["eval_loss"] < first["eval_loss"]

@@ -185,6 +185,8 @@ class DataBundle:
     info: DataInfo
     peek: dict[str, Any]
     _pipe: Any = field(repr=False, default=None)
+    _eval_src: Any = field(repr=False, default=None)
+    _eval_rows: list[Any] = field(repr=False, default_factory=list)  # global row indices of each eval batch
 
     @property
     def steps_per_epoch(self) -> int:
@@ -198,6 +200,56 @@ class DataBundle:
         """Records, sequences, tokens_total, tokens_trained, truncation through `step`, all
         processes together (a collective on several processes)."""
         return self._pipe.counters(step)
+
+    # ------------------------------------------------------- precomputed reference (dpo) ---
+    def records(self, split: str) -> int:
+        """Records of the `train` or `eval` source."""
+        src = self._pipe.source if split == "train" else self._eval_src
+        return 0 if src is None else len(src)
+
+    def pair_batches(self, split: str, rows: int) -> Iterator[dict[str, Any]]:
+        """Every preference record of the `train` or `eval` source in source order as stacked
+        row arrays, `rows` rows a batch (record i: rows 2i, 2i+1; the last batch padded by
+        repeating its first row): what the reference model scores before training."""
+        import numpy as np
+
+        p = self._pipe
+        src = p.source if split == "train" else self._eval_src
+        if src is None:
+            return
+
+        def docs() -> Iterator[Doc]:
+            for i in range(len(src)):
+                yield _encode(p.encoder, p.renderer(*src[i]), p.cfg.sequence_length + 1, i)
+
+        batch: list[pack.Row] = []
+        for r in pack.rows(_flat(docs()), p.cfg.sequence_length, p.encoder.pad_id, False):
+            batch.append(r)
+            if len(batch) == rows:
+                yield pack.stack(batch)
+                batch = []
+        if batch:
+            n = len(batch)
+            out = pack.stack(batch + [batch[0]] * (rows - n))
+            out["real_rows"] = np.int64(n)
+            yield out
+
+    def attach_reference(self, train: Any, evals: Any) -> None:
+        """Feed each row's reference log-prob as `x["ref_logps"]`: `train` and `evals` are
+        [records, 2] tables (chosen, rejected) in source order."""
+        import numpy as np
+
+        self._pipe.ref_table = np.asarray(train, dtype=np.float32)
+        if self.eval is not None and evals is not None:
+            import grain
+
+            table = np.asarray(evals, dtype=np.float32)
+            batches = []
+            for k in range(len(self.eval)):
+                x, y, w = self.eval[k]
+                g = self._eval_rows[k]
+                batches.append(({**x, "ref_logps": table[g // 2, g % 2]}, y, w))
+            self.eval = grain.MapDataset.source(batches)
 
 
 class _Train:
@@ -228,6 +280,7 @@ class _Train:
         self.workers, self.segment_ids, self.position_ids = workers, segment_ids, position_ids
         self._snaps: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._keep = keep
+        self.ref_table: Any = None  # [records, 2] reference log-probs (dpo, precomputed)
 
     # -------------------------------------------------------------------------- docs ---
     def load(self, stream: int, k: int) -> Doc | tuple[Doc, Doc]:
@@ -260,11 +313,14 @@ class _Train:
         step = self.start_step
         while True:
             taken: list[pack.Row] = []
+            source: list[int] = []
             pairs = self.renderer.kind == "preference"
             for j, it in enumerate(row_iters):
                 for i in range(self.rows_per_stream):
                     r = next(it)
                     taken.append(r)
+                    if pairs:  # the source record of the row (its position in the order)
+                        source.append(self.order((r.next_index - 1) * self.total + local[j]))
                     a = r.arrays
                     counts[j] += (
                         (i % 2) if pairs else r.docs,  # a pair's two rows are one record
@@ -281,7 +337,10 @@ class _Train:
             self._snaps.move_to_end(step)
             while len(self._snaps) > self._keep:
                 self._snaps.popitem(last=False)
-            yield step, pack.stack(taken)
+            batch = pack.stack(taken)
+            if pairs:
+                batch["source"] = np.asarray(source, dtype=np.int64)
+            yield step, batch
 
     def first_batch(self) -> dict[str, Any]:
         """The first batch's row arrays (reads and tokenizes it: the up-front check)."""
@@ -305,8 +364,13 @@ class _Train:
                 self._step = train.start_step
 
             def __next__(self) -> Any:
+                import numpy as np
+
                 self._step, arrays = next(self._gen)
-                return pack.model_batch(arrays, train.segment_ids, train.position_ids)
+                x, y, w = pack.model_batch(arrays, train.segment_ids, train.position_ids)
+                if train.ref_table is not None:  # row 2i chosen, 2i+1 rejected
+                    x["ref_logps"] = train.ref_table[arrays["source"], np.arange(len(arrays["source"])) % 2]
+                return x, y, w
 
             def get_state(self) -> dict[str, Any]:
                 return {"step": self._step}
@@ -457,8 +521,11 @@ def _estimate_steps(train: _Train, n: int, batch_size: int) -> tuple[int, bool]:
 def _eval_batches(
     ev: sources.Source, renderer: Renderer, encoder: Encoder, cfg: Any, streams: tuple[int, int, int], batch_size: int,
     segment_ids: bool, position_ids: bool = False,
-) -> tuple[Any, int]:
-    """(grain.MapDataset of this process's eval batches, eval sequences): read whole, in order."""
+) -> tuple[Any, int, list[Any]]:
+    """(grain.MapDataset of this process's eval batches, eval sequences, each batch's global row
+    indices): read whole, in order."""
+    import numpy as np
+
     first, stop, total = streams
 
     def docs() -> Iterator[Doc]:
@@ -473,13 +540,14 @@ def _eval_batches(
     if eb < 1:
         raise UsageError(f"data: {n} eval sequences, fewer than the batch axis of the mesh ({total})")
     per = eb // total
-    batches = []
+    batches, where = [], []
     for b in range(n // eb):
         chunk = rows[b * eb : (b + 1) * eb][first * per : stop * per]
         batches.append(pack.model_batch(pack.stack(chunk), segment_ids, position_ids))
+        where.append(np.arange(b * eb + first * per, b * eb + stop * per))
     import grain
 
-    return grain.MapDataset.source(batches), n
+    return grain.MapDataset.source(batches), n, where
 
 
 def default_workers() -> int:
@@ -572,9 +640,9 @@ def build(
     if steps == 0:
         what = "sequences" if not cfg.packing else "packed sequences (estimated from the first records)"
         raise UsageError(f"data.batch_size: {b} is more than the training {what} of one epoch; lower it or add data")
-    ev, n_eval = (None, 0)
+    ev, n_eval, eval_rows = (None, 0, [])
     if eval_src is not None:
-        ev, n_eval = _eval_batches(eval_src, renderer, encoder, cfg, (first, stop, total), b, segment_ids, position_ids)
+        ev, n_eval, eval_rows = _eval_batches(eval_src, renderer, encoder, cfg, (first, stop, total), b, segment_ids, position_ids)
     peek = train.first_batch()
     info = DataInfo(
         kind=kind, source=sources.describe(train_src), records=len(train_src),
@@ -582,7 +650,8 @@ def build(
         steps_per_epoch=steps, exact=exact, streams=total, local_streams=(first, stop), workers=workers,
         checked=checked, random_access=train_src.random_access,
     )
-    return DataBundle(train=train.dataset(), eval=ev, info=info, peek=peek, _pipe=train)
+    return DataBundle(train=train.dataset(), eval=ev, info=info, peek=peek, _pipe=train, _eval_src=eval_src,
+                      _eval_rows=eval_rows)
 
 
 def _resume_positions(

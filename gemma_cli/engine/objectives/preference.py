@@ -5,7 +5,8 @@ pipeline keeps them on one stream, so on one device). Their loss weights mark th
 tokens. `Preference` computes each row's summed log-probability of its completion from the
 backbone's hidden states (the output head applied in chunks when `train.loss_chunk` asks for it,
 as the SFT loss does), the reference model's the same way from a second forward pass traced
-inside `reference()` (LoRA: the adapters switched off, `engine/model/lora.adapters_off`), and
+inside `reference()` (LoRA: the adapters switched off, `engine/model/lora.adapters_off`) or, for
+a full fine-tune, from the batch (`x["ref_logps"]`, computed once before training), and
 then one of the losses below, the formulas of TRL (`trl.DPOTrainer` / `CPOTrainer` /
 `ORPOTrainer`), which tests/test_dpo.py checks to 1e-5:
 
@@ -101,9 +102,11 @@ class Preference(Objective):
         gamma: float. SimPO's margin. Defaults to 0.5.
         lam: float. ORPO's odds-ratio weight. Defaults to 1.0.
         label_smoothing: float. Defaults to 0.
-        reference: callable(causal_lm) → context manager, or None. Inside it the model is the
-            reference (LoRA: `adapters_off`); None means no reference (log-probs 0; always so
-            for simpo and orpo).
+        reference: callable(causal_lm) → context manager, `"batch"`, or None. Inside the
+            context manager the model is the reference (LoRA: `adapters_off`); `"batch"`: each
+            row's reference log-prob was computed before training and comes as
+            `x["ref_logps"]` [B]; None means no reference (log-probs 0; always so for simpo and
+            orpo).
         chunk: int | None. Sequence positions per chunk of the output head; None: whole rows.
     """
 
@@ -132,7 +135,9 @@ class Preference(Objective):
         tok_logp = -ops.cast(ce, "float32") * w
         logp = ops.reshape(ops.sum(tok_logp, axis=1), (-1, 2))  # [pairs, (chosen, rejected)]
         lens = ops.reshape(ops.sum(w, axis=1), (-1, 2))
-        if self.reference is not None:
+        if self.reference == "batch":  # precomputed before training, carried by the batch
+            ref = jax.lax.stop_gradient(ops.reshape(ops.cast(x["ref_logps"], "float32"), (-1, 2)))
+        elif self.reference is not None:
             with self.reference(model):
                 ref_hidden = model.backbone(x, training=False)
             ref_ce, _ = self._token_ce(model, jax.lax.stop_gradient(ref_hidden), y, with_matches=False)

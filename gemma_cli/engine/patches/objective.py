@@ -63,7 +63,11 @@ def install(causal_lm: Any, objective: Objective) -> None:
     aux = set(objective.metric_names)
     state: dict[str, Any] = {}
 
+    takes = set(backbone.input) if isinstance(backbone.input, dict) else None
+
     def call(inputs: Any, training: Any = None, mask: Any = None) -> Any:
+        if takes is not None and isinstance(inputs, dict):  # batch keys for the objective only (ref_logps)
+            inputs = {k: v for k, v in inputs.items() if k in takes}
         return backbone(inputs, training=training)
 
     def trackers() -> list[Any]:
