@@ -187,12 +187,17 @@ class LayoutConfig(_Strict):
     def is_default(self) -> bool:
         return self.rules == "default"
 
-    @property
-    def is_fsdp(self) -> bool:
-        return self.rules == "fsdp"
-
 
 # ----------------------------------------------------------------------------------- data ---
+def template_fields(template: str) -> list[str]:
+    """The `{field}` names of a data template, in order (str.format's own parser: the one
+    reading of templates for the schema, the renderer and `generate --template`). Raises
+    ValueError when the template does not parse."""
+    import string
+
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
 class DataConfig(_Strict):
     name: str | None = Field(None, description="tfds dataset name, e.g. imdb_reviews.")
     split: str = Field("train", description="tfds split (slicing allowed: train[:10%]).")
@@ -267,7 +272,7 @@ class DataConfig(_Strict):
         if v is None:
             return v
         try:
-            fields = [f for _, f, _, _ in __import__("string").Formatter().parse(v) if f]
+            fields = template_fields(v)
         except ValueError as e:
             raise ValueError(f"template does not parse: {e}") from None
         if not fields:
@@ -280,9 +285,7 @@ class DataConfig(_Strict):
 
     @property
     def template_fields(self) -> list[str]:
-        if not self.template:
-            return []
-        return [f for _, f, _, _ in __import__("string").Formatter().parse(self.template) if f]
+        return template_fields(self.template) if self.template else []
 
 
 # ------------------------------------------------------------------------------ optimizer ---

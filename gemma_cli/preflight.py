@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import os
 import tempfile
@@ -45,7 +44,6 @@ from gemma_cli import net
 from gemma_cli.errors import PreflightError, UsageError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-DATA_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "txt", ".parquet": "parquet"}
 
 
 class Problem(str):
@@ -66,8 +64,9 @@ def require(problems: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------ verbs ---
-def finetune(cfg: Any, *, resume: bool = False, dry_run: bool = False, network: bool = True) -> list[Problem]:
-    """Everything `gemma finetune` needs before it loads the model."""
+def finetune(cfg: Any, *, resume: bool | str = False, dry_run: bool = False, network: bool = True) -> list[Problem]:
+    """Everything `gemma finetune` needs before it loads the model (`resume`: False, True or
+    "auto": the checkpoint if there is one)."""
     out = preset(cfg, weights=True, network=network)
     out += run_dir(cfg, resume=resume, dry_run=dry_run)
     found = data(cfg, required=True)
@@ -292,11 +291,12 @@ def data(cfg: Any, *, required: bool) -> list[Problem]:
     if d is None:
         return [_say(cfg, "data", "the config has no data section; finetune needs one")] if required else []
     out: list[Problem] = []
+    from gemma_cli.engine.data import sources  # light: no keras, jax or TensorFlow
+
     for key in ("paths", "eval_paths"):
         for i, pattern in enumerate(getattr(d, key) or []):
             say = functools.partial(_say, cfg, f"data.{key}[{i}]")
-            hits = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
-            files = [Path(h) for h in hits if not Path(h).is_dir()]
+            hits, files = sources.expand(pattern)
             if not hits:
                 out.append(say(f"'{pattern}' matches no file (paths are relative to the current directory, "
                                f"{Path.cwd()})"))
@@ -305,10 +305,10 @@ def data(cfg: Any, *, required: bool) -> list[Problem]:
                 out.append(say(f"'{pattern}' matches only directories; give files or a glob such as {pattern}/*.jsonl"))
                 continue
             for f in files:
-                kind = d.format or DATA_EXTENSIONS.get(f.suffix.lower())
+                kind = sources.file_kind(f, d.format)
                 if kind is None:
                     out.append(say(f"{f}: cannot tell the format from the extension; set data.format "
-                                   "(jsonl, csv, txt)"))
+                                   f"({sources.kinds_hint()})"))
                     continue
                 try:
                     with open(f, "rb") as fh:
@@ -399,9 +399,10 @@ def _writable(d: Path) -> str | None:
     return None
 
 
-def run_dir(cfg: Any, *, resume: bool, dry_run: bool) -> list[Problem]:
+def run_dir(cfg: Any, *, resume: bool | str, dry_run: bool) -> list[Problem]:
     """train.output_dir for a fine-tune: writable; with --resume, a readable checkpoint;
-    without it, no earlier run's checkpoints to overwrite."""
+    with `--resume auto`, a readable checkpoint if there is one; without either, no earlier
+    run's checkpoints to overwrite."""
     from gemma_cli.engine.model import checkpoint as ckptlib
 
     out_dir = cfg.output_dir
@@ -409,6 +410,8 @@ def run_dir(cfg: Any, *, resume: bool, dry_run: bool) -> list[Problem]:
     if problems:
         return problems
     latest = ckptlib.latest(out_dir)
+    if resume == "auto":
+        return [] if latest is None else checkpoint(latest, optimizer=True)
     if resume:
         if latest is None:
             return [Problem(f"--resume: no checkpoint in {out_dir}/checkpoints (run without --resume to start)")]

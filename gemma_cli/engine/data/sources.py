@@ -375,13 +375,31 @@ class Slice(Source):
 
 
 # ----------------------------------------------------------------------------- local ---
+def expand(pattern: str) -> tuple[list[str], list[Path]]:
+    """(every path `pattern` matches, the files among them), sorted; `~` and `**` expanded.
+    The one glob of data paths: the preflight and the pipeline read the same files."""
+    hits = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
+    return hits, [Path(h) for h in hits if not Path(h).is_dir()]
+
+
+def file_kind(path: Path, fmt: str | None) -> str | None:
+    """The reader of `path`: `fmt` when it names one, else its extension's (`EXTENSIONS`);
+    None when neither tells. `chat` records come in JSONL or Parquet, told by the extension."""
+    return EXTENSIONS.get(path.suffix.lower()) if fmt in (None, "chat") else fmt
+
+
+def kinds_hint() -> str:
+    """`jsonl, csv, txt, parquet`: the formats data.format takes, for error hints."""
+    return ", ".join(dict.fromkeys(EXTENSIONS.values()))
+
+
 def local_files(patterns: list[str], key: str) -> list[Path]:
     files: list[Path] = []
     for pat in patterns:
-        hits = sorted(glob.glob(str(Path(pat).expanduser()), recursive=True))
+        hits, found = expand(pat)
         if not hits:
             raise UsageError(f"{key}: '{pat}' matches no file")
-        files.extend(Path(h) for h in hits if not Path(h).is_dir())
+        files.extend(found)
     return files
 
 
@@ -397,10 +415,10 @@ def open_local(patterns: list[str], fmt: str | None, key: str, block: int) -> So
     """
     parts: list[Source] = []
     for f in local_files(patterns, key):
-        kind = EXTENSIONS.get(f.suffix.lower()) if fmt in (None, "chat") else fmt
+        kind = file_kind(f, fmt)
         if kind is None:
             raise UsageError(
-                f"{key}: {f}: cannot tell the format from the extension; set data.format (jsonl, csv, txt, parquet)"
+                f"{key}: {f}: cannot tell the format from the extension; set data.format ({kinds_hint()})"
             )
         if fmt == "chat" and kind not in ("jsonl", "parquet"):
             raise UsageError(f"{key}: {f}: chat records are read from JSONL or Parquet files, not {kind}")

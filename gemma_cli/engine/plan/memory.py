@@ -149,12 +149,6 @@ def estimate(
     return out
 
 
-def device_bytes(name_or_size: str) -> tuple[str, int] | None:
-    """(label, bytes) of a device name in DEVICES, or None when it is not one."""
-    key = name_or_size.strip().lower()
-    return (key, DEVICES[key]) if key in DEVICES else None
-
-
 # --------------------------------------------------------------------------- measuring ---
 def measure_train_step(causal_lm: Any, batch: int, seq: int, distribution: Any = None) -> dict[str, int]:
     """XLA's memory analysis of `causal_lm`'s compiled train step for one [batch, seq] batch.
