@@ -86,6 +86,7 @@ class DPORecipe(SFTRecipe):
             raise UsageError(f"data: train.method: dpo needs preference records; the data holds {d.bundle.info.kind} records")
         if reference_mode(self.cfg) == "precompute":
             self._precompute_reference()
+            d.eval = d.bundle.eval  # the eval batches now carry their reference values
         return d
 
     def _precompute_reference(self) -> None:
