@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,6 +27,7 @@ from test_finetune import assert_one_error_line, config, gemma
 from tiny import CORPUS
 
 P = 6  # pairs in the fixed log-probs
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # CPOTrainer / ORPOTrainer live in trl.experimental
 
 
 # ------------------------------------------------------------------------ losses vs TRL ---
