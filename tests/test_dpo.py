@@ -403,3 +403,21 @@ def test_full_fine_tune_precomputes_the_reference(tmp_path, tiny_presets):
         assert first[k] == pytest.approx(0.0, abs=1e-4), (k, first)
     assert first["eval_loss"] == pytest.approx(np.log(2), abs=1e-4)
     assert last["eval_rewards/margin"] > 0.05 and last["eval_loss"] < first["eval_loss"]
+
+
+def test_shipped_dpo_example_data_is_current_and_checks_clean(tmp_path):
+    """data/demo_dpo_*.jsonl are what data/make_dpo_demo.py writes, and every pair passes the
+    record check of the shipped config."""
+    import subprocess
+    import sys
+
+    from gemma_cli.config import load_config
+    from gemma_cli.engine.data import check_records
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "data/make_dpo_demo.py"), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cfg = load_config(str(root / "configs/gemma3_270m_dpo.yaml"))
+    data = cfg.data.model_copy(update={"paths": [str(root / p) for p in cfg.data.paths],
+                                       "eval_paths": [str(root / p) for p in cfg.data.eval_paths]})
+    assert check_records(data, None, method="dpo") == 178 + 20
