@@ -69,6 +69,10 @@ def finetune(
         from gemma_cli.engine.train import finetune as run
 
         summary = run(cfg, out, resume=mode, dry_run=dry_run)
+        if dry_run:
+            from gemma_cli import run_facts
+
+            summary["will_train"] = run_facts.describe(cfg)
         out.result(summary, human=lambda c: _human(c, summary))
 
 
@@ -96,6 +100,10 @@ def _human(console: Any, s: dict[str, Any]) -> None:
             f"[green]dry run ok[/]: {s['params']['total']:,} params ({s['params']['trainable']:,} trainable), "
             f"mesh {s['mesh']['shape']} {s['mesh']['axes']}, batch {s['batch']}, {s['steps']} steps planned"
         )
+        if s.get("will_train"):
+            from gemma_cli import run_facts
+
+            console.print(f"  will train: {run_facts.sentence(s['will_train'])}", markup=False)
         return
     ev = f", eval loss {s['eval_loss']:.4f}" if s.get("eval_loss") is not None else ""
     tps = f", {s['tokens_per_second']:,.0f} tok/s" if s.get("tokens_per_second") else ""

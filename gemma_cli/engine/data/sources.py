@@ -467,15 +467,26 @@ class TfdsSource(BlockSource):
         if not builder.is_prepared():
             if reporter is not None:
                 reporter.step(f"Preparing {name} with tfds (download and prepare into {where})")
-            try:
-                # tfds prints to stdout (--json's) and draws bars: our line above says it all
-                tfds.disable_progress_bar()
-                with contextlib.redirect_stdout(io.StringIO()):
-                    builder.download_and_prepare()
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            from gemma_cli.engine.core import remote
+
+            # every URL tfds opens is probed first (a host that does not answer: one line in
+            # seconds, exit 1, not tfds' ten retries), and its retry logging is silenced
+            todo = f"run `tfds build {name}` where there is network and copy its data_dir here, or set data.data_dir"
+            with remote.guard("tfds", f"data.name: {name} is not prepared in {where}, and its download", todo) as g:
+                try:
+                    # tfds prints to stdout (--json's) and draws bars: our line above says it all
+                    tfds.disable_progress_bar()
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        builder.download_and_prepare()
+                except Exception as err:
+                    g.raise_failure()
+                    failed: Exception | None = err
+                else:
+                    failed = None
+            if failed is not None:
+                first = (str(failed).strip().splitlines() or [type(failed).__name__])[0][:200]
                 raise UsageError(
-                    f"data.name: {name} is not prepared in {where} and preparing it failed: {type(e).__name__}: {first}",
+                    f"data.name: {name} is not prepared in {where} and preparing it failed: {type(failed).__name__}: {first}",
                     hint=f"run `tfds build {name}` on a machine with network (and copy its data_dir here), or set data.data_dir",
                 ) from None
         n: int | None = None

@@ -113,6 +113,7 @@ class Preference(Objective):
     name = "dpo"
     metric_names = METRICS
     wants_logits = False  # the head is applied here, to the policy's and the reference's hidden states
+    batch_keys = ("ref_logps",)  # the precomputed reference (full fine-tune); never fed to the model
 
     def __init__(self, loss: str = "sigmoid", beta: float = 0.1, gamma: float = 0.5, lam: float = 1.0,
                  label_smoothing: float = 0.0, reference: Any = None, chunk: int | None = None):

@@ -127,8 +127,13 @@ def _size(n: int) -> str:
 def auto_mesh(cfg: Any, devices: int, device_memory: int | None) -> AutoMesh:
     """The fewest devices on the model axis such that the planned per-device memory of a
     training step fits `device_memory`; the rest on the batch axis (which must divide
-    `data.batch_size`). A narrower model axis means fewer collectives inside every layer (tensor
-    parallelism), so the first split that fits in this order is taken. Where no split fits with the config's
+    `data.batch_size`); the first split that fits in this order is taken. A model axis over
+    every device (the earlier default `[1, -1]`) puts an all-reduce of the activations in every
+    layer: `benchmarks/mesh_table.py` measured it as the costliest split (tiny Gemma 3 LoRA on 8
+    devices, bytes sent per device per step: [1, 8] 5.4 MiB, [8, 1] 2.5, [4, 2] 1.5, [2, 4]
+    1.4). The narrowest axis is not the cheapest there, since the family layouts also shard the
+    weights over the batch axis; choosing by traffic would need a compile per candidate, so the
+    table is the evidence and `mesh.shape` the override. Where no split fits with the config's
     layout and the config does not name one, `layout.rules: fsdp` (weights and optimizer state
     also sharded over the batch axis) is tried the same way. Without a memory figure the
     narrowest model axis is taken.

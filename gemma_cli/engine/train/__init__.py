@@ -16,6 +16,7 @@ from gemma_cli.engine.core.report import Reporter
 RECIPES: dict[str, str] = {
     "sft": "gemma_cli.engine.train.sft:SFTRecipe",
     "dpo": "gemma_cli.engine.train.dpo:DPORecipe",
+    "grpo": "gemma_cli.engine.train.grpo:GRPORecipe",
 }
 
 

@@ -213,7 +213,7 @@ class Recipe:
         self.main = runtime.is_main_process()
         n_dev = layoutlib.device_count()
         shape = cfg.mesh.resolve(n_dev)
-        bad = cfg.mesh.batch_problem(cfg.data.batch_size, shape)
+        bad = cfg.batch_problem(shape)
         if bad:
             raise UsageError(f"data.batch_size: {bad} (mesh {list(shape)} on this machine's {n_dev} devices)")
         log.step(f"Planning {cfg.model.preset} on mesh {dict(zip(cfg.mesh.axes, shape, strict=True))} ({n_dev} devices)")
@@ -331,7 +331,9 @@ class Recipe:
         stopper = H.StopOnSignal(st, self.reporter)
         tracker = H.StepTracker(st, schedule, stopper)
         view = H.ProgressView(st, self.reporter, tracker, schedule, show=self.main)
-        metrics = H.MetricsLog(st, self.out_dir, schedule, view, self.main, self.reporter)
+        metrics = H.MetricsLog(st, self.out_dir, schedule, view, self.main, self.reporter,
+                               report_to=cfg.train.report_to, run_name=cfg.name or self.out_dir.name,
+                               config=dump_config(cfg))
         ev = H.Evaluation(st, d.eval, schedule, metrics, view)
         ck = H.Checkpointing(st, schedule, self._save, view)
         self.hooks = {
@@ -416,7 +418,6 @@ class Recipe:
         cfg, m, d = self.cfg, self.model, self.data
         assert m is not None and d is not None
         hooks = self.setup_hooks()
-        st = self.state
         self.reporter.step(f"Training {d.total_steps - d.start_step} steps (batch {cfg.data.batch_size} × {cfg.data.sequence_length} tokens)")
         lm = m.causal_lm
         # the batches are already tokenized: fit must not run the preprocessor again; its
@@ -425,6 +426,16 @@ class Recipe:
             object.__setattr__(lm, "_gemma_tokenizer", m.preprocessor.tokenizer)
         lm.preprocessor = None
         callbacks = H.HookList(hooks, add_history=True, add_progbar=False, model=lm)
+        try:
+            summary = self._train_loop(callbacks, hooks)
+        finally:
+            self.hooks["metrics"].finish(None)  # after a failure: close the trackers (no-op when finished)
+        return summary
+
+    def _train_loop(self, callbacks: Any, hooks: list[Any]) -> dict[str, Any]:
+        cfg, m, d, st = self.cfg, self.model, self.data, self.state
+        assert m is not None and d is not None
+        lm = m.causal_lm
         try:
             with self.hooks["stop"], m.distribution.scope():
                 try:
@@ -462,6 +473,7 @@ class Recipe:
         if self.main:
             atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2))
             status_file.ended(self.out_dir, "finished", step=st.step)
+        self.hooks["metrics"].finish(summary)
         return summary
 
     # --------------------------------------------------------------------- results ---
@@ -502,7 +514,9 @@ class Recipe:
         from gemma_cli.engine.train.hooks import loss_plot
 
         st = self.state
-        files = {"metrics": str(self.out_dir / "metrics.jsonl"), "tensorboard": str(self.out_dir / "tensorboard")}
+        files = {"metrics": str(self.out_dir / "metrics.jsonl")}
+        if "tensorboard" in st.files:
+            files["tensorboard"] = st.files["tensorboard"]
         if self.main:
             png = loss_plot(st, self.out_dir, self.cfg.name or "run")
             if png:
