@@ -431,6 +431,44 @@ def sec_train(report: dict[str, Any], fixed: Path, varied: Path) -> None:
     })
 
 
+def sec_dpo(report: dict[str, Any], fixed: Path) -> None:
+    """A LoRA-DPO step (BATCH/2 pairs: BATCH sequences, the reference forward pass included)
+    against an SFT step over BATCH sequences of the same length, on the bench model."""
+    import yaml
+
+    words = " ".join(json.loads(ln)["text"] for ln in fixed.read_text().splitlines()[:4]).split()
+    rng = random.Random(1)
+    pairs = OUT / "pairs.jsonl"
+    with pairs.open("w") as f:
+        for _ in range(96):  # every row full: a 64-token prompt and completions past the row
+            prompt, c, r = (" ".join(rng.choice(words) for _ in range(n)) for n in (60, 150, 150))
+            f.write(json.dumps({"prompt": prompt, "chosen": c, "rejected": r}) + "\n")
+    n = 1 if QUICK else 2
+    D: list[dict[str, Any]] = []
+    S: list[dict[str, Any]] = []
+    for i in range(n):
+        cfg = bench_config(f"dpo_{i}", pairs)
+        doc = yaml.safe_load(cfg.read_text())
+        doc["train"]["method"] = "dpo"
+        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+        D.append(ours(f"dpo LoRA-DPO step #{i + 1}", cfg))
+        S.append(ours(f"dpo SFT step, same sequences #{i + 1}", bench_config(f"dpo_sft_{i}", fixed)))
+    RAW["dpo"] = {"dpo": D, "sft": S}
+    d_step, s_step = med(D, "step_s"), med(S, "step_s")
+    r = bl.ratio(d_step, s_step)
+    report["summary"].append(["LoRA-DPO step / SFT step over the same sequences (median)", bl.fmt(r), "≤ 1.5", bl.verdict(r, 1.5)])
+    report["sections"].append({
+        "title": "DPO: a LoRA-DPO step against an SFT step over the same two sequences per pair",
+        "text": (f"Bench model, LoRA rank {LORA}, batch {BATCH} sequences × {SEQ} tokens: {BATCH // 2} preference pairs "
+                 f"(chosen and rejected rows, every row full) against SFT on {BATCH} full-length texts. The DPO step "
+                 "includes the reference forward pass (the model with its adapters off) in the same step."),
+        "headers": ["", "runs", "step s", "per pair s", "time to first step s"],
+        "rows": [["LoRA-DPO", sum(x["ok"] for x in D), d_step, d_step and d_step / (BATCH // 2), med(D, "ttfs")],
+                 ["SFT", sum(x["ok"] for x in S), s_step, s_step and s_step / (BATCH // 2), med(S, "ttfs")]],
+        "notes": [f"ratio of medians DPO/SFT: {bl.fmt(r)}"],
+    })
+
+
 def sec_segments(report: dict[str, Any], varied: Path) -> None:
     """3b. Packing that keeps documents apart (segment ids) vs unpacked padded batches."""
     steps = 6 if QUICK else 20
@@ -761,6 +799,7 @@ def main() -> int:
         ("bench preset", lambda: run("make bench preset", [PY, str(HERE / "make_bench_preset.py"), str(OUT / "bench_preset"),
                                                            *[a for k, v in MODEL.items() for a in (f"--{k}", str(v))]], 180)),
         ("train", lambda: sec_train(report, fixed, varied)),
+        ("dpo", lambda: sec_dpo(report, fixed)),
         ("segments", lambda: sec_segments(report, varied)),
         ("real", lambda: sec_real(report)),
         ("eval", lambda: sec_eval(report)),

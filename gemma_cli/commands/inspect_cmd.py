@@ -203,6 +203,8 @@ def _memory_lines(doc: dict[str, Any]) -> list[str]:
             f"~{human_bytes(est['activations_remat_' + other])}), logits ~{human_bytes(est['logits'])} ({chunked}); {batch}"
         ]
         total += f"; remat {other}: ~{human_bytes(alt['remat_' + other + '_total'])})"
+        if est.get("reference"):
+            lines.append(f"  reference forward pass (dpo) ~{human_bytes(est['reference'])}: its hidden states and logits")
     if tot["device_memory_bytes"]:
         name = f" ({tot['device']})" if tot.get("device") else ""
         total += f" of {human_bytes(tot['device_memory_bytes'])}{name}: " + (

@@ -114,13 +114,18 @@ def estimate(
     remat: str = "none",
     chunk: int | None = None,
     model_axis: int = 1,
+    reference: bool = False,
 ) -> dict[str, int]:
     """Per-device bytes of one training step, by part (see the module docstring).
+
+    `reference` (DPO with a reference model): the step also runs the reference forward pass.
+    Nothing of it is kept for the backward pass; what it adds at its peak is its final hidden
+    states (B·S·H) and its own logits path (`logits`, chunked alike), counted as `reference`.
 
     Returns:
         dict. weights, gradients, optimizer, activations, activations_remat_none,
         activations_remat_blocks, logits, logits_plain, logits_chunked (0 when not chunked),
-        total (with the configured remat and chunk).
+        reference (0 without one), total (with the configured remat and chunk).
     """
     act = {
         r: activation_bytes(dims, batch_per_device, seq, precision, r, model_axis) for r in ("none", "blocks")
@@ -138,7 +143,9 @@ def estimate(
         "logits_plain": lg_plain,
         "logits_chunked": lg_chunk,
     }
-    out["total"] = weights + gradients + optimizer + out["activations"] + out["logits"]
+    hidden = batch_per_device * seq * dims["hidden"] * _act_bytes(precision)
+    out["reference"] = (hidden + out["logits"]) if reference else 0
+    out["total"] = weights + gradients + optimizer + out["activations"] + out["logits"] + out["reference"]
     return out
 
 
