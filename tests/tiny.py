@@ -82,3 +82,33 @@ def make_tiny_preset(out_dir: str | Path, family: str = "gemma3", seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     lm.save_to_preset(str(out))
     return out
+
+
+# A tiny Gemma 3 vision tower: 16×16 images in 4×4 patches, pooled 2×2 → 4 image tokens.
+TINY_VISION = dict(image_size=16, patch_size=4, num_heads=2, hidden_dim=16, num_layers=1, intermediate_dim=32,
+                   pool_size=2, layer_norm_epsilon=1e-6)
+
+
+def make_tiny_vision_preset(out_dir: str | Path, seed: int = 0, vocab_size: int = 128, max_images: int = 2) -> Path:
+    """Write a tiny Gemma 3 *vision* preset (text backbone of the gemma3 tiny config plus a
+    `Gemma3VisionEncoder`, its image converter and preprocessor) to `out_dir`."""
+    import keras
+    import keras_hub
+
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        return out
+    keras.utils.set_random_seed(seed)
+    proto = tiny_proto(vocab_size)
+    text = tiny_backbone_config("gemma3", vocab_size)
+    enc = keras_hub.models.Gemma3VisionEncoder(**TINY_VISION, output_dim=text["hidden_dim"])
+    bb = keras_hub.models.Gemma3Backbone(**{**text, "image_size": TINY_VISION["image_size"], "vision_encoder": enc})
+    tok = keras_hub.models.Gemma3Tokenizer(proto=proto, has_vision_tokens=True)
+    conv = keras_hub.layers.Gemma3ImageConverter(image_size=(16, 16), scale=1 / 127.5, offset=-1.0)
+    pre = keras_hub.models.Gemma3CausalLMPreprocessor(
+        tokenizer=tok, image_converter=conv, sequence_length=64, max_images_per_prompt=max_images,
+        num_vision_tokens_per_image=enc.num_vision_tokens_per_image)
+    lm = keras_hub.models.Gemma3CausalLM(backbone=bb, preprocessor=pre)
+    out.mkdir(parents=True, exist_ok=True)
+    lm.save_to_preset(str(out))
+    return out

@@ -16,6 +16,14 @@ order, into the current row while they fit; the next one that does not fit start
 only on the record order). The model receives `{"token_ids", "padding_mask": segment_ids}`:
 keras-hub treats any non-zero mask value as a token, and the segment-aware attention
 (engine/patches/segments.py) keeps documents apart by their ids.
+
+Rows for a vision model (`ImageSlots`) also carry keras-hub Gemma 3's image inputs:
+
+    images          float32 [slots, S, S, 3]  the row's images in order, zeros in unused slots
+    vision_indices  int32 [slots * T]         positions of the `<img>` tokens, then 0s
+    vision_mask     int32 [L]                 1 where token_ids is `<img>`
+
+Records with images are never packed (the renderer refuses it): one document, one row.
 """
 
 from __future__ import annotations
@@ -27,6 +35,24 @@ from typing import Any
 from gemma_cli.engine.data.tokenize import Doc
 
 FIELDS = ("token_ids", "labels", "weights", "segment_ids", "positions")
+VISION_FIELDS = ("images", "vision_indices", "vision_mask")
+
+
+@dataclass(frozen=True)
+class ImageSlots:
+    """The image inputs of every row for a vision model.
+
+    Args:
+        size: int. Image side S.
+        tokens: int. Tokens per image T.
+        slots: int. Images per row (the model's max images per prompt; 0 with packing).
+        soft_id: int. The `<img>` token id.
+    """
+
+    size: int
+    tokens: int
+    slots: int
+    soft_id: int
 
 
 @dataclass
@@ -57,8 +83,8 @@ class RowBuilder:
         pad_id: int. Token id of padding.
     """
 
-    def __init__(self, length: int, pad_id: int):
-        self.length, self.pad_id = length, pad_id
+    def __init__(self, length: int, pad_id: int, image: ImageSlots | None = None):
+        self.length, self.pad_id, self.image = length, pad_id, image
         self._docs: list[Doc] = []
         self._used = 0
 
@@ -94,8 +120,11 @@ class RowBuilder:
             seg[at : at + m] = k
             pos[at : at + m] = np.arange(m, dtype=np.int32)
             at += m
+        arrays = {"token_ids": ids, "labels": labels, "weights": weights, "segment_ids": seg, "positions": pos}
+        if self.image is not None:
+            arrays.update(self._vision(ids))
         row = Row(
-            {"token_ids": ids, "labels": labels, "weights": weights, "segment_ids": seg, "positions": pos},
+            arrays,
             docs=len(self._docs),
             next_index=next_index,
             cut_docs=sum(1 for d in self._docs if d.cut_tokens),
@@ -105,14 +134,31 @@ class RowBuilder:
         self._docs, self._used = [], 0
         return row
 
+    def _vision(self, ids: Any) -> dict[str, Any]:
+        import numpy as np
 
-def rows(docs: Iterable[Doc], length: int, pad_id: int, packing: bool) -> Iterator[Row]:
+        im = self.image
+        assert im is not None
+        pics = [p for d in self._docs for p in (d.images or [])]
+        if len(pics) > im.slots:
+            raise ValueError(f"{len(pics)} images in a row of {im.slots} image slots")
+        images = np.zeros((im.slots, im.size, im.size, 3), dtype=np.float32)
+        for k, p in enumerate(pics):
+            images[k] = p
+        mask = (ids == im.soft_id).astype(np.int32)
+        where = np.nonzero(mask)[0].astype(np.int32)
+        indices = np.zeros(im.slots * im.tokens, dtype=np.int32)
+        indices[: len(where)] = where[: len(indices)]
+        return {"images": images, "vision_indices": indices, "vision_mask": mask}
+
+
+def rows(docs: Iterable[Doc], length: int, pad_id: int, packing: bool, image: ImageSlots | None = None) -> Iterator[Row]:
     """Rows from documents in order: one per document, or next-fit packed.
 
     Each `Doc.index` is the document's position in its stream; a row's `next_index` is where
     a resumed stream must start to produce the rows after it.
     """
-    b = RowBuilder(length, pad_id)
+    b = RowBuilder(length, pad_id, image)
     for doc in docs:
         if not packing:
             b.add(doc)
@@ -130,7 +176,7 @@ def stack(rows_: list[Row]) -> dict[str, Any]:
     """[rows] → dict of [len(rows), L] arrays."""
     import numpy as np
 
-    return {k: np.stack([r.arrays[k] for r in rows_]) for k in FIELDS}
+    return {k: np.stack([r.arrays[k] for r in rows_]) for k in rows_[0].arrays}
 
 
 def model_batch(
@@ -150,4 +196,7 @@ def model_batch(
     x = {"token_ids": arrays["token_ids"], "padding_mask": mask}
     if position_ids:
         x["position_ids"] = arrays["positions"]
+    for k in VISION_FIELDS:
+        if k in arrays:
+            x[k] = arrays[k]
     return x, arrays["labels"], arrays["weights"]

@@ -273,6 +273,7 @@ class _Train:
         segment_ids: bool,
         keep: int,
         position_ids: bool = False,
+        image: pack.ImageSlots | None = None,
     ):
         self.source, self.order, self.renderer, self.encoder, self.cfg = source, order, renderer, encoder, cfg
         self.first, self.stop, self.total = streams
@@ -281,6 +282,7 @@ class _Train:
         self.workers, self.segment_ids, self.position_ids = workers, segment_ids, position_ids
         self._snaps: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._keep = keep
+        self.image = image
         self.ref_table: Any = None  # [records, 2] reference log-probs (dpo, precomputed)
 
     # -------------------------------------------------------------------------- docs ---
@@ -306,7 +308,8 @@ class _Train:
 
         local = list(range(self.first, self.stop))
         row_iters = [
-            pack.rows(self.docs(d, self.positions.get(d, 0)), self.cfg.sequence_length, self.encoder.pad_id, self.cfg.packing)
+            pack.rows(self.docs(d, self.positions.get(d, 0)), self.cfg.sequence_length, self.encoder.pad_id, self.cfg.packing,
+                      self.image)
             for d in local
         ]
         counts = np.zeros((len(local), len(COUNTERS)), dtype=np.int64)
@@ -487,7 +490,8 @@ def _check_all(source: sources.Source, renderer: Renderer, limit: int | None = N
         renderer(where, rec)
 
 
-def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES, method: str | None = None) -> int:
+def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES, method: str | None = None, vision: Any = None,
+                  model_name: str | None = None) -> int:
     """Parse and render the records of local data files as training will; no tokenizer, no model.
 
     The preflight's record check (`gemma finetune`, `gemma config validate`): a record lacking
@@ -501,6 +505,9 @@ def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES, method: str
         max_bytes: int or None. How much of each split to check before training.
         method: str or None. `train.method`: `dpo` needs preference records (chosen/rejected)
             and only `dpo` takes them. None skips that check.
+        vision: images.VisionSpec or None. The model's image input: images in records are
+            checked (exist, decode, at most max images, no packing); None refuses them.
+        model_name: str or None. The preset, for the message when a text-only model meets an image.
 
     Returns:
         int. The records checked.
@@ -508,7 +515,7 @@ def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES, method: str
     if cfg.source == "tfds":
         return 0
     train, ev = _sources(cfg, cfg.shuffle_buffer)
-    renderer = Renderer(cfg)
+    renderer = Renderer(cfg, vision=vision, model_name=model_name)
     _method_fits(renderer.decide(*train[0]), method, train[0][0])
     checked = 0
     for src in (train, ev):
@@ -540,7 +547,7 @@ def _estimate_steps(train: _Train, n: int, batch_size: int) -> tuple[int, bool]:
 
 def _eval_batches(
     ev: sources.Source, renderer: Renderer, encoder: Encoder, cfg: Any, streams: tuple[int, int, int], batch_size: int,
-    segment_ids: bool, position_ids: bool = False,
+    segment_ids: bool, position_ids: bool = False, image: pack.ImageSlots | None = None,
 ) -> tuple[Any, int, list[Any]]:
     """(grain.MapDataset of this process's eval batches, eval sequences, each batch's global row
     indices): read whole, in order."""
@@ -553,7 +560,7 @@ def _eval_batches(
             where, rec = ev[i]
             yield _encode(encoder, renderer(where, rec), cfg.sequence_length + 1, i)
 
-    rows = list(pack.rows(_flat(docs()), cfg.sequence_length, encoder.pad_id, cfg.packing))
+    rows = list(pack.rows(_flat(docs()), cfg.sequence_length, encoder.pad_id, cfg.packing, image))
     n = len(rows)
     unit = 2 * total if renderer.kind == "preference" else total  # pairs stay whole on one stream
     eb = min(batch_size, n // unit * unit)
@@ -598,6 +605,8 @@ def build(
     chat: Any = None,
     reporter: Any = None,
     method: str | None = None,
+    vision: Any = None,
+    model_name: str | None = None,
 ) -> DataBundle:
     """The data of a run: the training stream, the eval batches, sizes and the resume hooks.
 
@@ -620,6 +629,9 @@ def build(
             model family's turn format (Gemma's when None).
         reporter: engine.core.report.Reporter or None. Told of long steps (a tfds download).
         method: str or None. `train.method` (`dpo` needs preference records; None: no check).
+        vision: images.VisionSpec or None. A vision model's image input: every row carries
+            `images`, `vision_indices`, `vision_mask` (pack.py); None: a text-only model.
+        model_name: str or None. The preset, named when a text-only model meets an image.
 
     Example:
         >>> bundle = build(cfg.data, causal_lm.preprocessor.tokenizer, seed=0)
@@ -631,14 +643,20 @@ def build(
         raise UsageError(f"data.batch_size: {b} is not divisible by the batch axis of the mesh ({total})")
     workers = cfg.workers if cfg.workers is not None else default_workers()
     train_src, eval_src = _sources(cfg, cfg.shuffle_buffer, reporter)
-    renderer = Renderer(cfg, chat=chat)
+    renderer = Renderer(cfg, chat=chat, vision=vision, model_name=model_name)
     where0, rec0 = train_src[0]
     kind = renderer.decide(where0, rec0)
     _method_fits(kind, method, where0)
     if kind == "preference" and (b // total) % 2:
         raise UsageError(f"data.batch_size: {b} sequences over {total} streams is {b // total} a stream; preference "
                          f"pairs need an even number (chosen and rejected side by side): use a multiple of {2 * total}")
-    encoder = Encoder(tokenizer)
+    encoder = Encoder(tokenizer, vision)
+    image = None
+    if vision is not None:
+        from gemma_cli.engine.data import images
+
+        slots = 0 if cfg.packing else vision.max_images  # the renderer refuses images with packing
+        image = pack.ImageSlots(vision.image_size, vision.tokens_per_image, slots, encoder.special(images.SOFT))
     if kind in ("chat", "preference"):  # fail now if the vocabulary lacks the turn markers
         encoder.special(renderer.chat_format.start_turn)
         encoder.special(renderer.chat_format.end_turn)
@@ -654,7 +672,7 @@ def build(
     train = _Train(
         train_src, order, renderer, encoder, cfg,
         streams=(first, stop, total), batch_size=b, start_step=start_step, positions=positions, base=base,
-        workers=workers, segment_ids=segment_ids, keep=keep_positions, position_ids=position_ids,
+        workers=workers, segment_ids=segment_ids, keep=keep_positions, position_ids=position_ids, image=image,
     )
     steps, exact = _estimate_steps(train, len(train_src), b)
     if steps == 0:
@@ -662,7 +680,8 @@ def build(
         raise UsageError(f"data.batch_size: {b} is more than the training {what} of one epoch; lower it or add data")
     ev, n_eval, eval_rows = (None, 0, [])
     if eval_src is not None:
-        ev, n_eval, eval_rows = _eval_batches(eval_src, renderer, encoder, cfg, (first, stop, total), b, segment_ids, position_ids)
+        ev, n_eval, eval_rows = _eval_batches(eval_src, renderer, encoder, cfg, (first, stop, total), b, segment_ids, position_ids,
+                                              image)
     peek = train.first_batch()
     info = DataInfo(
         kind=kind, source=sources.describe(train_src), records=len(train_src),

@@ -61,10 +61,17 @@ def is_preference(record: dict[str, Any]) -> bool:
     return "chosen" in record or "rejected" in record
 
 
-def _text_parts(where: str, parts: list[Any]) -> str:
+IMAGE_MARK = "\ufffcimage\ufffc"  # where an image sits in a turn's text, between rendering steps
+
+
+def _text_parts(where: str, parts: list[Any], sink: list[Any] | None = None) -> str:
     """A turn's content given as parts (`[{"type": "text", "text": "..."}]`, the OpenAI and
     transformers chat form): the text parts joined as transformers' Gemma templates join them.
-    Image, audio or other parts are refused: the fine-tune is text-only."""
+    Image parts (engine/data/images.py) become `IMAGE_MARK` in the text and their `ImageRef`
+    goes to `sink`; with no sink (a text-only model, preference data) they are refused, as are
+    audio and other parts."""
+    from gemma_cli.engine.data import images
+
     out = []
     for j, part in enumerate(parts):
         if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
@@ -73,9 +80,65 @@ def _text_parts(where: str, parts: list[Any]) -> str:
         kind = part.get("type", "text") if isinstance(part, dict) else type(part).__name__
         if kind == "text":
             raise UsageError(f"{where}[{j}]: a text part needs a string 'text'")
+        if kind in ("image", "image_url") and isinstance(sink, _Images):
+            sink.add(where, j, part)
+            out.append(IMAGE_MARK)
+            continue
+        if kind in ("image", "image_url"):
+            why = sink.why if isinstance(sink, _NoImages) else "images go in chat records only (not preference pairs)"
+            raise UsageError(f"{where}[{j}]: an image part, but {why}")
+        if kind in ("audio", "input_audio"):
+            raise UsageError(f"{where}[{j}]: an audio part; no Gemma model gemma trains has an audio encoder yet")
         raise UsageError(f"{where}[{j}]: a part of type {kind!r}; only text parts ({{\"type\": \"text\", \"text\": ...}}) "
-                         "can be fine-tuned on (gemma trains the text model)")
+                         f"and image parts ({images.__name__.rsplit('.', 1)[-1]}: path, base64 or image_url) are understood")
     return "".join(out)
+
+
+class _NoImages(list):
+    """The sink of a renderer whose model takes no images: says why an image part is refused."""
+
+    def __init__(self, why: str):
+        super().__init__()
+        self.why = why
+
+
+class _Images(list):
+    """The images of one record, in the order they appear, checked against the model's limits."""
+
+    def __init__(self, vision: Any, packing: bool, record_where: str):
+        from gemma_cli.engine.data import images
+
+        super().__init__()
+        self.vision, self.packing = vision, packing
+        self.base = images.base_dir(record_where)
+
+    def add(self, where: str, j: int, part: Any) -> None:
+        from gemma_cli.engine.data import images
+
+        key = f"[{j}]"
+        if part.get("type") == "image_url":
+            r = images.ref(where, part.get("image_url"), f"{key}.image_url", self.base)
+        elif "base64" in part:
+            r = images.inline(where, part["base64"], f"{key}.base64")
+        elif "path" in part or "image" in part or "url" in part:
+            k = "path" if "path" in part else ("image" if "image" in part else "url")
+            r = images.ref(where, part[k], f"{key}.{k}", self.base)
+        else:
+            raise UsageError(f"{where}{key}: an image part needs `path`, `base64` or `image_url`; it has {sorted(part)}")
+        self.append(r)
+
+    def done(self, where: str) -> list[Any]:
+        if not self:
+            return []
+        if self.packing:
+            raise UsageError(f"{where}: a record with images and data.packing: true; records with images are never "
+                             "packed (each row carries its own image slots, as in MaxText): set data.packing: false")
+        if len(self) > self.vision.max_images:
+            raise UsageError(f"{where}: {len(self)} images in one record; the model takes at most "
+                             f"{self.vision.max_images} (max_images_per_prompt)")
+        for r in self:
+            r.check()
+        return list(self)
 
 
 def chat_format_for(backbone: Any = None) -> Any:
@@ -109,6 +172,7 @@ class Piece:
     weight: float
     turn: int = -1
     special: bool = False
+    image: Any = None  # images.ImageRef: this piece is an image (its tokens come from tokenize)
 
 
 @dataclass
@@ -120,6 +184,7 @@ class Rendered:
     turns: int = 0
     chat: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    images: list[Any] = field(default_factory=list)  # images.ImageRef in order of appearance
 
 
 def _str(v: Any) -> str:
@@ -148,6 +213,10 @@ class Renderer:
             `loss_on`.
         kind: str. `text`, `template` or `chat`; None decides from the first record seen by
             `decide`.
+        chat: families.ChatFormat (or a function returning it). Gemma's when None.
+        vision: images.VisionSpec or None. The model's image input; None: a text-only model,
+            whose records may not hold images.
+        model_name: str. The preset, named when an image meets a text-only model.
 
     Example:
         >>> r = Renderer(cfg, "chat")
@@ -155,8 +224,11 @@ class Renderer:
         ...                                {"role": "assistant", "content": "Hello"}]})
     """
 
-    def __init__(self, cfg: Any, kind: str | None = None, chat: Any = None):
+    def __init__(self, cfg: Any, kind: str | None = None, chat: Any = None, vision: Any = None,
+                 model_name: str | None = None):
         self.cfg = cfg
+        self.vision = vision
+        self.model_name = model_name
         self.kind = kind or ("template" if cfg.template else ("chat" if cfg.format == "chat" else None))
         self.style: str | None = None  # the chat style of the first record
         self.form: str | None = None  # the preference form of the first record
@@ -258,8 +330,18 @@ class Renderer:
         return Rendered(where, pieces)
 
     # -------------------------------------------------------------------------- chat ---
-    def turns(self, where: str, record: dict[str, Any]) -> list[tuple[str, str]]:
-        """The record's conversation as (role, content) with roles system|user|model, checked."""
+    def _sink(self, where: str) -> list[Any]:
+        """Where the image parts of one record go (or why there are none)."""
+        from gemma_cli.engine.data import images
+
+        if self.vision is None:
+            name = self.model_name or "the model"
+            return _NoImages(f"{name} is a text-only model; images need a multimodal one: {images.MULTIMODAL}")
+        return _Images(self.vision, bool(getattr(self.cfg, "packing", False)), where)
+
+    def turns(self, where: str, record: dict[str, Any], sink: list[Any] | None = None) -> list[tuple[str, str]]:
+        """The record's conversation as (role, content) with roles system|user|model, checked;
+        images (content parts or the record's `images` list) marked in the text and added to `sink`."""
         style = chat_style(record, self.cfg.messages_field)
         if style is None:
             raise UsageError(self._not_chat(where, record))
@@ -278,9 +360,32 @@ class Renderer:
                     raise UsageError(f"{where}: `{key}` is empty")
                 out.append((role, v))
             return out
-        return self._turn_list(where, style, record[style])
+        out = self._turn_list(where, style, record[style], sink)
+        if "images" in record:
+            out = self._image_list(where, record["images"], out, sink)
+        return out
 
-    def _turn_list(self, where: str, style: str, turns: Any) -> list[tuple[str, str]]:
+    def _image_list(self, where: str, paths: Any, turns: list[tuple[str, str]], sink: Any) -> list[tuple[str, str]]:
+        """LLaMA-Factory's form: `images` fill the `<image>` placeholders of the text in order."""
+        from gemma_cli.engine.data import images
+
+        if not isinstance(paths, list):
+            raise UsageError(f"{where}: `images` must be a list of image paths, got {type(paths).__name__}")
+        if not paths:
+            return turns
+        if not isinstance(sink, _Images):
+            raise UsageError(f"{where}: `images`: " + (sink.why if isinstance(sink, _NoImages) else "images go in chat records only"))
+        if sink:
+            raise UsageError(f"{where}: both image parts and an `images` list; use one form per record")
+        n = sum(c.count(images.PLACEHOLDER) for _, c in turns)
+        if n != len(paths):
+            raise UsageError(f"{where}: {len(paths)} `images` but {n} {images.PLACEHOLDER} placeholders in the text; "
+                             "each image needs one placeholder where it sits")
+        for j, p in enumerate(paths):
+            sink.append(images.ref(where, p, f"images[{j}]", sink.base))
+        return [(r, c.replace(images.PLACEHOLDER, IMAGE_MARK)) for r, c in turns]
+
+    def _turn_list(self, where: str, style: str, turns: Any, sink: list[Any] | None = None) -> list[tuple[str, str]]:
         """A list of turns (`record[style]`) as (role, content), checked; `style` names it in errors."""
         if not isinstance(turns, list):
             raise UsageError(f"{where}: `{style}` must be a list of turns, got {type(turns).__name__}")
@@ -296,7 +401,7 @@ class Renderer:
                 raise UsageError(f"{where}: `{style}`[{k}]: unknown role {t[role_key]!r}; expected one of {allowed}")
             content = t[content_key]
             if isinstance(content, list):  # OpenAI / transformers content parts
-                content = _text_parts(f"{where}: `{style}`[{k}]: {content_key!r}", content)
+                content = _text_parts(f"{where}: `{style}`[{k}]: {content_key!r}", content, sink)
             if not isinstance(content, str):
                 raise UsageError(f"{where}: `{style}`[{k}]: {content_key!r} must be a string (or a list of "
                                  f"{{\"type\": \"text\", \"text\": ...}} parts), got {type(content).__name__}")
@@ -335,11 +440,14 @@ class Renderer:
         return head + turns
 
     def _chat(self, where: str, record: dict[str, Any]) -> Rendered:
-        turns = self._fold(where, self.turns(where, record), need_answer=True)
+        sink = self._sink(where)
+        turns = self._fold(where, self.turns(where, record, sink), need_answer=True)
+        refs = sink.done(where) if isinstance(sink, _Images) else []
+        todo = iter(refs)
         pieces = [Piece(BOS, 0.0, special=True)]
         for k, (role, content) in enumerate(turns):
-            pieces.extend(self._turn(k, role, content, closed=True))
-        return Rendered(where, pieces, turns=len(turns), chat=True)
+            pieces.extend(self._turn(k, role, content, closed=True, images=todo))
+        return Rendered(where, pieces, turns=len(turns), chat=True, images=refs)
 
     # -------------------------------------------------------------------- preference ---
     def _preference(self, where: str, record: dict[str, Any]) -> Rendered:
@@ -399,28 +507,43 @@ class Renderer:
         return Rendered(where, head, turns=n_prompt, chat=True, meta=out)
 
     def _turn(self, k: int, role: str, content: str | None, *, closed: bool, loss_all: bool | None = None,
-              train: bool = True) -> list[Piece]:
+              train: bool = True, images: Any = None) -> list[Piece]:
         fmt = self.chat_format
         every = self._loss_all if loss_all is None else loss_all
         answer = 1.0 if train and (role == "model" or every) else 0.0
         frame = 1.0 if train and every else 0.0
         header = fmt.roles["assistant"] if role == "model" else fmt.roles.get(role, fmt.roles["user"])
         out = [Piece(fmt.start_turn, frame, k, special=True), Piece(f"{header}\n", frame, k)]
-        if content is not None:
+        if content is not None and IMAGE_MARK in content and images is not None:
+            for j, text in enumerate(content.split(IMAGE_MARK)):
+                if j:  # an image: never trained on (tokenize gives its tokens weight 0)
+                    out.append(Piece(IMAGE_MARK, 0.0, k, special=True, image=next(images)))
+                if text:
+                    out.append(Piece(text, answer, k))
+        elif content is not None:
             out.append(Piece(content, answer, k))
         if closed:
             out += [Piece(fmt.end_turn, answer, k, special=True), Piece("\n", frame, k)]
         return out
 
-    def prompt(self, turns: list[tuple[str, str]] | str) -> list[Piece]:
+    def prompt(self, turns: list[tuple[str, str]] | str, images: list[Any] | None = None) -> list[Piece]:
         """Pieces of a generation prompt: the conversation so far, then an open model turn.
 
         Args:
             turns: list of (role, content), roles as in the data (user, assistant, system...),
                 ending with a user turn; or one user message as a string.
+            images: list of images.ImageRef. Shown at the start of the last user turn (where
+                `IMAGE_MARK`s in the text do not place them).
         """
         if isinstance(turns, str):
             turns = [("user", turns)]
+        if images:
+            marked = sum(c.count(IMAGE_MARK) for _, c in turns)
+            if not marked:
+                role, content = turns[-1]
+                turns = [*turns[:-1], (role, IMAGE_MARK * len(images) + content)]
+            elif marked != len(images):
+                raise UsageError(f"chat prompt: {len(images)} images for {marked} image places")
         mapped = []
         for k, (role, content) in enumerate(turns):
             r = ROLES.get(role.lower())
@@ -431,8 +554,9 @@ class Renderer:
         if folded[-1][0] != "user":
             raise UsageError("chat prompt: the last turn must be the user's")
         pieces = [Piece(BOS, 0.0, special=True)]
+        todo = iter(images or [])
         for k, (role, content) in enumerate(folded):
-            pieces.extend(self._turn(k, role, content, closed=True))
+            pieces.extend(self._turn(k, role, content, closed=True, images=todo))
         pieces.extend(self._turn(len(folded), "model", None, closed=False))
         return pieces
 

@@ -7,6 +7,10 @@ parallel. Special pieces (`<bos>`, `<start_of_turn>`...) are looked up in the vo
 never tokenized. Tokenizers that are not SentencePiece fall back to calling the keras-hub
 tokenizer.
 
+An image piece becomes what keras-hub's Gemma 3 preprocessor makes of `<start_of_image>`:
+`\\n\\n<start_of_image>` + `<img>` × tokens_per_image + `<end_of_image>\\n\\n`, all of weight 0,
+and its pixels are decoded here, in the worker threads (`Doc.images`, engine/data/images.py).
+
 A document longer than the row (`sequence_length + 1` tokens, the input plus the shifted
 label) is cut: a conversation at the last turn boundary that fits (whole turns from the end
 are dropped); when even its first answer does not fit, and for plain text, at the row length.
@@ -40,6 +44,7 @@ class Doc:
     cut_tokens: int = 0
     cut_turns: int = 0
     index: int = -1
+    images: list[Any] | None = None  # float32 [S, S, 3] per image, in order (vision models)
 
     @property
     def length(self) -> int:
@@ -53,10 +58,12 @@ class Encoder:
     Args:
         tokenizer: keras_hub.tokenizers.Tokenizer. The model's tokenizer (its SentencePiece
             proto is used when it has one).
+        vision: images.VisionSpec or None. The model's image input (image pieces need it).
     """
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, vision: Any = None):
         self.tokenizer = tokenizer
+        self.vision = vision
         proto = getattr(tokenizer, "proto", None)
         self._sp = None
         if proto:
@@ -125,7 +132,9 @@ class Encoder:
         out: list[list[int] | None] = [None] * len(pieces)
         long: list[int] = []
         for k, p in enumerate(pieces):
-            if p.special:
+            if getattr(p, "image", None) is not None:
+                out[k] = self.image_ids()
+            elif p.special:
                 out[k] = [self.special(p.text)]
             elif len(p.text) <= 16:
                 out[k] = self._short(p.text)
@@ -135,6 +144,16 @@ class Encoder:
             for k, ids in zip(long, self.encode([pieces[k].text for k in long]), strict=True):
                 out[k] = ids
         return out, pieces  # type: ignore[return-value]
+
+    def image_ids(self) -> list[int]:
+        """The tokens one image takes (keras-hub's Gemma 3 expansion of `<start_of_image>`)."""
+        from gemma_cli.engine.data import images
+
+        if self.vision is None:
+            raise UsageError("internal: an image piece for an encoder without a vision spec")
+        nl = self._short("\n\n")
+        return [*nl, self.special(images.START), *[self.special(images.SOFT)] * self.vision.tokens_per_image,
+                self.special(images.END), *nl]
 
     def doc(self, rendered: Rendered, max_tokens: int) -> Doc:
         """Tokenize, weigh and cut one rendered record to at most `max_tokens` tokens."""
@@ -154,7 +173,21 @@ class Encoder:
         if len(ids) > max_tokens:
             cut += len(ids) - max_tokens
             ids, weights = ids[:max_tokens], weights[:max_tokens]
-        return Doc(ids, weights, rendered.where, cut_tokens=cut, cut_turns=cut_turns)
+        doc = Doc(ids, weights, rendered.where, cut_tokens=cut, cut_turns=cut_turns)
+        if rendered.images:
+            doc.images = self._pixels(rendered, ids)
+        return doc
+
+    def _pixels(self, rendered: Rendered, ids: Any) -> list[Any]:
+        """The pixels of the images whose tokens survived the cut; an image cut in half is an error."""
+        from gemma_cli.engine.data import images
+
+        n = int((ids == self.special(images.SOFT)).sum())
+        per = self.vision.tokens_per_image
+        if n % per:
+            raise UsageError(f"{rendered.where}: data.sequence_length cuts through an image ({per} tokens each); "
+                             "raise data.sequence_length")
+        return [r.pixels(self.vision) for r in rendered.images[: n // per]]
 
 
     def pair(self, rendered: Rendered, max_tokens: int) -> tuple[Doc, Doc]:
