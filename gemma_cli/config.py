@@ -68,6 +68,12 @@ class ModelConfig(_Strict):
     )
     lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tune.")
     quantize: Literal["none", "int8"] = Field("none", description="Quantize frozen weights.")
+    vision: Literal["frozen", "lora", "full"] = Field(
+        "frozen",
+        description="What of a multimodal model's vision tower (encoder and projector) trains: frozen (nothing, "
+        "as MaxText's freeze_vision_encoder_params), lora (adapters on its attention query/value, with "
+        "model.lora), full (every weight; a full fine-tune only).",
+    )
 
     @property
     def lora_rank(self) -> int:
@@ -691,6 +697,11 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
                                          f"(set train.method: {method}, or remove the section)"))
     problems += _dpo_checks(cfg)
     problems += _grpo_checks(cfg)
+    if cfg.model.vision == "lora" and not cfg.model.lora_rank:
+        problems.append((("model", "vision"), "lora puts adapters on the vision tower: it needs model.lora (or use frozen / full)"))
+    if cfg.model.vision == "full" and cfg.model.lora_rank:
+        problems.append((("model", "vision"), "full trains every tower weight, a full fine-tune; with model.lora use "
+                                              "vision: lora or frozen"))
     m = cfg.mesh
     if len(m.shape) != len(m.axes):
         problems.append(

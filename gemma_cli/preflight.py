@@ -427,12 +427,14 @@ def records(cfg: Any, *, full: bool = False) -> list[Problem]:
     if cfg.train.method == "grpo":
         return grpo_inputs(cfg)
     from gemma_cli.engine.data import check_records  # light: no keras, jax or TensorFlow
+    from gemma_cli.engine.data.images import for_preset
 
     try:
+        vision, name = for_preset(cfg.model.preset)  # images: checked against the model's image input
         if full:
-            check_records(cfg.data, None, method=cfg.train.method)
+            check_records(cfg.data, None, method=cfg.train.method, vision=vision, model_name=name)
         else:
-            check_records(cfg.data, method=cfg.train.method)
+            check_records(cfg.data, method=cfg.train.method, vision=vision, model_name=name)
     except UsageError as e:
         return [Problem(e.line())]
     return []

@@ -226,3 +226,25 @@ def _b64(where: str, key: str, body: str) -> bytes:
         return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
         raise UsageError(f"{where}: {key}: the base64 image data does not decode") from None
+
+
+def for_preset(preset: str) -> tuple[VisionSpec | None, str]:
+    """(the vision spec, how to name the model) of `model.preset`, read without keras: a local
+    keras-hub preset's config.json and preprocessor.json. Names and Hugging Face checkpoints are
+    planned as text backbones today, so they take no images (the name says so)."""
+    from gemma_cli.engine import families
+
+    local = "://" not in preset and Path(preset).expanduser().is_dir()
+    if local:
+        path = Path(preset).expanduser() / "config.json"
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None, preset
+        if isinstance(cfg, dict) and "model_type" not in cfg:
+            return VisionSpec.of_preset(preset, cfg), preset
+        return None, f"{preset} (a Hugging Face checkpoint, loaded as its text model by gemma today)"
+    if families.is_vision(preset):
+        return None, (f"{preset} (by name gemma plans it as its text backbone today; save the preset to a local "
+                      "directory, vision encoder included, and name that directory)")
+    return None, preset

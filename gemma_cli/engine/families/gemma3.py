@@ -1,9 +1,10 @@
-"""Gemma 3 (keras-hub `Gemma3Backbone`), text backbones.
+"""Gemma 3 (keras-hub `Gemma3Backbone`), text backbones and the vision tower's layout.
 
 `intermediate_dim` is HF's `intermediate_size` as is; 270m and 1b use a 512-token window and
 no RoPE scaling, 4b and up scale global RoPE by 8. The 4b/12b/27b presets are vision+text
-models; they are planned as their text backbone (`vision_encoder: None`, as the `*_text`
-presets), which is what fine-tuning shards; the vision tower (~0.42B parameters) is left out.
+models; by name they are planned as their text backbone (`vision_encoder: None`, as the `*_text`
+presets); a local preset or checkpoint that carries its vision encoder is planned, loaded and
+trained whole, the tower laid out by the rules below (`model.vision` says what of it trains).
 
 keras-hub ships no `get_layout_map` for Gemma 3; the default rules below have the shape
 keras-hub uses for Gemma 1/2: the big matrices split over the model axis and over the batch
@@ -46,6 +47,17 @@ RULES = [
     ("decoder_block.*attention_output.kernel", ("model", None, "batch")),
     ("decoder_block.*ffw_gating.*kernel", ("batch", "model")),
     ("decoder_block.*ffw_linear.kernel", ("model", "batch")),
+    # The vision tower (Gemma3VisionEncoder: a SigLIP ViT, then the projector into the text
+    # width). keras-hub has no layout for it (keras-hub #2828); these put each matrix's input
+    # dimension on one axis and its output on the other, as the text MLP: (in, out) kernels
+    # of q/k/v and mlp_dense_1 and the projector split (batch, model), out_proj and
+    # mlp_dense_2 (model, batch). Gemma 3's tower: width 1152, MLP 4304, 16 heads, all
+    # divisible by 8; conv, position embeddings, norms and biases are replicated.
+    ("image_encoder/.*(query_proj|key_proj|value_proj)/kernel", ("batch", "model")),
+    ("image_encoder/.*out_proj/kernel", ("model", "batch")),
+    ("image_encoder/.*mlp_dense_1/kernel", ("batch", "model")),
+    ("image_encoder/.*mlp_dense_2/kernel", ("model", "batch")),
+    ("vision_output_encoder/vision_input_projection/kernel", ("batch", "model")),
 ]
 
 FAMILY = Family(

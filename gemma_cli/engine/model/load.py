@@ -17,7 +17,7 @@ from gemma_cli.engine.families import (
     lora_layer_names,
 )
 from gemma_cli.engine.model.errors import load_error
-from gemma_cli.engine.model.lora import lora_layers
+from gemma_cli.engine.model.lora import apply_vision_mode, lora_layers, target_names
 from gemma_cli.errors import RuntimeFailure, UsageError, translate
 
 
@@ -105,7 +105,8 @@ def dtype_for(precision: str) -> str:
 
 
 def abstract_variables(
-    bb_config: dict[str, Any], precision: str = "float32", lora_rank: int = 0, lora_targets: list[str] | None = None
+    bb_config: dict[str, Any], precision: str = "float32", lora_rank: int = 0, lora_targets: list[str] | None = None,
+    vision: str = "frozen",
 ) -> list[tuple[str, tuple[int, ...], str]]:
     """(path, shape, dtype) of every backbone variable, with LoRA, allocating nothing.
 
@@ -115,7 +116,7 @@ def abstract_variables(
     _setup()
     key = json.dumps(bb_config, sort_keys=True, default=str)
     targets = lora_layer_names(backbone_class(bb_config), lora_targets)
-    out = list(_abstract(key, precision, lora_rank, tuple(targets) if targets else None))
+    out = list(_abstract(key, precision, lora_rank, tuple(targets) if targets else None, vision))
     if lora_rank and targets:
         check_lora_targets(lora_targets, targets, [p for p, _, _ in out])
     return out
@@ -139,7 +140,7 @@ def check_lora_targets(given: list[str], names: list[str], paths: list[str]) -> 
 
 @functools.lru_cache(maxsize=32)
 def _abstract(
-    bb_json: str, precision: str, lora_rank: int, lora_targets: tuple[str, ...] | None
+    bb_json: str, precision: str, lora_rank: int, lora_targets: tuple[str, ...] | None, vision: str = "frozen"
 ) -> tuple[tuple[str, tuple[int, ...], str], ...]:
     bb_config = json.loads(bb_json)
     _setup()
@@ -155,7 +156,7 @@ def _abstract(
         cfg["config"] = inner
         bb = keras.saving.deserialize_keras_object(cfg)
         if lora_rank:
-            bb.enable_lora(lora_rank, target_layer_names=list(lora_targets) if lora_targets else None)
+            bb.enable_lora(lora_rank, target_layer_names=target_names(bb, list(lora_targets) if lora_targets else None, vision))
         paths.clear()
         paths.extend((v.path, str(v.dtype)) for v in bb.weights)
         return [v.value for v in bb.weights]
@@ -230,7 +231,8 @@ def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any) -> None:
     lora = model_cfg.lora
     if lora and lora.rank:
         bb = causal_lm.backbone
-        bb.enable_lora(lora.rank, target_layer_names=lora_layer_names(type(bb).__name__, lora.target_layers))
+        names = lora_layer_names(type(bb).__name__, lora.target_layers)
+        bb.enable_lora(lora.rank, target_layer_names=target_names(bb, names, getattr(model_cfg, "vision", "frozen")))
         if not getattr(bb, "_lora_enabled_layers", None):
             raise UsageError(
                 f"model.lora.target_layers: {lora.target_layers} matched no layer",
@@ -239,6 +241,7 @@ def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any) -> None:
         if lora.alpha is not None:
             for layer in lora_layers(bb):
                 layer.lora_alpha = float(lora.alpha)
+    apply_vision_mode(causal_lm.backbone, getattr(model_cfg, "vision", "frozen"), bool(lora and lora.rank))
 
 
 def param_counts(causal_lm: Any) -> dict[str, int]:

@@ -92,3 +92,27 @@ class adapters_off:
         for layer in self._off:
             layer.lora_enabled = True
         self._off = []
+
+
+VISION_LORA = ("query_proj", "value_proj")  # keras-hub's LoRA targets in Gemma 3's vision tower
+
+
+def target_names(backbone: Any, names: list[str] | None, vision: str = "frozen") -> list[str] | None:
+    """The layer names LoRA goes on: `names` (None: keras-hub's defaults), with the vision
+    tower's attention added for `model.vision: lora` and taken out otherwise (keras-hub's
+    defaults for a Gemma 3 vision backbone include it; gemma's default is a frozen tower)."""
+    if getattr(backbone, "vision_encoder", None) is None:
+        return names
+    out = list(names) if names is not None else list(backbone.default_lora_layer_names())
+    out = [n for n in out if n not in VISION_LORA]
+    if vision == "lora":
+        out += list(VISION_LORA)
+    return out
+
+
+def apply_vision_mode(backbone: Any, vision: str, lora: bool) -> None:
+    """`model.vision` on a full fine-tune: `frozen` leaves the tower (encoder and projector)
+    untrainable. With LoRA, `enable_lora` already froze every base weight."""
+    enc = getattr(backbone, "vision_encoder", None)
+    if enc is not None and not lora:
+        enc.trainable = vision == "full"

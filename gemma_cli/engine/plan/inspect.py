@@ -327,7 +327,7 @@ def describe(
     cls = model.backbone_class(bb)
     lora_rank = cfg.model.lora_rank
     lora_targets = cfg.model.lora.target_layers if cfg.model.lora else None
-    abstract = model.abstract_variables(bb, cfg.model.precision, lora_rank, lora_targets)
+    abstract = model.abstract_variables(bb, cfg.model.precision, lora_rank, lora_targets, vision=cfg.model.vision)
     if lora_rank and not any("lora_kernel" in p for p, _, _ in abstract):
         raise UsageError(
             f"model.lora.target_layers: {lora_targets} matched no layer",

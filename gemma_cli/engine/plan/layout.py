@@ -412,7 +412,8 @@ def layout_for(cfg: Any, *, with_lora: bool = True) -> Layout:
     shape = cfg.mesh.resolve(n_dev)
     lora = cfg.model.lora if with_lora else None
     variables = modellib.abstract_variables(
-        bb_cfg, cfg.model.precision, lora.rank if lora else 0, lora.target_layers if lora else None
+        bb_cfg, cfg.model.precision, lora.rank if lora else 0, lora.target_layers if lora else None,
+        vision=getattr(cfg.model, "vision", "frozen"),
     )
     plan = plan_for(cfg, cls, variables, shape)
     raise_for(plan)

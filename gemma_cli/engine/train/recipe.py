@@ -250,6 +250,7 @@ class Recipe:
         """The streaming data of the run (engine/data): every check that can run before
         anything is written runs here; `--resume` continues at the checkpoint's data position."""
         from gemma_cli.engine import data as datalib
+        from gemma_cli.engine.data.images import VisionSpec
         from gemma_cli.engine.model import load as modellib
 
         cfg, log, m = self.cfg, self.reporter, self.model
@@ -273,6 +274,8 @@ class Recipe:
             chat=lambda: datalib.chat_format_for(m.causal_lm.backbone),
             reporter=log,
             method=getattr(cfg.train, "method", None),
+            vision=VisionSpec.of_model(m.causal_lm),
+            model_name=cfg.model.preset,
         )
         info = bundle.info
         per_epoch = info.steps_per_epoch
