@@ -36,8 +36,8 @@ def draw(path: Path, colour: str, rng: Any, size: int = 40) -> Path:
     img = np.full((size, size, 3), 128, dtype=np.uint8)
     base = np.array(COLOURS[colour], dtype=np.int64)
     shade = np.clip(base + rng.integers(-25, 26, 3), 0, 255).astype(np.uint8)
-    r = int(rng.integers(7, 14))
-    cy, cx = (int(v) for v in rng.integers(r, size - r, 2))
+    r = int(rng.integers(11, 17))
+    cy, cx = (int(v) for v in rng.integers(r - 4, size - r + 4, 2))
     yy, xx = np.mgrid[:size, :size]
     if rng.integers(2):
         m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
@@ -62,11 +62,11 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def run_config(tmp: Path, preset: Path, data: Path, **over: Any) -> Path:
     d: dict[str, Any] = {
-        "model": {"preset": str(preset), "precision": "float32", "lora": {"rank": 8}},
+        "model": {"preset": str(preset), "precision": "float32", "lora": {"rank": 8}, "vision": "lora"},
         "mesh": {"shape": [2, 4], "axes": ["batch", "model"]},
         "data": {"paths": [str(data)], "format": "chat", "sequence_length": 48, "batch_size": 8},
         "optimizer": {"name": "adamw", "learning_rate": 3e-2},
-        "train": {"max_steps": 60, "output_dir": str(tmp / "out"), "log_every": 20},
+        "train": {"max_steps": 150, "output_dir": str(tmp / "out"), "log_every": 20},
     }
     for k, v in over.items():
         d[k] = {**d.get(k, {}), **v}
@@ -132,30 +132,31 @@ def held_out_accuracy(cfg_path: Path, held: list[tuple[Path, str]], *, checkpoin
     lm = runs.load(cfg, ckpt, adapters=True)
     spec = VisionSpec.of_model(lm)
     enc = Encoder(modellib.tokenizer_of(lm), spec)
-    seqs = {c: enc.encode([c])[0] for c in COLOURS}
     slots = ImageSlots(spec.image_size, spec.tokens_per_image, spec.max_images, enc.special("<img>"))
-    rows = []  # one row per (image, colour): the prompt, then the colour word
+    stop = enc.special("<end_of_turn>")
+    prompts, pixels = [], []
     for path, _ in held:
         image = ref("held", str(path), "image")
         ids_per, _ = enc.pieces_of(Renderer.for_chat().prompt([("user", QUESTION)], images=[image]))
-        prompt = [t for x in ids_per for t in x]
-        pixels = image.pixels(spec)
-        for c in COLOURS:
-            ids = np.array(prompt + seqs[c], dtype=np.int32)
-            w = np.zeros(len(ids), np.float32)
-            w[len(prompt):] = 1
+        prompts.append([t for x in ids_per for t in x])
+        pixels.append(image.pixels(spec))
+    answers: list[list[int]] = [[] for _ in held]
+    for _ in range(8):  # greedy, one token at a time (the model as a user's generate sees it)
+        rows, last = [], []
+        for p, a, px in zip(prompts, answers, pixels, strict=True):
+            ids = np.array([*p, *a, 0], dtype=np.int32)
             b = RowBuilder(48, enc.pad_id, slots)
-            b.add(Doc(ids, w, "held", images=[pixels]))
+            b.add(Doc(ids, np.zeros(len(ids), np.float32), "held", images=[px]))
             rows.append(b.take(0).arrays)
-    x = {k: np.stack([r[k] for r in rows]) for k in ("token_ids", "images", "vision_indices", "vision_mask")}
-    x["padding_mask"] = np.stack([r["segment_ids"] > 0 for r in rows]).astype("int32")
-    labels = np.stack([r["labels"] for r in rows])
-    weights = np.stack([r["weights"] for r in rows])
-    logits = np.asarray(lm(x), dtype=np.float64)
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
-    score = (np.take_along_axis(logp, labels[..., None], -1)[..., 0] * weights).sum(-1).reshape(len(held), len(COLOURS))
-    picks = [list(COLOURS)[int(k)] for k in score.argmax(-1)]
-    return sum(p == c for p, (_, c) in zip(picks, held, strict=True)) / len(held)
+            last.append(len(ids) - 2)
+        x = {k: np.stack([r[k] for r in rows]) for k in ("token_ids", "images", "vision_indices", "vision_mask")}
+        x["padding_mask"] = np.stack([r["segment_ids"] > 0 for r in rows]).astype("int32")
+        logits = np.asarray(lm(x))
+        for i, a in enumerate(answers):
+            if not a or a[-1] != stop:
+                a.append(int(logits[i, last[i]].argmax()))
+    said = [enc.decode([t for t in a if t != stop]).strip() for a in answers]
+    return sum(s == c for s, (_, c) in zip(said, held, strict=True)) / len(held)
 
 
 # --------------------------------------------------------------------------- learning ---
