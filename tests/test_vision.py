@@ -60,11 +60,11 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def run_config(tmp: Path, preset: Path, data: Path, **over: Any) -> Path:
+def run_config(tmp: Path, preset: Path, data_path: Path, **over: Any) -> Path:
     d: dict[str, Any] = {
-        "model": {"preset": str(preset), "precision": "float32", "lora": {"rank": 8}, "vision": "lora"},
+        "model": {"preset": str(preset), "precision": "float32", "lora": {"rank": 8}},
         "mesh": {"shape": [2, 4], "axes": ["batch", "model"]},
-        "data": {"paths": [str(data)], "format": "chat", "sequence_length": 48, "batch_size": 8},
+        "data": {"paths": [str(data_path)], "format": "chat", "sequence_length": 48, "batch_size": 8},
         "optimizer": {"name": "adamw", "learning_rate": 3e-2},
         "train": {"max_steps": 150, "output_dir": str(tmp / "out"), "log_every": 20},
     }
@@ -163,3 +163,140 @@ def held_out_accuracy(cfg_path: Path, held: list[tuple[Path, str]], *, checkpoin
 def test_lora_learns_colours_from_images(vision_run: dict[str, Any]) -> None:
     assert vision_run["before"] <= 0.6, vision_run
     assert vision_run["after"] >= 0.9, vision_run
+    print(f"held-out accuracy {vision_run['before']:.2f} -> {vision_run['after']:.2f}")
+    assert vision_run["summary"]["final_loss"] < vision_run["summary"]["first_loss"]
+
+
+# ------------------------------------------------------------------------ the tower plan ---
+def test_tower_plan_equals_live_at_2x4(vision_preset: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
+    """The vision tower's default layout: planned without weights, then the live variables
+    under the distribution carry exactly the planned specs (LoRA on text, tower frozen)."""
+    from gemma_cli.config import load_config
+    from gemma_cli.engine.model import runs
+    from gemma_cli.engine.plan import layout as layoutlib
+
+    cfg = load_config(str(run_config(tmp_path, vision_preset, shapes["train"])))
+    lay = layoutlib.layout_for(cfg)
+    planned = {v.path: tuple(v.spec) for v in lay.plan.variables}
+    assert planned["image_encoder/encoder_block_0/multi_head_attention/query_proj/kernel"] == ("batch", "model")
+    assert planned["image_encoder/encoder_block_0/multi_head_attention/out_proj/kernel"] == ("model", "batch")
+    assert planned["image_encoder/encoder_block_0/mlp_dense_2/kernel"] == ("model", "batch")
+    assert planned["vision_output_encoder/vision_input_projection/kernel"] == ("batch", "model")
+    assert not any("query_proj/lora" in p for p in planned)  # frozen tower: no adapters there
+    lm = runs.load(cfg, distribution=lay.distribution, adapters=True)
+    live = {}
+    for v in lm.backbone.weights:
+        spec = tuple(v.value.sharding.spec)
+        live[v.path] = spec + (None,) * (len(v.shape) - len(spec))
+    assert set(live) == set(planned)
+    assert {p: s for p, s in live.items() if "image" in p or "vision" in p} == {
+        p: s for p, s in planned.items() if "image" in p or "vision" in p}
+    tower = [v for v in lm.backbone.vision_encoder.weights]
+    assert tower and not any(v.trainable for v in tower)
+
+
+# -------------------------------------------------------------------------- bad input ---
+def _bad(tmp: Path, preset: Path, rows: list[dict[str, Any]], **over: Any) -> str:
+    data = write_jsonl(tmp / "bad.jsonl", rows)
+    r = gemma("finetune", run_config(tmp, preset, data, **over))
+    assert r.exit_code == 2, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def test_missing_image_names_file_line(vision_preset: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
+    ok = record(str(shapes["root"] / "img" / "t0.png"), "red")
+    line = _bad(tmp_path, vision_preset, [ok, record("nowhere.png", "red")])
+    assert "bad.jsonl:2" in line and "nowhere.png" in line and "does not exist" in line
+
+
+def test_corrupt_image(vision_preset: Path, tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    line = _bad(tmp_path, vision_preset, [record("broken.png", "red")])
+    assert "bad.jsonl:1" in line and "broken.png" in line
+
+
+def test_web_url_refused(vision_preset: Path, tmp_path: Path) -> None:
+    rec = {"messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                                     {"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": "red"}]}
+    line = _bad(tmp_path, vision_preset, [rec])
+    assert "bad.jsonl:1" in line and "download the image first" in line
+
+
+def test_too_many_images(vision_preset: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
+    img = str(shapes["root"] / "img" / "t0.png")
+    rec = {"messages": [{"role": "user", "content": "<image><image><image> which?"},
+                        {"role": "assistant", "content": "red"}], "images": [img, img, img]}
+    line = _bad(tmp_path, vision_preset, [rec])
+    assert "bad.jsonl:1" in line and "3 images" in line and "at most 2" in line
+
+
+def test_image_for_text_only_preset(tiny_gemma3: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
+    line = _bad(tmp_path, tiny_gemma3, [record(str(shapes["root"] / "img" / "t0.png"), "red")])
+    assert "bad.jsonl:1" in line and "text-only" in line and str(tiny_gemma3) in line and "gemma3_4b" in line
+
+
+def test_packing_with_images_refused(vision_preset: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
+    line = _bad(tmp_path, vision_preset, [record(str(shapes["root"] / "img" / "t0.png"), "red")],
+                data={"packing": True})
+    assert "data.packing" in line and "never packed" in line
+
+
+# ------------------------------------------------------------------- data: image forms ---
+def test_image_forms_place_tokens_where_the_image_is(vision_preset: Path, shapes: dict[str, Any]) -> None:
+    """Path (relative to the data file), base64, data URL and the `images` list with `<image>`
+    give the same tokens and pixels; image tokens and the prompt carry no loss."""
+    import numpy as np
+
+    from gemma_cli.engine.data import Renderer
+    from gemma_cli.engine.data.images import VisionSpec
+    from gemma_cli.engine.data.tokenize import Encoder
+
+    raw = (shapes["root"] / "img" / "t1.png").read_bytes()
+    b64 = base64.b64encode(raw).decode()
+    forms = [
+        [{"type": "image", "path": "img/t1.png"}, {"type": "text", "text": QUESTION}],
+        [{"type": "image", "base64": b64}, {"type": "text", "text": QUESTION}],
+        [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}}, {"type": "text", "text": QUESTION}],
+    ]
+    recs = [{"messages": [{"role": "user", "content": c}, {"role": "assistant", "content": "green"}]} for c in forms]
+    recs.append({"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
+                              {"role": "assistant", "content": "green"}], "images": ["img/t1.png"]})
+    import keras_hub
+
+    tok = keras_hub.tokenizers.Tokenizer.from_preset(str(vision_preset))
+    spec = VisionSpec.of_preset(str(vision_preset), json.loads((vision_preset / "config.json").read_text()))
+    assert (spec.image_size, spec.tokens_per_image, spec.max_images) == (16, 4, 2)
+    cfg = type("D", (), dict(template=None, format="chat", messages_field=None, loss_on="assistant", field="text",
+                             response_field=None, packing=False))()
+    r = Renderer(cfg, vision=spec)
+    enc = Encoder(tok, spec)
+    where = f"{shapes['root'] / 'train.jsonl'}:1"
+    docs = [enc.doc(r(where, rec), 48) for rec in recs]
+    for d in docs[1:]:
+        assert np.array_equal(d.ids, docs[0].ids) and np.allclose(d.images[0], docs[0].images[0])
+    soft = enc.special("<img>")
+    at = np.nonzero(docs[0].ids == soft)[0]
+    assert len(at) == 4 and np.all(docs[0].weights[at] == 0) and np.all(docs[0].weights[: at[-1] + 2] == 0)
+    assert docs[0].ids[at[0] - 1] == enc.special("<start_of_image>")
+
+
+def test_resize_matches_keras_hub_converter(vision_preset: Path, shapes: dict[str, Any]) -> None:
+    """Decoded and resized as keras-hub's Gemma3ImageConverter does (crop to square, bilinear)."""
+    import keras_hub
+    import numpy as np
+    from PIL import Image
+
+    from gemma_cli.engine.data.images import ImageRef, VisionSpec
+
+    path = shapes["root"] / "wide.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(path)
+    spec = VisionSpec(16, 4)
+    ours = ImageRef("x", path=str(path)).pixels(spec)
+    conv = keras_hub.layers.Gemma3ImageConverter(image_size=(16, 16), scale=1 / 127.5, offset=-1.0)
+    theirs = np.asarray(conv(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)[None]))[0]
+    assert np.abs(ours - theirs).max() < 1e-4
