@@ -300,3 +300,21 @@ def test_resize_matches_keras_hub_converter(vision_preset: Path, shapes: dict[st
     conv = keras_hub.layers.Gemma3ImageConverter(image_size=(16, 16), scale=1 / 127.5, offset=-1.0)
     theirs = np.asarray(conv(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)[None]))[0]
     assert np.abs(ours - theirs).max() < 1e-4
+
+
+# ------------------------------------------------------------------------- generation ---
+def test_generate_with_image_names_the_colour(vision_run: dict[str, Any], shapes: dict[str, Any]) -> None:
+    """`gemma generate RUN --chat --image img.png -p ...` on the fine-tuned run."""
+    out = vision_run["tmp"] / "out"
+    said = {}
+    for path, colour in shapes["held"][:3]:
+        r = gemma("generate", out, "--chat", "--image", path, "-p", QUESTION, "--max-new-tokens", "8", "--jsonl")
+        assert r.exit_code == 0, r.stderr[-2000:]
+        said[colour] = json.loads(r.stdout.strip().splitlines()[-1])["completion"].strip()
+    assert said == {c: c for c in said}, said
+
+
+def test_generate_image_on_text_only_model_refused(tiny_gemma3: Path, shapes: dict[str, Any]) -> None:
+    r = gemma("generate", tiny_gemma3, "--chat", "--image", shapes["held"][0][0], "-p", "hi")
+    assert r.exit_code == 2
+    assert "text-only" in r.stderr and "Traceback" not in r.stderr

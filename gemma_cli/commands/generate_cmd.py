@@ -75,6 +75,8 @@ def generate(
         bool, typer.Option("--template", help="Wrap prompts in the config's data.template (prompt → first field).")
     ] = False,
     echo: Annotated[bool, typer.Option("--echo", help="Keep the prompt in the output.")] = False,
+    image: Annotated[list[str] | None, typer.Option(
+        "--image", help="An image file shown with every prompt (repeatable; --chat, a multimodal model).")] = None,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per prompt on stdout.")] = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -124,6 +126,7 @@ def generate(
         from gemma_cli import preflight
 
         preflight.require(preflight.target(tgt))
+        images = _images(image or [], chat, cfg.model.preset)
         if template:
             if cfg.data is None or not cfg.data.template:
                 raise UsageError("--template: the config has no data.template")
@@ -151,9 +154,9 @@ def generate(
             out.warn(f"generate.max_length: {g.max_length} counts the prompt; prefer generate.max_new_tokens "
                      "(tokens after the prompt, as Hugging Face counts them)")
         if g.max_length is not None and max_new_tokens is None:
-            results = gen(prompts, max_length=g.max_length, chat=chat, echo=echo)
+            results = gen(prompts, max_length=g.max_length, chat=chat, echo=echo, images=images)
         else:
-            results = gen(prompts, max_new_tokens=g.max_new_tokens, chat=chat, echo=echo)
+            results = gen(prompts, max_new_tokens=g.max_new_tokens, chat=chat, echo=echo, images=images)
         dt = time.perf_counter() - t1
         for r, s in zip(results, shown, strict=True):
             r["prompt"] = s
@@ -193,3 +196,22 @@ def _human(results: list[dict[str, Any]]) -> None:
         if many and i < len(results) - 1:
             sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+def _images(paths: list[str], chat: bool, preset: str) -> list[Any]:
+    """`--image` files, checked before the model loads: --chat, a multimodal model, readable images."""
+    if not paths:
+        return []
+    if not chat:
+        raise UsageError("--image: images go in a chat turn; add --chat")
+    from gemma_cli.engine.data import images as imagelib
+
+    spec, name = imagelib.for_preset(preset)
+    if spec is None:
+        raise UsageError(f"--image: {name} is a text-only model; images need a multimodal one: {imagelib.MULTIMODAL}")
+    if len(paths) > spec.max_images:
+        raise UsageError(f"--image: {len(paths)} images; the model takes at most {spec.max_images} (max_images_per_prompt)")
+    refs = [imagelib.ref("--image", p, "--image", Path.cwd()) for p in paths]
+    for r in refs:
+        r.check()
+    return refs

@@ -15,6 +15,10 @@ same shape, so it compiles once.
 (`gemma_cli.engine.data.chat_prompt_ids`), turn markers by vocabulary id, so the model is
 prompted with exactly the prefix that chat fine-tuning trained it to answer, and generation
 stops at `<end_of_turn>`.
+
+Images (`gemma generate --chat --image`, a multimodal model): each prompt's user turn starts
+with the images, rendered and tokenized as training renders them (engine/data: the image
+tokens, `vision_indices` and `vision_mask`), and keras-hub's Gemma 3 `generate_step` takes them.
 """
 
 from __future__ import annotations
@@ -91,16 +95,25 @@ class Sampler:
 
         return chat_format_for(self.lm.backbone)
 
-    def chat_prompt_ids(self, prompt: str | list[tuple[str, str]]) -> list[int]:
+    def chat_prompt_ids(self, prompt: str | list[tuple[str, str]], images: list[Any] | None = None) -> list[int]:
         """The token ids `--chat` feeds the model for a user message (or a conversation
-        prefix): the chat renderer's, as training saw them."""
-        from gemma_cli.engine.data import chat_prompt_ids
+        prefix): the chat renderer's, as training saw them (images first in the user turn)."""
+        from gemma_cli.engine.data import Encoder, Renderer, chat_prompt_ids
 
-        return chat_prompt_ids(self.tokenizer, prompt, self.chat_format)
+        if not images:
+            return chat_prompt_ids(self.tokenizer, prompt, self.chat_format)
+        ids_per, _ = Encoder(self.tokenizer, self.vision).pieces_of(Renderer.for_chat(self.chat_format).prompt(prompt, images))
+        return [t for ids in ids_per for t in ids]
+
+    @property
+    def vision(self) -> Any:
+        from gemma_cli.engine.data.images import VisionSpec
+
+        return VisionSpec.of_model(self.lm)
 
     def __call__(
         self, prompts: list[str], *, max_length: int | None = None, max_new_tokens: int | None = None,
-        chat: bool = False, echo: bool = False,
+        chat: bool = False, echo: bool = False, images: list[Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Completions of `prompts`. Give `max_new_tokens` (tokens after the prompt; the
         generated length is rounded up to a multiple of 64 so that similar prompts share one
@@ -109,13 +122,16 @@ class Sampler:
             raise ValueError("give max_length or max_new_tokens")
         results: list[dict[str, Any]] = []
         stop = self._stop_ids(chat)
+        if images and (not chat or self.vision is None):
+            raise UsageError("images need --chat and a multimodal model (one with a vision encoder)")
+        self._images = list(images or [])
         self._max_new = max_new_tokens if max_length is None else None
         for i in range(0, len(prompts), self.batch_size):
             chunk = prompts[i : i + self.batch_size]
             pad = self.batch_size - len(chunk)
             batch = chunk + [chunk[-1]] * pad
             if max_length is None:
-                longest = max(len(self.chat_prompt_ids(p)) if chat else len(self._ids(p)) + 1 for p in batch)
+                longest = max(len(self.chat_prompt_ids(p, self._images)) if chat else len(self._ids(p)) + 1 for p in batch)
                 max_length = -(-(longest + max_new_tokens) // 64) * 64
                 fixed = False
             else:
@@ -179,7 +195,7 @@ class Sampler:
         from gemma_cli.engine.data.render import BOS
 
         renderer = Renderer.for_chat(self.chat_format)
-        ids = [self.chat_prompt_ids(p) for p in prompts]
+        ids = [self.chat_prompt_ids(p, self._images) for p in prompts]
         shown = ["".join(piece.text for piece in renderer.prompt(p) if piece.text != BOS) for p in prompts]
         return [(s, completion, n, k) for s, (_, completion, n, k) in zip(shown, self._id_batch(ids, max_length, stop), strict=True)]
 
@@ -203,6 +219,8 @@ class Sampler:
             tokens[r, : len(seq)] = seq
             mask[r, : len(seq)] = True
         inputs = {"token_ids": tokens, "padding_mask": mask}
+        if getattr(self, "_images", None):
+            inputs.update(self._vision_inputs(tokens, enc))
         dist = keras.distribution.distribution()
         if dist is not None:
             inputs = {k: keras.distribution.distribute_tensor(v, dist.get_data_layout(v.shape)) for k, v in inputs.items()}
@@ -219,6 +237,24 @@ class Sampler:
                 new = new[: self._max_new]
             results.append(("", enc.decode(new), len(seq), len(new)))
         return results
+
+    def _vision_inputs(self, tokens: Any, enc: Any) -> dict[str, Any]:
+        """`images`, `vision_indices`, `vision_mask` of a batch whose prompts all show `self._images`."""
+        import numpy as np
+
+        from gemma_cli.engine.data.images import SOFT
+
+        spec = self.vision
+        soft = enc.special(SOFT)
+        pixels = [r.pixels(spec) for r in self._images]
+        images = np.zeros((len(tokens), spec.max_images, spec.image_size, spec.image_size, 3), dtype=np.float32)
+        images[:, : len(pixels)] = np.stack(pixels)
+        mask = (tokens == soft).astype("int32")
+        idx = np.zeros((len(tokens), spec.max_images * spec.tokens_per_image), dtype="int32")
+        for r in range(len(tokens)):
+            at = np.nonzero(mask[r])[0]
+            idx[r, : len(at)] = at
+        return {"images": images, "vision_indices": idx, "vision_mask": mask}
 
     def _ids(self, text: str) -> list[int]:
         if not text:
