@@ -255,7 +255,7 @@ def test_template_with_response_field_masks_the_prompt(tok):
         ({"text": "plain"}, ["expected a chat record", "fields there: ['text']"]),
         ({"conversations": [{"from": "bot", "value": "q"}]}, ["mixed formats"]),
         ({"messages": [{"role": "user", "content": [{"type": "image", "url": "x.png"}, {"type": "text", "text": "q"}]},
-                       {"role": "assistant", "content": "a"}]}, ["`messages`[0]: 'content'[0]: a part of type 'image'", "only text parts"]),
+                       {"role": "assistant", "content": "a"}]}, ["`messages`[0]: 'content'[0]: an image part", "text-only model"]),
         ({"messages": [{"role": "user", "content": {"text": "q"}}, {"role": "assistant", "content": "a"}]},
          ["'content' must be a string (or a list of", "got dict"]),
         ({"messages": [{"role": "user", "content": []}, {"role": "assistant", "content": "a"}]}, ["`messages`[0]: empty 'content'"]),
