@@ -50,10 +50,8 @@ def mapping_for(class_name: str) -> Any:
     """The GGUF mapping of a backbone class's family, or a one-line UsageError."""
     fam = families.for_backbone(class_name)
     if fam is None or fam.gguf_module is None:
-        hint = (f"gemma export writes GGUF for {', '.join(families.gguf_architectures())} models"
-                if not class_name.startswith("Gemma4") else
-                "Gemma 4 is not supported yet: export --format hf and convert that with llama.cpp's "
-                "convert_hf_to_gguf.py")
+        hint = ((fam.gguf_hint if fam is not None else None)
+                or f"gemma export writes GGUF for {', '.join(families.gguf_architectures())} models")
         raise UsageError(f"--format gguf: {class_name} is not supported", hint)
     return families.gguf_mapping(fam)
 

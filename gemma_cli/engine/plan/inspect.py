@@ -123,12 +123,14 @@ def _backbone_config(preset: str) -> dict[str, Any]:
 
 
 def _dims(bb_config: dict[str, Any], cls: str) -> dict[str, int]:
+    from gemma_cli.engine import families
+
     c = bb_config.get("config", {})
     hidden = int(c.get("hidden_dim", 0))
     heads = int(c.get("num_query_heads", 1))
     head_dim = int(c.get("head_dim") or (hidden // max(heads, 1)))
     inter = int(c.get("intermediate_dim", 0))
-    ffw = inter // 2 if cls == "GemmaBackbone" else inter  # keras-hub Gemma 1/2 gate width
+    ffw = families.gate_width(cls, inter)
     return {
         "layers": int(c.get("num_layers", 0)),
         "hidden": hidden,
