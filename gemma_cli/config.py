@@ -65,7 +65,11 @@ class ModelConfig(_Strict):
         "bfloat16", description="Dtype policy of the weights and the compute."
     )
     lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tune.")
-    quantize: Literal["none", "int8"] = Field("none", description="Quantize frozen weights.")
+    quantize: Literal["none", "int8", "int4"] = Field(
+        "none",
+        description="Quantize the frozen base after loading and before LoRA (QLoRA): int8, or int4 "
+        "(sub-channel, blocks of 128 rows, packed two per byte). Needs model.lora to fine-tune.",
+    )
 
     @property
     def lora_rank(self) -> int:

@@ -342,7 +342,7 @@ def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any, *, lora: bool = True
 
         with warnings.catch_warnings():  # keras warns per layer that cannot quantize (norms)
             warnings.simplefilter("ignore")
-            causal_lm.quantize(mode, config=quantize_config(mode))
+            causal_lm.backbone.quantize(mode, config=quantize_config(mode))
     cfg_lora = model_cfg.lora
     if lora and cfg_lora and cfg_lora.rank:
         bb = causal_lm.backbone
