@@ -150,13 +150,6 @@ def _mesh_shape(cfg: Any) -> tuple[int, ...]:
     return tuple(cfg.mesh.resolve(mesh_lib.device_count()))
 
 
-def _trainable_plan(paths: list[str], lora_rank: int) -> set[str]:
-    """Which variables train: all of them, or with LoRA only the adapters (keras-hub's enable_lora)."""
-    if lora_rank:
-        return {p for p in paths if re.search(r"lora_kernel_[ab]$", p)}
-    return set(paths)
-
-
 def _plan_optimizer(
     opt_cfg: Any, weights: list[dict[str, Any]], rules: list[mesh_lib.Rule], sizes: dict[str, int]
 ) -> list[dict[str, Any]]:
@@ -327,7 +320,8 @@ def describe(
     cls = model.backbone_class(bb)
     lora_rank = cfg.model.lora_rank
     lora_targets = cfg.model.lora.target_layers if cfg.model.lora else None
-    abstract = model.abstract_variables(bb, cfg.model.precision, lora_rank, lora_targets)
+    am = model.abstract_model(bb, cfg.model.precision, lora_rank, lora_targets, cfg.model.quantize)
+    abstract = list(am.variables)
     if lora_rank and not any("lora_kernel" in p for p, _, _ in abstract):
         raise UsageError(
             f"model.lora.target_layers: {lora_targets} matched no layer",
@@ -338,7 +332,7 @@ def describe(
     shape = _mesh_shape(cfg)
     axes = tuple(cfg.mesh.axes)
     rules = mesh_lib.resolve_rules(cfg, cls, shape)
-    plan = mesh_lib.plan_for(cfg, cls, abstract, shape)
+    plan = mesh_lib.plan_for(cfg, cls, abstract, shape, am)
     sizes = dict(zip(axes, shape, strict=True))
     notes: list[str] = []
     hf = model.is_local(preset) or preset.startswith("hf://")
@@ -347,10 +341,15 @@ def describe(
             f"{preset} is a vision+text model: planned as its text backbone (vision_encoder None); "
             "the vision (and audio) towers are not shown"
         )
-    if cfg.model.quantize != "none" and not live:
+    if am.quantized:
+        stored = sum(math.prod(s) for p, s, _ in abstract if p in am.quantized)
         notes.append(
-            f"model.quantize={cfg.model.quantize}: the plan shows unquantized weights; use --live for the quantized layout"
+            f"model.quantize={cfg.model.quantize}: {sum(1 for q in am.quantized.values() if q.logical_params)} "
+            f"kernels quantized ({stored:,} stored elements with their scales, zero points and group "
+            "indices); totals.params counts logical parameters (the float elements a kernel stands for)"
         )
+        if cfg.model.quantize == "int4":
+            notes.append("int4 is storage-only in keras: each matmul dequantizes its kernel to the compute dtype")
 
     data = cfg.data
     batch = data.batch_size if data else 2
@@ -364,7 +363,7 @@ def describe(
         {**_row(v.path, v.shape, v.dtype, v.spec, v.shard_shape, v.rule), "note": v.note}
         for v in plan.variables
     ]
-    trainable = _trainable_plan([w["path"] for w in weights], lora_rank)
+    trainable = set(am.trainable)  # read from the traced model, not from the names
     opt_rows = _plan_optimizer(
         cfg.optimizer, [w for w in weights if w["path"] in trainable], rules, sizes
     )
@@ -400,7 +399,14 @@ def describe(
     )
     total = est["total"]
     totals = {
-        "params": sum(math.prod(w["shape"]) for w in weights),
+        # logical parameters: a quantized kernel counts the float elements it stands for, its
+        # scales, zero points and group indices none (stored_elements counts what is stored)
+        "params": sum(
+            am.quantized[w["path"]].logical_params if w["path"] in am.quantized else math.prod(w["shape"])
+            for w in weights
+        ),
+        "stored_elements": sum(math.prod(w["shape"]) for w in weights),
+        "quantize": cfg.model.quantize,
         "trainable_params": sum(math.prod(w["shape"]) for w in weights if w["path"] in trainable),
         "variables": len(weights),
         "trainable_variables": len(trainable),
@@ -439,6 +445,7 @@ def describe(
             "backbone": cls,
             "precision": cfg.model.precision,
             "lora_rank": lora_rank,
+            "quantize": cfg.model.quantize,
             "optimizer": cfg.optimizer.name,
             "mode": "live" if live else "plan",
             "checkpoint": str(checkpoint) if live and checkpoint is not None else None,
