@@ -75,6 +75,15 @@ class ModelConfig(_Strict):
     def lora_rank(self) -> int:
         return self.lora.rank if self.lora else 0
 
+    def training_problem(self) -> str | None:
+        """Why this model cannot be fine-tuned as configured (a quantized base without LoRA)."""
+        if self.quantize == "none" or self.lora_rank:
+            return None
+        bits = "4-bit" if self.quantize == "int4" else "8-bit"
+        return (f"{self.quantize}: {bits} needs LoRA (a quantized base is frozen; only adapters train): add "
+                "`model.lora: {rank: 8}` (or model.lora.rank=8 on the command line), or set model.quantize: none "
+                "for a full fine-tune")
+
 
 # ----------------------------------------------------------------------------------- mesh ---
 class MeshConfig(_Strict):

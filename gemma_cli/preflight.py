@@ -68,7 +68,8 @@ def require(problems: list[str]) -> None:
 # ------------------------------------------------------------------------------ verbs ---
 def finetune(cfg: Any, *, resume: bool = False, dry_run: bool = False, network: bool = True) -> list[Problem]:
     """Everything `gemma finetune` needs before it loads the model."""
-    out = preset(cfg, weights=True, network=network)
+    out = quantized_training(cfg)
+    out += preset(cfg, weights=True, network=network)
     out += run_dir(cfg, resume=resume, dry_run=dry_run)
     found = data(cfg, required=True)
     return out + (found or records(cfg))
@@ -399,6 +400,12 @@ def _writable(d: Path) -> str | None:
     return None
 
 
+def quantized_training(cfg: Any) -> list[Problem]:
+    """A quantized base trains only through LoRA adapters (QLoRA): its kernels are frozen ints."""
+    bad = cfg.model.training_problem()
+    return [_say(cfg, "model.quantize", bad)] if bad else []
+
+
 def run_dir(cfg: Any, *, resume: bool, dry_run: bool) -> list[Problem]:
     """train.output_dir for a fine-tune: writable; with --resume, a readable checkpoint;
     without it, no earlier run's checkpoints to overwrite."""
@@ -412,7 +419,15 @@ def run_dir(cfg: Any, *, resume: bool, dry_run: bool) -> list[Problem]:
     if resume:
         if latest is None:
             return [Problem(f"--resume: no checkpoint in {out_dir}/checkpoints (run without --resume to start)")]
-        return checkpoint(latest, optimizer=True)
+        bad = checkpoint(latest, optimizer=True)
+        if bad:
+            return bad
+        trained = ckptlib.read_state(latest).get("quantize", "none")
+        if trained != cfg.model.quantize:
+            return [_say(cfg, "model.quantize", f"--resume: {latest.name} was trained with model.quantize: {trained}, "
+                         f"the config says {cfg.model.quantize}; set model.quantize={trained} to resume it "
+                         "(or start a new run with train.output_dir=<new dir>)")]
+        return []
     if latest is not None and not dry_run:
         return [_say(cfg, "train.output_dir",
                      f"{out_dir} already holds checkpoints of an earlier run (add --resume to continue it, "
