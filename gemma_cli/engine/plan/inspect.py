@@ -396,6 +396,7 @@ def describe(
         remat=cfg.train.remat,
         chunk=chunk,
         model_axis=sizes.get(cfg.mesh.model_axis, 1),
+        dequantized=_dequantized_bytes(am, plan, cfg.model.precision),
     )
     total = est["total"]
     totals = {
@@ -417,6 +418,7 @@ def describe(
         "optimizer_bytes_per_device": o_bytes,
         "activations_bytes_per_device": est["activations"],
         "logits_bytes_per_device": est["logits"],
+        "dequantized_bytes_per_device": est["dequantized"],
         "total_bytes_per_device": total,
         "device": device_name,
         "device_memory_bytes": device_memory,
@@ -466,6 +468,18 @@ def describe(
         "notes": notes,
         "layout_notes": plan.notes,
     }
+
+
+def _dequantized_bytes(am: Any, plan: mesh_lib.Plan, precision: str) -> int:
+    """The largest quantized kernel's shard rebuilt at the compute dtype (0 without quantization)."""
+    width = 2 if precision in ("bfloat16", "mixed_bfloat16") else 4
+    best = 0
+    for v in plan.variables:
+        q = am.quantized.get(v.path)
+        if q is not None and q.logical_params:
+            stored = math.prod(v.shape)
+            best = max(best, q.logical_params * math.prod(v.shard_shape) // max(stored, 1) * width)
+    return best
 
 
 # ------------------------------------------------------------------------------- live ---

@@ -114,13 +114,18 @@ def estimate(
     remat: str = "none",
     chunk: int | None = None,
     model_axis: int = 1,
+    dequantized: int = 0,
 ) -> dict[str, int]:
     """Per-device bytes of one training step, by part (see the module docstring).
+
+    `dequantized` is a quantized run's transient: keras int8/int4 layers are storage-only, each
+    matmul (and its backward) rebuilds its kernel at the compute dtype, so one kernel's float
+    copy (the largest shard; for a tied int4 embedding the output projection's) is live at a time.
 
     Returns:
         dict. weights, gradients, optimizer, activations, activations_remat_none,
         activations_remat_blocks, logits, logits_plain, logits_chunked (0 when not chunked),
-        total (with the configured remat and chunk).
+        dequantized, total (with the configured remat and chunk).
     """
     act = {
         r: activation_bytes(dims, batch_per_device, seq, precision, r, model_axis) for r in ("none", "blocks")
@@ -137,8 +142,9 @@ def estimate(
         "logits": lg_chunk if chunk else lg_plain,
         "logits_plain": lg_plain,
         "logits_chunked": lg_chunk,
+        "dequantized": dequantized,
     }
-    out["total"] = weights + gradients + optimizer + out["activations"] + out["logits"]
+    out["total"] = weights + gradients + optimizer + out["activations"] + out["logits"] + dequantized
     return out
 
 
