@@ -118,19 +118,35 @@ def _narrow_model_dir(tmp: Path, tiny_gemma3: Path) -> Path:
 
 
 def test_packed_dimension_divisibility_is_one_clear_error(tmp_path: Path, tiny_gemma3: Path) -> None:
+    from gemma_cli.config import load_config
+    from gemma_cli.engine.plan import layout
+    from gemma_cli.errors import UsageError
+
     preset = _narrow_model_dir(tmp_path, tiny_gemma3)
     rules = {"rules": [{"pattern": ".*ffw_gating.*kernel", "axes": [None, "model"]}]}
     float_cfg = write_config(tmp_path, preset, quantize="none", mesh=[1, 8], layout=rules, name="f")
     assert gemma("inspect", float_cfg, "--json").exit_code == 0  # 24 splits over 8
-    line = one_error(gemma("inspect", write_config(tmp_path, preset, mesh=[1, 8], layout=rules), "-q"))
-    assert "decoder_block_0/ffw_gating/kernel (32, 12)" in line
-    assert "packed 2 int4 per byte" in line and "not divisible by mesh axis 'model' (8)" in line
-    assert "rule '.*ffw_gating.*kernel (int4 kernel of decoder_block_0/ffw_gating/kernel)'" in line
-    assert "model.quantize: none" in line  # what to change
-    # the family's flexible rules move the axis instead, and say so
+    cfg = write_config(tmp_path, preset, mesh=[1, 8], layout=rules)
+    r = gemma("inspect", cfg, "--json")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    errors = [p for p in json.loads(r.stdout)["problems"] if p["level"] == "error"]
+    assert [p["variable"] for p in errors] == [  # ffw_gating and ffw_gating_2 of 2 blocks
+        f"decoder_block_{i}/{name}/kernel" for i in (0, 1) for name in ("ffw_gating", "ffw_gating_2")
+    ]
+    line = "error: " + errors[0]["message"]
+    assert "decoder_block_0/ffw_gating/kernel (32, 12): dimension 1 (ffw packed 2 int4 per byte, 12)" in line
+    assert "is not divisible by mesh axis 'model' (8)" in line
+    assert "from rule '.*ffw_gating.*kernel' (applied to the int4 form of decoder_block_0/ffw_gating/kernel)" in line
+    assert "use a mesh whose 'model' axis divides 12" in line and "model.quantize: none" in line
+    # finetune and generate refuse it before anything loads: one line, the rest counted
+    with pytest.raises(UsageError) as e:
+        layout.layout_for(load_config(str(cfg)))
+    assert str(e.value.message).startswith(line[len("error: "):]) and "(and 3 more; see `gemma inspect`)" in e.value.message
+    # the family's flexible rules move the axis instead
     doc = json.loads(gemma("inspect", write_config(tmp_path, preset, mesh=[1, 8], name="d"), "--json").stdout)
     gate = next(v for v in doc["variables"] if v["path"] == "decoder_block_0/ffw_gating/kernel")
-    assert gate["shape"] == [32, 12] and gate["spec"] == ["model", None]
+    assert gate["shape"] == [32, 12] and gate["spec"] == ["model", "batch"]  # (batch, model) swapped
+    assert "moved from dimension 1" in gate["note"]
 
 
 def test_inspect_counts_quantized_bytes_and_logical_params(tmp_path: Path, tiny_gemma3: Path) -> None:

@@ -44,8 +44,9 @@ class Rule:
 
     @property
     def label(self) -> str:
-        """How messages name the rule: its pattern, or for a derived rule where it came from."""
-        return self.origin or self.pattern
+        """How messages name the rule: `pattern`, or for a derived rule `parent' (origin)`
+        (quoted by the caller)."""
+        return f"{self.parent}' ({self.origin})" if self.origin and self.parent else self.pattern
 
 
 @dataclass
@@ -207,7 +208,7 @@ def quantized_rules(quantized: dict[str, Any], rules: list[Rule]) -> list[Rule]:
         rule, _ = match(q.origin, rules)
         if rule is None or len(rule.axes) != len(q.origin_shape):
             axes: tuple[str | None, ...] = tuple(None for _ in q.dims)
-            source, flexible, origin = "quantized", True, f"{q.origin} (no rule: replicated)"
+            source, flexible, origin = "quantized", True, f"no rule for {q.origin}: replicated"
         else:
             picked: list[str | None] = []
             for dims in q.dims:
@@ -215,7 +216,7 @@ def quantized_rules(quantized: dict[str, Any], rules: list[Rule]) -> list[Rule]:
                 picked.append(ax if ax not in picked else None)
             axes = tuple(picked)
             source, flexible = rule.source, rule.flexible
-            origin = rule.pattern + f" ({q.mode} {q.origin.rsplit('/', 1)[-1]} of {q.origin})"
+            origin = f"applied to the {q.mode} form of {q.origin}"
         out.append(Rule(path, axes, source, flexible=flexible, origin=origin, parent=rule.pattern if rule else None))
     return out
 
