@@ -47,7 +47,8 @@ def one_error(r: Any) -> str:
 
 
 def write_config(tmp: Path, preset: Path, *, quantize: str = "int4", lora: int | None = 4,
-                 mesh: list[int] | None = None, steps: int = 3, name: str = "run", **extra: Any) -> Path:
+                 mesh: list[int] | None = None, steps: int = 3, name: str = "run", out: str | None = None,
+                 **extra: Any) -> Path:
     corpus = tmp / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for _ in range(8) for t in CORPUS[:6]))
     model: dict[str, Any] = {"preset": str(preset), "precision": "float32", "quantize": quantize}
@@ -58,7 +59,7 @@ def write_config(tmp: Path, preset: Path, *, quantize: str = "int4", lora: int |
         "mesh": {"shape": mesh or [2, 4], "axes": ["batch", "model"]},
         "data": {"paths": [str(corpus)], "sequence_length": 16, "batch_size": 8},
         "optimizer": {"name": "adamw", "learning_rate": 5e-2},
-        "train": {"max_steps": steps, "output_dir": str(tmp / name), "log_every": 1, "checkpoint_every": 3},
+        "train": {"max_steps": steps, "output_dir": str(tmp / (out or name)), "log_every": 1, "checkpoint_every": 3},
         "generate": {"max_length": 12},
         **extra,
     }
@@ -195,7 +196,7 @@ def test_int4_lora_finetune_resume_generate_export(tmp_path: Path, tiny_gemma3: 
     assert state["quantize"] == "int4"
 
     # a resume must rebuild the same base
-    none = write_config(tmp_path, tiny_gemma3, quantize="none", steps=5)
+    none = write_config(tmp_path, tiny_gemma3, quantize="none", steps=5, name="none", out="run")
     line = one_error(gemma("finetune", none, "--resume", "-q"))
     assert "trained with model.quantize: int4" in line and "model.quantize=int4" in line
 
