@@ -246,3 +246,21 @@ def test_int8_and_int4_merge_equals_the_quantized_forward(tiny_gemma3: Path) -> 
         assert n == 4 and not any(getattr(ly, "quantization_mode", None) for ly in merged.backbone._flatten_layers())
         assert np.abs(after - before).max() <= tol * max(1.0, np.abs(before).max()), mode
         assert math.isfinite(float(np.abs(after).max()))
+
+
+def test_generate_from_an_int4_preset(tmp_path: Path, tiny_gemma3: Path) -> None:
+    """`gemma generate CONFIG model.quantize=int4`: the preset quantized on load, no adapters."""
+    cfg = write_config(tmp_path, tiny_gemma3, lora=None, quantize="none", mesh=[1, 8])
+    outs = {}
+    for mode in ("none", "int4"):
+        r = gemma("generate", cfg, f"model.quantize={mode}", "-p", "the quick brown", "--json")
+        assert r.exit_code == 0, r.stderr
+        (res,) = json.loads(r.stdout)["results"]
+        assert res["completion_tokens"] > 0
+        outs[mode] = res["completion"]
+    from gemma_cli.config import load_config
+    from gemma_cli.engine.model import runs
+
+    lm = runs.load(load_config(str(cfg), ["model.quantize=int4"]))  # what generate loaded
+    modes = {getattr(ly, "quantization_mode", None) for ly in lm.backbone._flatten_layers()}
+    assert "int4" in modes and not any(getattr(ly, "lora_enabled", False) for ly in lm.backbone._flatten_layers())
