@@ -80,6 +80,20 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+def render_section(sec: dict[str, Any]) -> str:
+    """One `## title` section of the report (title, text, headers + rows, notes), without its last newline."""
+    lines = [f"## {sec['title']}", ""]
+    if sec.get("text"):
+        lines += [sec["text"], ""]
+    if sec.get("rows"):
+        lines += [table(sec["headers"], sec["rows"]), ""]
+    for note in sec.get("notes", []):
+        lines.append(f"- {note}")
+    if sec.get("notes"):
+        lines.append("")
+    return "\n".join(lines)
+
+
 def render(report: dict[str, Any]) -> str:
     """The Markdown report from the result dict that run.py writes as report.json."""
     m = report.get("machine", {})
@@ -100,15 +114,7 @@ def render(report: dict[str, Any]) -> str:
     if report.get("summary"):
         lines += ["## Targets", "", table(["measurement", "value", "target", "verdict"], report["summary"]), ""]
     for sec in report.get("sections", []):
-        lines += [f"## {sec['title']}", ""]
-        if sec.get("text"):
-            lines += [sec["text"], ""]
-        if sec.get("rows"):
-            lines += [table(sec["headers"], sec["rows"]), ""]
-        for note in sec.get("notes", []):
-            lines.append(f"- {note}")
-        if sec.get("notes"):
-            lines.append("")
+        lines.append(render_section(sec))
     fails = report.get("failures", [])
     lines += ["## Failures", ""]
     if fails:

@@ -652,6 +652,15 @@ def sec_export(report: dict[str, Any]) -> None:
     })
 
 
+def sec_mesh(report: dict[str, Any]) -> None:
+    """Collectives and step time per (batch, model) split of the 8 devices (mesh_table.py)."""
+    r = run("mesh table (mesh_table.py)", [PY, str(HERE / "mesh_table.py"), "--json"], 420, DEV8, need=60)
+    doc = r["doc"] or {}
+    RAW["mesh_table"] = doc.get("raw")
+    if doc.get("rows"):
+        report["sections"].append({k: v for k, v in doc.items() if k in ("title", "text", "headers", "rows", "notes")})
+
+
 def sec_gpu(report: dict[str, Any]) -> None:
     p = HERE / "gpu_result.json"
     if not p.exists():
@@ -716,6 +725,7 @@ def main() -> int:
         ("export", lambda: sec_export(report)),
         ("data", lambda: sec_data(report)),
         ("optimizations", lambda: sec_opt(report, fixed)),
+        ("mesh", lambda: sec_mesh(report)),
         ("gpu", lambda: sec_gpu(report)),
     ]
     for name, fn in steps:

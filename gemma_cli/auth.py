@@ -59,7 +59,7 @@ from gemma_cli.engine.core.credentials import (  # noqa: F401  (re-exported: the
 )
 from gemma_cli.errors import RuntimeFailure, UsageError
 
-CHECK_TIMEOUT_S = 3.0  # the whole check, name resolution included (gemma_cli.net.within)
+CHECK_TIMEOUT_S = 3.0  # the whole check, name resolution included (net.probe_deadline(): GEMMA_PROBE_TIMEOUT)
 
 
 # ---- storing ------------------------------------------------------------------------------
@@ -181,16 +181,18 @@ def _unreachable(service: str, url: str, e: BaseException, env_var: str) -> Runt
     from gemma_cli import net
 
     host = re.sub(r"^(\w+://[^/]+).*$", r"\1", url)
-    why = str(e) if isinstance(e, net.NoAnswer) else type(e).__name__
+    why = net.reason(e)
     return RuntimeFailure(f"cannot reach {service} at {host} ({why})",
                           hint=f"check the network, a proxy, or {env_var}")
 
 
-def check_kaggle(cred: Credential, timeout: float = CHECK_TIMEOUT_S) -> CheckResult:
+def check_kaggle(cred: Credential, timeout: float | None = None) -> CheckResult:
     """Ask Kaggle who `cred` is. RuntimeFailure (exit 1) when Kaggle cannot be reached."""
     import requests
 
-    from gemma_cli import __version__
+    from gemma_cli import __version__, net
+
+    timeout = timeout or net.probe_deadline()
 
     url = kaggle_hello_url()
     auth: Any
@@ -202,10 +204,8 @@ def check_kaggle(cred: Credential, timeout: float = CHECK_TIMEOUT_S) -> CheckRes
         auth = _Bearer()
     else:
         auth = (cred.username or "", cred.key or "")
-    from gemma_cli import net
-
     try:
-        r = net.within(timeout, lambda: requests.post(url, json={}, auth=auth, timeout=timeout,
+        r = net.within(timeout, lambda: requests.post(url, json={}, auth=auth, timeout=timeout + 1,
                                                       headers={"User-Agent": f"gemma-cli/{__version__}"}))
     except (requests.RequestException, net.NoAnswer) as e:
         raise _unreachable("Kaggle", url, e, "KAGGLE_API_ENDPOINT") from None
@@ -223,16 +223,19 @@ def check_kaggle(cred: Credential, timeout: float = CHECK_TIMEOUT_S) -> CheckRes
                          hint="try again later")
 
 
-def check_hf(cred: Credential, timeout: float = CHECK_TIMEOUT_S) -> CheckResult:
+def check_hf(cred: Credential, timeout: float | None = None) -> CheckResult:
     """Ask the Hub `whoami` for `cred.token`, at `$HF_ENDPOINT` when set."""
     from huggingface_hub import HfApi
 
     from gemma_cli import net
 
+    timeout = timeout or net.probe_deadline()
+
     endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     url = f"{endpoint}/api/whoami-v2"
     try:
-        info = net.within(timeout, lambda: HfApi(endpoint=endpoint).whoami(token=cred.token))
+        with net.guard("hf"):
+            info = net.within(timeout, lambda: HfApi(endpoint=endpoint).whoami(token=cred.token))
     except Exception as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status in (401, 403):

@@ -32,7 +32,9 @@ from pydantic import (
     model_validator,
 )
 
+from gemma_cli import defaults as D
 from gemma_cli.errors import ConfigError, UsageError
+from gemma_cli.foreign import explain as explain_foreign
 
 
 class _Strict(BaseModel):
@@ -200,18 +202,37 @@ class LayoutConfig(_Strict):
     def is_default(self) -> bool:
         return self.rules == "default"
 
-    @property
-    def is_fsdp(self) -> bool:
-        return self.rules == "fsdp"
-
 
 # ----------------------------------------------------------------------------------- data ---
+def template_fields(template: str) -> list[str]:
+    """The `{field}` names of a data template, in order (str.format's own parser: the one
+    reading of templates for the schema, the renderer and `generate --template`). Raises
+    ValueError when the template does not parse."""
+    import string
+
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
 class DataConfig(_Strict):
-    name: str | None = Field(None, description="tfds dataset name, e.g. imdb_reviews.")
-    split: str = Field("train", description="tfds split (slicing allowed: train[:10%]).")
+    name: str | None = Field(
+        None,
+        description="A dataset by name: a tfds name (imdb_reviews), or a Hugging Face dataset "
+        "`hf://ORG/NAME` (read through the `datasets` library: the Hub, or its local cache "
+        "offline).",
+    )
+    split: str = Field("train", description="Split (tfds slicing allowed: train[:10%]).")
+    subset: str | None = Field(
+        None, description="Hugging Face datasets: the config (subset) name, e.g. `main`."
+    )
+    revision: str | None = Field(
+        None, description="Hugging Face datasets: a branch, tag or commit of the dataset repo."
+    )
     data_dir: str | None = Field(None, description="tfds data_dir (prepared data lives here).")
     paths: list[str] | None = Field(
-        None, description="Local files or globs (jsonl, csv, txt, parquet)."
+        None,
+        description="Local files or globs (jsonl, csv, txt, parquet), or a dataset directory: "
+        "`datasets`' save_to_disk output, or a folder of Parquet/JSONL files (a Hub dataset "
+        "checked out).",
     )
     format: Literal["jsonl", "csv", "txt", "parquet", "chat"] | None = Field(
         None,
@@ -252,8 +273,10 @@ class DataConfig(_Strict):
         description="Shuffle window in records for sources read in order (CSV, Parquet, tfds); "
         "JSONL and TXT are shuffled globally by record index.",
     )
-    sequence_length: int = Field(128, ge=8, le=131_072)
-    batch_size: int = Field(2, ge=1, le=65_536, description="Global batch size.")
+    sequence_length: int = Field(
+        D.SEQUENCE_LENGTH, ge=8, le=131_072, description="Tokens per training sequence."
+    )
+    batch_size: int = Field(D.BATCH_SIZE, ge=1, le=65_536, description="Global batch size.")
     packing: bool = Field(
         False,
         description="Pack several whole documents into each sequence; each keeps its own "
@@ -267,7 +290,9 @@ class DataConfig(_Strict):
         "training thread). Default: the CPU count, at most 8, with an accelerator; 0 on the CPU "
         "backend, where the step itself uses every core.",
     )
-    eval_split: str | None = Field(None, description="tfds split for evaluation.")
+    eval_split: str | None = Field(
+        None, description="Split for evaluation (tfds, hf://, or a dataset directory in paths)."
+    )
     eval_paths: list[str] | None = Field(None, description="Local files for evaluation.")
     eval_holdout: int | None = Field(
         None, ge=1, description="Hold out the first N records of the data for evaluation."
@@ -280,7 +305,7 @@ class DataConfig(_Strict):
         if v is None:
             return v
         try:
-            fields = [f for _, f, _, _ in __import__("string").Formatter().parse(v) if f]
+            fields = template_fields(v)
         except ValueError as e:
             raise ValueError(f"template does not parse: {e}") from None
         if not fields:
@@ -289,37 +314,84 @@ class DataConfig(_Strict):
 
     @property
     def source(self) -> str:
+        if self.name and self.name.startswith("hf://"):
+            return "hf"
         return "tfds" if self.name else "local"
 
     @property
     def template_fields(self) -> list[str]:
-        if not self.template:
-            return []
-        return [f for _, f, _, _ in __import__("string").Formatter().parse(self.template) if f]
+        return template_fields(self.template) if self.template else []
 
 
 # ------------------------------------------------------------------------------ optimizer ---
 class OptimizerConfig(_Strict):
     name: Literal["adamw", "adam", "sgd", "adafactor"] = "adamw"
-    learning_rate: float = Field(5e-5, gt=0, le=10)
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description=f"Peak learning rate. Defaults by method: {D.LR_LORA:g} with LoRA, "
+        f"{D.LR_FULL:g} for a full fine-tune.",
+    )
+    schedule: Literal["constant", "cosine", "linear"] = Field(
+        D.SCHEDULE, description="Decay after the warmup (to 0 at the last step)."
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Linear warmup steps; when absent, warmup_ratio of the steps."
+    )
+    warmup_ratio: float = Field(
+        D.WARMUP_RATIO, ge=0, le=1, description="Warmup as a fraction of the optimizer steps (when warmup_steps is absent)."
+    )
     weight_decay: float = Field(0.01, ge=0, le=1)
     exclude_from_weight_decay: list[str] = Field(["bias", "scale"])
     clipnorm: float | None = Field(None, gt=0)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
 
+    def warmup_for(self, total_steps: int) -> int:
+        """Warmup steps of a run of `total_steps` optimizer updates."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return D.warmup_steps(total_steps, self.warmup_ratio)
+
 
 # ---------------------------------------------------------------------------------- train ---
 # the training methods (`engine/train/RECIPES` holds their recipes), and the config section
 # each method owns (a section given under another method is an error)
-METHODS = ("sft",)
-METHOD_SECTIONS: dict[str, str] = {}
+METHODS = ("sft", "grpo")
+METHOD_SECTIONS: dict[str, str] = {"grpo": "grpo"}  # section → the method it configures
+
+
+class GRPOConfig(_Strict):
+    """`grpo:` — reinforcement learning with reward functions (`train.method: grpo`)."""
+
+    rewards: list[str] = Field(
+        ..., min_length=1,
+        description="Reward specs, as `gemma eval --reward`: built-ins (contains, exact, regex:P, json, math, "
+                    "length:N) or path/to/file.py:function with TRL's signature fn(prompts, completions, **columns).")
+    reward_weights: list[float] | None = Field(None, description="One weight per reward (default: all 1).")
+    num_generations: int = Field(8, ge=2, le=1024, description="Completions sampled per prompt (G).")
+    max_completion_length: int = Field(256, ge=1, le=131_072)
+    temperature: float = Field(1.0, gt=0, le=100)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1, description="Sample from the k most likely tokens (default: all).")
+    beta: float = Field(0.0, ge=0, description="KL coefficient against the reference (0: no reference pass).")
+    epsilon: float = Field(0.2, gt=0, lt=1)
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (clip-higher); defaults to epsilon.")
+    loss: Literal["grpo", "dapo", "dr_grpo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    iterations: int = Field(1, ge=1, le=64, description="Policy updates per rollout (mu).")
+    mask_truncated_completions: bool = Field(
+        False, description="Completions that hit max_completion_length carry no loss.")
+
+    @property
+    def weights(self) -> list[float]:
+        return self.reward_weights if self.reward_weights is not None else [1.0] * len(self.rewards)
 
 
 class TrainConfig(_Strict):
     method: Literal[METHODS] = Field(  # type: ignore[valid-type]
-        "sft", description="The training method: sft (supervised fine-tuning: next-token cross-entropy).")
+        "sft", description="The training method: sft (supervised fine-tuning: next-token cross-entropy), "
+                           "grpo (reinforcement learning with reward functions; the grpo: section).")
     epochs: int = Field(1, ge=1, le=100_000)
     max_steps: int | None = Field(None, ge=1, description="Stop after N optimizer steps.")
     seed: int = Field(0, ge=0)
@@ -331,6 +403,12 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(3, ge=1, le=1000)
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps.")
     log_every: int = Field(10, ge=1, description="Write a metrics line every N steps.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "none"]] = Field(
+        list(D.REPORT_TO),
+        description="Experiment trackers that receive the metrics, the resolved config and the "
+        "summary: tensorboard, wandb (pip install 'gemma-cli[wandb]'), mlflow "
+        "(pip install 'gemma-cli[mlflow]'), or none. metrics.jsonl is always written.",
+    )
     remat: Literal["none", "blocks"] = Field(
         "none",
         description="Rematerialisation: `blocks` keeps only each decoder block's input for the "
@@ -355,11 +433,22 @@ class TrainConfig(_Strict):
 
 # ------------------------------------------------------------------------------- generate ---
 class GenerateConfig(_Strict):
-    max_length: int = Field(64, ge=1, le=131_072, description="Total tokens incl. the prompt.")
-    sampler: Literal["greedy", "top_k", "top_p", "random", "beam"] = "greedy"
-    temperature: float = Field(1.0, gt=0, le=100)
-    top_k: int = Field(5, ge=1)
-    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(
+        D.MAX_NEW_TOKENS, ge=1, le=131_072, description="Tokens to generate after the prompt."
+    )
+    max_length: int | None = Field(
+        None,
+        ge=1,
+        le=131_072,
+        description="Total tokens incl. the prompt (keras-hub's count); when set it wins over "
+        "max_new_tokens. Prefer max_new_tokens.",
+    )
+    sampler: Literal["greedy", "top_k", "top_p", "random", "beam"] = Field(
+        "greedy", description="greedy, top_k, top_p, random or beam."
+    )
+    temperature: float = Field(D.TEMPERATURE, gt=0, le=100)
+    top_k: int = Field(D.TOP_K, ge=1, description="top_k sampler: sample from the k likeliest tokens.")
+    top_p: float = Field(D.TOP_P, gt=0, le=1, description="top_p sampler: the smallest set of tokens with this much probability.")
     num_beams: int = Field(4, ge=1, le=64)
     seed: int | None = Field(None, ge=0)
 
@@ -374,10 +463,35 @@ class RunConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    grpo: GRPOConfig | None = None
+
+    def batch_rows(self) -> tuple[int, str]:
+        """(sequences per step, how they are counted): data.batch_size, or for GRPO the
+        batch_size prompts × grpo.num_generations completions."""
+        b = self.data.batch_size if self.data else 2
+        if self.train.method == "grpo" and self.grpo is not None:
+            g = self.grpo.num_generations
+            return b * g, f"batch_size × grpo.num_generations = {b} × {g} = {b * g} sequences"
+        return b, ""
+
+    def batch_problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why a step's sequences cannot split over the batch axis of `shape` (None if they can):
+        the one batch divisibility check (config validation and the run on its devices)."""
+        rows, label = self.batch_rows()
+        bad = self.mesh.batch_problem(rows, shape)
+        return f"{label}: {bad}" if bad and label else bad
 
     # set by the loader, not part of the schema
     source_path: str | None = Field(None, exclude=True, repr=False)
     _located: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _method_defaults(self) -> RunConfig:
+        """Defaults that depend on other keys, resolved once so that `config show` and the
+        run's saved config.yaml say the value used (gemma_cli/defaults.py)."""
+        if self.optimizer.learning_rate is None:
+            self.optimizer.learning_rate = D.learning_rate(self.model.lora_rank)
+        return self
 
     @property
     def output_dir(self) -> Path:
@@ -447,6 +561,23 @@ def _fields_at(loc: _Loc) -> list[str]:
     return keys
 
 
+def _all_keys() -> list[str]:
+    """Every dotted key of the schema (model.lora.rank, ...), sections first to last."""
+    out: list[str] = []
+
+    def walk(tp: Any, prefix: str) -> None:
+        for k, f in tp.model_fields.items():
+            if f.exclude:
+                continue
+            out.append(prefix + k)
+            for sub in _unwrap(f.annotation):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    walk(sub, prefix + k + ".")
+
+    walk(RunConfig, "")
+    return out
+
+
 def _dotted(loc: _Loc) -> str:
     out = ""
     for p in loc:
@@ -475,6 +606,12 @@ def _pydantic_message(err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     if kind == "extra_forbidden":
         key = loc[-1]
+        foreign = explain_foreign(str(key), _dotted(loc[:-1]) if loc[:-1] else "")
+        if foreign:
+            return foreign
+        elsewhere = [k for k in _all_keys() if k.rpartition(".")[2] == key]
+        if elsewhere:
+            return f"did you mean `{elsewhere[0]}`? (`{key}` belongs in the {elsewhere[0].rpartition('.')[0] or 'top'} section)"
         close = difflib.get_close_matches(str(key), _fields_at(loc[:-1]), n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         valid = ", ".join(_fields_at(loc[:-1]))
@@ -506,6 +643,26 @@ def _one_branch(errs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out or errs
 
 
+def _grpo_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
+    g = cfg.grpo
+    if cfg.train.method != "grpo":
+        return []
+    if g is None:
+        return [(("train", "method"), "train.method: grpo needs a grpo: section with at least `rewards:`")]
+    out: list[tuple[_Loc, str]] = []
+    if g.reward_weights is not None and len(g.reward_weights) != len(g.rewards):
+        out.append((("grpo", "reward_weights"), f"{len(g.reward_weights)} weights for {len(g.rewards)} rewards"))
+    d = cfg.data
+    if d is not None:
+        if d.packing:
+            out.append((("data", "packing"), "grpo trains on sampled completions, one per row: set data.packing: false"))
+        if g.max_completion_length >= d.sequence_length:
+            out.append((("grpo", "max_completion_length"),
+                        f"{g.max_completion_length} leaves no room for a prompt in data.sequence_length "
+                        f"{d.sequence_length}; lower it or raise data.sequence_length"))
+    return out
+
+
 def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
     """Checks that span several keys: one place, all reported together."""
     problems: list[tuple[_Loc, str]] = []
@@ -514,6 +671,7 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
             problems.append(((section,), f"the {section}: section belongs to train.method: {method}, "
                                          f"but this config trains with train.method: {cfg.train.method} "
                                          f"(set train.method: {method}, or remove the section)"))
+    problems += _grpo_checks(cfg)
     m = cfg.mesh
     if len(m.shape) != len(m.axes):
         problems.append(
@@ -536,8 +694,19 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
     if d is not None:
         if bool(d.name) == bool(d.paths):
             problems.append((("data",), "give exactly one source: `name` (tfds) or `paths` (local files)"))
-        if d.eval_split and not d.name:
-            problems.append((("data", "eval_split"), "eval_split needs a tfds `name`; use eval_paths or eval_holdout"))
+        if d.eval_split and not d.name and not d.paths:
+            problems.append((("data", "eval_split"), "eval_split needs a dataset `name` (tfds or hf://) or a dataset directory in `paths`; use eval_paths or eval_holdout"))
+        if d.name and d.name.startswith("hf://"):
+            hm = re.fullmatch(r"hf://([\w.-]+(?:/[\w.-]+)?)(?::([\w.-]+))?(?:@([\w.\[\]:%+-]+))?", d.name)
+            if not hm:
+                problems.append((("data", "name"), f"{d.name!r} is not hf://ORG/NAME[:SUBSET][@SPLIT]"))
+            else:
+                if hm.group(2) and d.subset and hm.group(2) != d.subset:
+                    problems.append((("data", "subset"), f"{d.subset!r} differs from the subset in data.name ({hm.group(2)!r}); give it once"))
+                if hm.group(3) and "split" in d.model_fields_set and hm.group(3) != d.split:
+                    problems.append((("data", "split"), f"{d.split!r} differs from the split in data.name ({hm.group(3)!r}); give it once"))
+        elif d.revision is not None:
+            problems.append((("data", "revision"), "is for Hugging Face datasets (data.name: hf://ORG/NAME)"))
         if sum(x is not None for x in (d.eval_split, d.eval_paths, d.eval_holdout)) > 1:
             problems.append((("data",), "give at most one of eval_split, eval_paths, eval_holdout"))
         if d.response_field is not None:
@@ -555,10 +724,10 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
             problems.append(
                 (("data", "loss_on"), "`assistant` with a template needs data.response_field (the field that carries the loss)")
             )
-        if d.format == "chat" and d.name:
-            problems.append((("data", "format"), "chat reads local files (data.paths); tfds records use field or template"))
+        if d.format == "chat" and d.name and not d.name.startswith("hf://"):
+            problems.append((("data", "format"), "chat reads local files (data.paths) or hf:// datasets; tfds records use field or template"))
         if m.batch_axis in m.axes and len(m.shape) == len(m.axes):
-            bad = m.batch_problem(d.batch_size, tuple(m.shape))
+            bad = cfg.batch_problem(tuple(m.shape))
             if bad:
                 problems.append((("data", "batch_size"), bad))
     t = cfg.train

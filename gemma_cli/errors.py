@@ -146,6 +146,26 @@ _NET = ("ConnectionError", "ConnectError", "ConnectTimeout", "ReadTimeout", "Tim
         "NewConnectionError", "MaxRetryError", "NameResolutionError", "ProxyError", "RemoteDisconnected")
 
 
+def is_oom(e: BaseException) -> bool:
+    """Whether `e` is an allocation that failed: XLA's RESOURCE_EXHAUSTED (on any backend; on
+    CPU when the host runs out), or Python's MemoryError."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return bool(_names(e) & {"JaxRuntimeError", "XlaRuntimeError"}) and (
+        "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())
+
+
+def oom_device(e: BaseException) -> str:
+    """The device an out-of-memory message names (`TPU_0`, `cuda:0`), or "a device"."""
+    m = re.search(r"\b((?:cpu|gpu|cuda|tpu|TPU|CPU|GPU)[_:]?\s?\d+)", str(e))
+    return m.group(1) if m else "a device"
+
+
+OOM_LEVERS = ("train.remat=blocks, train.loss_chunk=256, layout.rules=fsdp, a smaller data.batch_size with "
+              "optimizer.gradient_accumulation_steps, a smaller data.sequence_length")
+
+
 def translate(e: BaseException, path: Any = None, key: str | None = None) -> GemmaError | None:
     """Our error for a library exception caused by input or environment, else None.
 
@@ -161,6 +181,9 @@ def translate(e: BaseException, path: Any = None, key: str | None = None) -> Gem
     """
     if isinstance(e, GemmaError):
         return e
+    if is_oom(e):  # the trainer answers with its plan (engine/plan/oom.py); this is the rest
+        return RuntimeFailure(f"out of memory on {oom_device(e)} ({_first(e, 160)})",
+                              hint=f"try {OOM_LEVERS}; check a change first with: gemma inspect CONFIG --device SIZE")
     names = _names(e)
     at = _where(path, key)
     # ---- JSON / YAML: the line is in the exception

@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import os
 import tempfile
@@ -42,10 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli import net
-from gemma_cli.errors import PreflightError, UsageError
+from gemma_cli.errors import PreflightError, RuntimeFailure, UsageError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-DATA_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "txt", ".parquet": "parquet"}
 
 
 class Problem(str):
@@ -66,12 +64,14 @@ def require(problems: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------ verbs ---
-def finetune(cfg: Any, *, resume: bool = False, dry_run: bool = False, network: bool = True) -> list[Problem]:
-    """Everything `gemma finetune` needs before it loads the model."""
+def finetune(cfg: Any, *, resume: bool | str = False, dry_run: bool = False, network: bool = True) -> list[Problem]:
+    """Everything `gemma finetune` needs before it loads the model (`resume`: False, True or
+    "auto": the checkpoint if there is one)."""
     out = quantized_training(cfg)
     out += preset(cfg, weights=True, network=network)
     out += run_dir(cfg, resume=resume, dry_run=dry_run)
-    found = data(cfg, required=True)
+    out += trackers(cfg, network=network and not dry_run)
+    found = data(cfg, required=True, network=network)
     return out + (found or records(cfg))
 
 
@@ -80,17 +80,18 @@ def validate(cfg: Any, *, network: bool = True) -> list[Problem]:
     depend on --resume (an existing run is neither wrong nor right for a config)."""
     out = preset(cfg, weights=True, network=network)
     out += output(cfg.output_dir, "train.output_dir", cfg=cfg)
+    out += trackers(cfg, network=network)
     if cfg.data is None:
         return out
-    found = data(cfg, required=False)
+    found = data(cfg, required=False, network=network)
     return out + (found or records(cfg, full=True))
 
 
 def inspect(tgt: Any, *, live: bool = False) -> list[Problem]:
     """Plan mode needs the architecture only (no weights, no credentials for a known name);
     `--live` loads the model, and a run's checkpoint with its optimizer state."""
-    if not live:
-        return preset(tgt.config, weights=False, network=False)
+    if not live:  # a name we ship needs nothing; a download's config.json needs its host
+        return preset(tgt.config, weights=False, network=True)
     out = preset(tgt.config, weights=True, network=True)
     if tgt.checkpoint is not None:
         out += checkpoint(Path(tgt.checkpoint), optimizer=True)
@@ -128,8 +129,15 @@ def preset(cfg: Any, *, weights: bool, network: bool) -> list[Problem]:
     if p.startswith("kaggle://"):
         known = families.canonical(p) is not None
         return remote(p, "kaggle", say, network=network) if weights or not known else []
+    if p.startswith("gs://"):
+        try:
+            if network:
+                net.require_preset(p, p)
+        except RuntimeFailure as e:
+            return [Problem(say(e.line()), exit_code=1)]
+        return []
     if "://" in p:
-        return []  # another scheme keras-hub may know (gs://): left to it
+        return []  # another scheme keras-hub may know: left to it
     registry = families.keras_hub_presets()
     unknown = families.unknown_preset(p)
     if unknown:
@@ -222,7 +230,8 @@ def _needs_vocabulary(tconf: Any) -> bool:
 
 
 def remote(preset: str, service: str, say: Any, *, network: bool) -> list[Problem]:
-    """A preset that downloads from Kaggle or the Hugging Face Hub: credentials, then the host."""
+    """A preset that downloads from Kaggle or the Hugging Face Hub: credentials, then the host
+    (the bounded probe of `gemma_cli.engine.core.remote`, within `net.DEADLINE_S` seconds)."""
     from gemma_cli import auth
 
     if not network or cached(preset):
@@ -233,48 +242,30 @@ def remote(preset: str, service: str, say: Any, *, network: bool) -> list[Proble
         return [say(e.line())]
     cred = auth.credential(service)
     if service == "hf":
-        endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-        repo = preset[len("hf://"):].strip("/")
-        reply = net.head(f"{endpoint}/{repo}/resolve/main/config.json",
-                         headers={"Authorization": f"Bearer {cred.token}"} if cred.token else None)
-        if not reply.reached:
-            return [Problem(say(f"{preset}: cannot reach the Hugging Face Hub at {reply.host} ({reply.error}); "
-                                "check the network, a proxy, or HF_ENDPOINT"), exit_code=1)]
-        if reply.status in (401, 403):
-            return [say(f"{preset}: the Hub refused access (HTTP {reply.status}); run `gemma login hf` with a "
-                        "token whose account accepted the model's license")]
-        if reply.status == 404:
-            return [say(f"{preset}: the Hub has no such repository, or it has no config.json (HTTP 404)")]
-        return []
-    url = _kaggle_host()
-    reply = net.head(url)
-    if not reply.reached:
-        return [Problem(say(f"{preset}: cannot reach Kaggle at {reply.host} ({reply.error}); "
-                            "check the network, a proxy, or KAGGLE_API_ENDPOINT"), exit_code=1)]
+        target = preset
+        headers = {"Authorization": f"Bearer {cred.token}"} if cred.token else None
+    else:
+        target, headers = _kaggle_host(), None
+    try:
+        reply = net.require(service, preset, target=target, headers=headers)
+    except RuntimeFailure as e:
+        return [Problem(say(e.line()), exit_code=1)]
+    if service == "hf" and reply.status in (401, 403):
+        return [say(f"{preset}: the Hub refused access (HTTP {reply.status}); run `gemma login hf` with a "
+                    "token whose account accepted the model's license")]
+    if service == "hf" and reply.status == 404:
+        return [say(f"{preset}: the Hub has no such repository, or it has no config.json (HTTP 404)")]
     return []
 
 
 def cached(handle: str) -> bool:
-    """Whether the download cache already holds `handle` (kagglehub's and huggingface_hub's
-    own cache folders, by their rules); a bare keras-hub name is looked up by its handle."""
+    """Whether the download cache already holds `handle` (`net.cached`); a bare keras-hub name
+    is looked up by its handle."""
     if not handle.startswith(("kaggle://", "hf://")):
         from gemma_cli.engine import families
 
         handle = families.keras_hub_presets().get(handle, "")
-    home = Path.home()
-    if handle.startswith("kaggle://"):
-        parts = handle[len("kaggle://"):].strip("/").split("/")
-        if len(parts) < 4:
-            return False  # no version: kagglehub asks for the latest one
-        root = Path(os.environ.get("KAGGLEHUB_CACHE") or home / ".cache" / "kagglehub")
-        return (root / "models" / Path(*parts[:5])).is_dir() and len(parts) >= 5
-    if handle.startswith("hf://"):
-        repo = handle[len("hf://"):].strip("/")
-        hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-            os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or home / ".cache", "huggingface"),
-            "hub")
-        return (Path(hub) / f"models--{repo.replace('/', '--')}" / "snapshots").is_dir()
-    return False
+    return net.cached(handle)
 
 
 def _kaggle_host() -> str:
@@ -287,35 +278,45 @@ def _kaggle_host() -> str:
 
 
 # ------------------------------------------------------------------------------- data ---
-def data(cfg: Any, *, required: bool) -> list[Problem]:
+def data(cfg: Any, *, required: bool, network: bool = True) -> list[Problem]:
     """Every local data path matches readable files of a known format; a tfds data_dir is, or can be made, a directory."""
     d = cfg.data
     if d is None:
         return [_say(cfg, "data", "the config has no data section; finetune needs one")] if required else []
     out: list[Problem] = []
+    from gemma_cli.engine.data import sources  # light: no keras, jax or TensorFlow
+
     for key in ("paths", "eval_paths"):
         for i, pattern in enumerate(getattr(d, key) or []):
             say = functools.partial(_say, cfg, f"data.{key}[{i}]")
-            hits = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
-            files = [Path(h) for h in hits if not Path(h).is_dir()]
+            hits, files = sources.expand(pattern)
             if not hits:
                 out.append(say(f"'{pattern}' matches no file (paths are relative to the current directory, "
                                f"{Path.cwd()})"))
                 continue
             if not files:
-                out.append(say(f"'{pattern}' matches only directories; give files or a glob such as {pattern}/*.jsonl"))
+                from gemma_cli.engine.data.hf_datasets import (
+                    is_dataset_dir,  # light: no datasets import
+                )
+
+                if all(is_dataset_dir(Path(h)) for h in hits):
+                    continue  # save_to_disk output or a folder of data files: the reader checks it
+                out.append(say(f"'{pattern}' matches only directories with no data files; give files, a glob such as "
+                               f"{pattern}/*.jsonl, or a dataset directory (save_to_disk output)"))
                 continue
             for f in files:
-                kind = d.format or DATA_EXTENSIONS.get(f.suffix.lower())
+                kind = sources.file_kind(f, d.format)
                 if kind is None:
                     out.append(say(f"{f}: cannot tell the format from the extension; set data.format "
-                                   "(jsonl, csv, txt)"))
+                                   f"({sources.kinds_hint()})"))
                     continue
                 try:
                     with open(f, "rb") as fh:
                         fh.read(1)
                 except OSError as e:
                     out.append(say(f"{f}: cannot read: {e.strerror or e}"))
+    if d.source == "hf":
+        out += hf_dataset(cfg, network=network)
     if d.data_dir:
         where = Path(d.data_dir).expanduser()
         if where.exists() and not where.is_dir():
@@ -323,6 +324,95 @@ def data(cfg: Any, *, required: bool) -> list[Problem]:
         elif not where.exists():  # tfds makes it when it downloads and prepares the dataset there
             out += output(where, "data.data_dir", cfg=cfg)
     return out
+
+
+def grpo_inputs(cfg: Any) -> list[Problem]:
+    """GRPO's prompt records (file:line) and reward specs (each resolves: file, function,
+    signature), before any model loads."""
+    from gemma_cli.engine.data import prompts  # light: no keras, jax or TensorFlow
+    from gemma_cli.engine.rewards import resolve
+
+    out: list[Problem] = []
+    for i, spec in enumerate(cfg.grpo.rewards if cfg.grpo else []):
+        try:
+            resolve(spec)
+        except UsageError as e:
+            out.append(_say(cfg, f"grpo.rewards[{i}]", e.line()))
+    for key in ("paths", "eval_paths"):
+        pats = getattr(cfg.data, key)
+        if pats:
+            try:
+                prompts.read(pats, f"data.{key}")
+            except UsageError as e:
+                out.append(Problem(e.line()))
+    return out
+
+
+def trackers(cfg: Any, *, network: bool) -> list[Problem]:
+    """`train.report_to`: each chosen tracker's package is installed (exit 2 naming the extra),
+    and a tracking server it would talk to answers one bounded probe (exit 1), so that a run
+    fails now and not at its first log line."""
+    from gemma_cli.engine.train import trackers as T  # light: importlib only
+
+    report_to = cfg.train.report_to
+    out = [_say(cfg, "train.report_to", f"{name} is not installed; pip install 'gemma-cli[{extra}]' "
+                f"(or remove {name} from train.report_to)") for name, extra in T.missing(report_to)]
+    if out or not network:
+        return out
+    chosen = T.chosen(report_to)
+    urls = []
+    if "wandb" in chosen and os.environ.get("WANDB_MODE", "online") not in ("offline", "disabled", "dryrun"):
+        urls.append(("wandb", (os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").rstrip("/"),
+                     "set WANDB_MODE=offline to record locally and `wandb sync` later"))
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if "mlflow" in chosen and uri.startswith(("http://", "https://")):
+        urls.append(("mlflow", uri.rstrip("/"), "check MLFLOW_TRACKING_URI, or unset it to record to ./mlruns"))
+    for name, url, fix in urls:
+        reply = net.head(url)
+        if not reply.reached:
+            out.append(Problem(_say(cfg, "train.report_to", f"{name}: the tracking server at {reply.host} cannot be "
+                                    f"reached ({reply.error}); {fix}"), exit_code=1))
+    return out
+
+
+def hf_dataset(cfg: Any, *, network: bool) -> list[Problem]:
+    """A `hf://` dataset: in the local cache, or the Hub answers (one bounded probe) — never
+    half a minute of `datasets`' retries before one line."""
+    from gemma_cli.engine.data import hf_datasets
+
+    d = cfg.data
+    repo, _, _ = hf_datasets.parse_name(d.name)
+    if hf_datasets.cached_snapshot(repo, d.revision) is not None:
+        return []
+    say = functools.partial(_say, cfg, "data.name")
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        return [say(f"{d.name}: reading Hugging Face datasets needs the `datasets` package; "
+                    "pip install 'gemma-cli[datasets]'")]
+    if not network:
+        return []
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or \
+        os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline:
+        return [Problem(say(f"{d.name} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                            "download it once with network, or point data.paths at a copy"), exit_code=1)]
+    from gemma_cli import auth
+
+    cred = auth.credential("hf")
+    reply = net.head(f"{endpoint}/api/datasets/{repo}",
+                     headers={"Authorization": f"Bearer {cred.token}"} if cred.token else None)
+    if not reply.reached:
+        return [Problem(say(f"{d.name} is not in the local Hugging Face cache and the Hub at {reply.host} cannot be "
+                            f"reached ({reply.error}); check the network, a proxy or HF_ENDPOINT, or point data.paths "
+                            "at a local copy (save_to_disk output or a folder of Parquet/JSONL files)"), exit_code=1)]
+    if reply.status in (401, 403):
+        return [say(f"{d.name}: the Hub refused access (HTTP {reply.status}); run `gemma login hf` with a token "
+                    "whose account accepted the dataset's terms")]
+    if reply.status == 404:
+        return [say(f"{d.name}: the Hub has no such dataset (HTTP 404)")]
+    return []
 
 
 def records(cfg: Any, *, full: bool = False) -> list[Problem]:
@@ -333,8 +423,10 @@ def records(cfg: Any, *, full: bool = False) -> list[Problem]:
     `gemma finetune` checks data up to 16 MiB per split whole and the start of larger data (the
     rest is checked as it streams); `gemma config validate` (`full`) reads every record.
     """
-    if cfg.data is None or cfg.data.source != "local":
+    if cfg.data is None or cfg.data.source == "tfds":
         return []  # tfds records are checked as the pipeline reads them (no TensorFlow here)
+    if cfg.train.method == "grpo":
+        return grpo_inputs(cfg)
     from gemma_cli.engine.data import check_records  # light: no keras, jax or TensorFlow
 
     try:
@@ -406,9 +498,10 @@ def quantized_training(cfg: Any) -> list[Problem]:
     return [_say(cfg, "model.quantize", bad)] if bad else []
 
 
-def run_dir(cfg: Any, *, resume: bool, dry_run: bool) -> list[Problem]:
+def run_dir(cfg: Any, *, resume: bool | str, dry_run: bool) -> list[Problem]:
     """train.output_dir for a fine-tune: writable; with --resume, a readable checkpoint;
-    without it, no earlier run's checkpoints to overwrite."""
+    with `--resume auto`, a readable checkpoint if there is one; without either, no earlier
+    run's checkpoints to overwrite."""
     from gemma_cli.engine.model import checkpoint as ckptlib
 
     out_dir = cfg.output_dir
@@ -416,6 +509,8 @@ def run_dir(cfg: Any, *, resume: bool, dry_run: bool) -> list[Problem]:
     if problems:
         return problems
     latest = ckptlib.latest(out_dir)
+    if resume == "auto" and latest is None:
+        return []
     if resume:
         if latest is None:
             return [Problem(f"--resume: no checkpoint in {out_dir}/checkpoints (run without --resume to start)")]

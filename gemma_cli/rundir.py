@@ -94,12 +94,6 @@ def _iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else None
 
 
-def is_run_dir(path: str | Path) -> bool:
-    """Whether `path` holds any file a run writes."""
-    p = Path(path)
-    return p.is_dir() and any((p / f).exists() for f in RUN_FILES)
-
-
 # ----------------------------------------------------------------------------- readers ---
 def _json(path: Path, what: str) -> Any:
     try:

@@ -14,6 +14,15 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent XLA compilation cache for the whole suite, child processes (multihost, kill -9,
+# CLI subprocesses) included through the environment: the same tiny train/eval/generate steps
+# compile once per suite, not once per test. GEMMA_TEST_JAX_CACHE=off turns it off.
+if os.environ.get("GEMMA_TEST_JAX_CACHE", "on") != "off":
+    os.environ.setdefault(
+        "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax")
+    )
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -37,3 +46,12 @@ def tiny_presets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_gemma3(tiny_presets: dict[str, Path]) -> Path:
     return tiny_presets["gemma3"]
+
+
+@pytest.fixture(scope="session")
+def real_demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The suite's one fine-tune of the real Gemma 3 270M (tests/real_fixtures.demo_finetune),
+    shared by the demo and export tests of the real tier."""
+    from real_fixtures import demo_finetune
+
+    return demo_finetune(tmp_path_factory.mktemp("real_demo"))

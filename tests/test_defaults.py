@@ -236,7 +236,7 @@ def test_init_bad_data_writes_nothing(cwd: Path) -> None:
     assert r.exit_code == 2 and "--data nothing/*.jsonl: no such file" in r.stderr
     (cwd / "x.parquet").write_text("")
     r = gemma("init", "--preset", "gemma3_1b", "--data", "x.parquet")
-    assert r.exit_code == 2 and "cannot tell the format" in r.stderr
+    assert r.exit_code == 2 and "not a readable Parquet file" in r.stderr
     r = gemma("init", "--preset", "gemma3_1bb")
     assert r.exit_code == 2 and "did you mean gemma3_1b" in r.stderr
     assert not (cwd / "gemma.yaml").exists()

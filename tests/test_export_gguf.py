@@ -102,6 +102,23 @@ def load_run(run: Path) -> Any:
     return runs.load(t.config, t.checkpoint)
 
 
+def check_gguf_chat_template(template: str, family: str) -> None:
+    """The file's chat template, rendered by jinja2 as llama.cpp's server renders it, a system
+    turn included, is the text chat fine-tuning and `generate --chat` render (engine/data)."""
+    import jinja2
+
+    from gemma_cli.engine import families
+    from gemma_cli.engine.data import Renderer
+
+    turns = [("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello."), ("user", "And you?")]
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    text = env.from_string(template).render(
+        messages=[{"role": r, "content": c} for r, c in turns], add_generation_prompt=True, bos_token="<bos>")
+    want = "".join(p.text for p in Renderer.for_chat(families.for_gguf_arch(family).chat).prompt(turns))
+    assert text == want
+    assert text.startswith("<bos>") and "Be brief." in text and text.endswith("<start_of_turn>model\n")
+
+
 # ---- one tiny LoRA fine-tune, exported three ways ------------------------------------------
 
 
@@ -202,8 +219,6 @@ def test_metadata_and_tensors_as_llama_cpp_writes_them(exported: dict, run_lm: A
     import keras
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-    from gemma_cli.engine.families.gemma_gguf import GEMMA3_CHAT_TEMPLATE
-
     path, _ = exported["f16"]
     r = gguf.GGUFReader(str(path))
     V = gguf.GGUFValueType
@@ -240,7 +255,7 @@ def test_metadata_and_tensors_as_llama_cpp_writes_them(exported: dict, run_lm: A
             value["gemma3.attention.key_length"], value["gemma3.attention.sliding_window"]) == (
         bb.num_query_heads, bb.num_key_value_heads, bb.head_dim, bb.sliding_window_size)
     assert value["gemma3.rope.freq_base"] == 1e6 and value["gemma3.context_length"] == 32768
-    assert value["tokenizer.chat_template"] == GEMMA3_CHAT_TEMPLATE
+    check_gguf_chat_template(value["tokenizer.chat_template"], "gemma3")
 
     proto = sp_pb2.ModelProto()
     proto.ParseFromString(run_lm.preprocessor.tokenizer.proto)
@@ -342,6 +357,9 @@ def test_gemma_1_and_2_export_and_round_trip(tiny_presets: dict, tmp_path: Path,
     assert s["architecture"] == arch and s["tensors"] == tensors and s["lora_merged"] == 4
     convert_gguf(path, tmp_path / "back")
     np.testing.assert_allclose(logits(load(tmp_path / "back")), want, atol=1e-5, rtol=1e-5)
+    import gguf
+
+    check_gguf_chat_template(gguf.GGUFReader(str(path)).fields["tokenizer.chat_template"].contents(), family)
     if arch == "gemma2":  # transformers has no GGUF loader for Gemma 1
         got = hf_logits(hf_gguf(path, query_pre_attn_scalar=HEAD_DIM))
         assert np.abs(got - want).max() <= 1e-3

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from real_fixtures import real_preset_dir
+from real_fixtures import DEMO_STEPS
 from typer.testing import CliRunner
 
 from gemma_cli.cli import app
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/gemma3_270m_demo.yaml"
 TRAIN = ROOT / "data/demo_gemma_cli.jsonl"
 HELDOUT = ROOT / "data/demo_heldout.jsonl"
-STEPS = 12
+STEPS = DEMO_STEPS
 ASKED = ("--resume", "gemma config validate", "gemma login kaggle", "gemma login hf")  # by `expect`
 MAX_LENGTH = 64
 runner = CliRunner()
@@ -38,31 +38,13 @@ import score_demo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    preset = real_preset_dir()
+def demo_run(real_demo_run: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("demo")
-    out = tmp / "run"
-    r = runner.invoke(
-        app,
-        [
-            "finetune", str(CONFIG),
-            f"model.preset={preset}",
-            f"data.paths=[{TRAIN}]",
-            f"data.eval_paths=[{HELDOUT}]",
-            f"train.max_steps={STEPS}",
-            f"train.eval_every={STEPS}",
-            f"train.checkpoint_every={STEPS}",
-            "optimizer.warmup_steps=2",
-            f"train.output_dir={out}",
-            "--json",
-        ],
-    )
-    assert r.exit_code == 0, r.stderr[-2000:]
     held = [h for h in score_demo.read_jsonl(HELDOUT) if h["expect"][0] in ASKED]
     assert len(held) == len(ASKED)
     asked = tmp / "heldout.jsonl"
     asked.write_text("".join(json.dumps(h) + "\n" for h in held))
-    return {"summary": json.loads(r.stdout), "preset": preset, "tmp": tmp, "asked": asked, "held": held}
+    return {**real_demo_run, "tmp": tmp, "asked": asked, "held": held}
 
 
 def _generate(target: str, prompts: Path, *extra: str) -> list[dict]:

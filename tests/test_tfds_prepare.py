@@ -77,14 +77,17 @@ def test_unprepared_dataset_is_downloaded_and_prepared(tmp_path, tiny_gemma3, bu
     assert "48 text records from gemma_tiny_download[train]" in r.stderr  # 3 of every 4 of 64 lines
 
 
-def test_unprepared_dataset_without_network_is_one_line(tmp_path, tiny_gemma3, builder_cls, monkeypatch):
+def test_unprepared_dataset_without_network_is_one_line(tmp_path, tiny_gemma3, builder_cls):
+    """tfds' downloader retries a failed connection 10 times with backoff (~3.5 minutes); the
+    bounded probe (engine/core/remote.py) asks the host once first: exit 1 (the environment's,
+    not bad input), one line naming the host, and tfds' retry limit is back as it was after."""
     from tensorflow_datasets.core.download import downloader
 
-    # tfds retries a failed connection 10 times with backoff (~3.5 minutes): once is enough here
-    monkeypatch.setattr(downloader, "MAX_RETRIES", 1)
     builder_cls.URL = "http://127.0.0.1:9/tiny.txt"  # the discard port: nothing listens
     cfg = config(tmp_path, tiny_gemma3, data={"name": "gemma_tiny_download", "data_dir": str(tmp_path / "tfds")})
-    line = assert_one_error_line(gemma("finetune", cfg, "-q"))
-    for w in ("data.name: gemma_tiny_download is not prepared in", "`tfds build gemma_tiny_download`"):
+    line = assert_one_error_line(gemma("finetune", cfg, "-q"), 1)
+    for w in ("data.name: gemma_tiny_download is not prepared in", "`tfds build gemma_tiny_download`",
+              "cannot reach the dataset's download host at http://127.0.0.1:9 (connection refused)"):
         assert w in line, (w, line)
     assert not (tmp_path / "out").exists()
+    assert downloader.MAX_RETRIES == 10

@@ -38,7 +38,10 @@ def validate(
 
     Beyond the schema, what `gemma finetune` checks before it loads anything: the preset (a
     local directory complete, a name known, a download's credentials and host), the data
-    (paths, every record's fields), train.output_dir writable.
+    (paths, every record's fields), train.output_dir writable. The success line says what
+    will train: method, LoRA rank and targets or a full fine-tune (with an estimate of the
+    trainable parameters when the architecture is at hand), quantization, data, mesh, steps;
+    `--json` gives them as the `will_train` fields.
 
     Example: gemma config validate configs/imdb_7b_tpu.yaml train.max_steps=10
     """
@@ -58,14 +61,20 @@ def validate(
         except (ConfigError, PreflightError) as e:  # report --json errors as a document too
             if json_:
                 out.error(e.line())
-                out.result({"valid": False, "config": shown, "problems": e.problems})
+                # the failure contract of every verb (`error`, `exit_code`, `problems`), plus `valid`
+                out.result({"valid": False, "config": shown, "error": e.line().splitlines()[0],
+                            "exit_code": e.exit_code, "problems": e.problems})
                 raise typer.Exit(e.exit_code) from None
             raise
+        from gemma_cli import run_facts
+
         shown = cfg.source_path or shown or "<stdin>"
+        facts = run_facts.describe(cfg)
         out.result(
             {"valid": True, "config": shown, "name": cfg.name, "preset": cfg.model.preset,
-             "checked": "schema, preset, data, output_dir" + ("" if offline else ", credentials, network")},
-            human=lambda c: c.print(Text("✓ ", style="green") + Text(f"{shown} is valid ({cfg.model.preset})")),
+             "checked": "schema, preset, data, output_dir" + ("" if offline else ", credentials, network"),
+             "will_train": facts},
+            human=lambda c: c.print(Text("✓ ", style="green") + Text(f"{shown} is valid: {run_facts.sentence(facts)}")),
         )
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gemma_cli import defaults as D
 from gemma_cli.commands.common import (
     DebugOpt,
     JsonOpt,
@@ -59,11 +60,14 @@ def generate(
     overrides: OverridesArg = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
     prompt_file: Annotated[str | None, typer.Option("--prompt-file", help="One prompt per line, or JSONL with 'prompt'.")] = None,
-    max_length: Annotated[int | None, typer.Option("--max-length", min=1, help="Total tokens incl. the prompt.")] = None,
-    sampler: Annotated[str | None, typer.Option("--sampler", help="greedy | top_k | top_p | random | beam")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", min=0.0001)] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0001, max=1.0)] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        "--max-new-tokens", min=1, help=f"Tokens to generate after the prompt. [default: generate.max_new_tokens, {D.MAX_NEW_TOKENS}]")] = None,
+    max_length: Annotated[int | None, typer.Option(
+        "--max-length", min=1, help="Total tokens incl. the prompt (wins over --max-new-tokens). [default: generate.max_length, unset]")] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="greedy | top_k | top_p | random | beam. [default: generate.sampler, greedy]")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", min=0.0001, help=f"[default: generate.temperature, {D.TEMPERATURE}]")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help=f"top_k sampler. [default: generate.top_k, {D.TOP_K}]")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0001, max=1.0, help=f"top_p sampler. [default: generate.top_p, {D.TOP_P}]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Prompts per batch (rounded up to the batch axis).")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap prompts in the model family's turn template (Gemma: <start_of_turn>, Gemma 4: <|turn>); stop at the end-of-turn marker.")] = False,
@@ -102,6 +106,7 @@ def generate(
         items = list(overrides or [])
         for key, val in (
             ("generate.max_length", max_length),
+            ("generate.max_new_tokens", max_new_tokens),
             ("generate.sampler", sampler),
             ("generate.temperature", temperature),
             ("generate.top_k", top_k),
@@ -141,7 +146,14 @@ def generate(
         gen = Generator(cfg, out, tgt.checkpoint, batch_size)
         t_load = time.perf_counter() - t0
         t1 = time.perf_counter()
-        results = gen(prompts, max_length=cfg.generate.max_length, chat=chat, echo=echo)
+        g = cfg.generate
+        if g.max_length is not None and max_length is None and max_new_tokens is None:
+            out.warn(f"generate.max_length: {g.max_length} counts the prompt; prefer generate.max_new_tokens "
+                     "(tokens after the prompt, as Hugging Face counts them)")
+        if g.max_length is not None and max_new_tokens is None:
+            results = gen(prompts, max_length=g.max_length, chat=chat, echo=echo)
+        else:
+            results = gen(prompts, max_new_tokens=g.max_new_tokens, chat=chat, echo=echo)
         dt = time.perf_counter() - t1
         for r, s in zip(results, shown, strict=True):
             r["prompt"] = s
@@ -159,6 +171,7 @@ def generate(
             "preset": cfg.model.preset,
             "sampler": cfg.generate.sampler,
             "max_length": cfg.generate.max_length,
+            "max_new_tokens": None if (cfg.generate.max_length is not None and max_new_tokens is None) else cfg.generate.max_new_tokens,
             "results": results,
             "seconds": round(dt, 3),
             "tokens_per_second": round(tps, 2),

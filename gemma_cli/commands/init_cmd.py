@@ -8,7 +8,6 @@ before it is written, and an existing gemma.yaml is never overwritten.
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
@@ -18,13 +17,13 @@ from typing import Annotated, Any
 
 import typer
 
+from gemma_cli import defaults as D
 from gemma_cli.commands.common import DebugOpt, JsonOpt, QuietOpt, boundary, make_output
 from gemma_cli.errors import UsageError
 from gemma_cli.targets import LOCAL_CONFIG
 
 LOCAL_PRESET = "presets/gemma3_270m"  # what `make preset` converts, offline
 REMOTE_PRESET = "gemma3_270m"
-_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".txt": "txt"}
 
 
 def _q(value: str) -> str:
@@ -32,11 +31,19 @@ def _q(value: str) -> str:
     return json.dumps(value)
 
 
-def data_lines(spec: str) -> list[str]:
-    """The `data:` section's source lines for `--data`: a file or glob, or `tfds:NAME`.
+def data_lines(spec: str, preset: str | None = None) -> list[str]:
+    """The `data:` section's lines for `--data`: a file or glob (.jsonl, .csv, .txt, .parquet),
+    a dataset directory (save_to_disk output, a folder of Parquet/JSONL files), `hf://ORG/NAME`
+    or `tfds:NAME`.
 
-    The first record of a local file decides the text: its `text` field, else a template over
-    its first two string fields (`Instruction:\\n{instruction}\\n\\nResponse:\\n{response}`).
+    The first record decides how it trains, as the data pipeline will read it:
+    - chat (`messages`, ShareGPT `conversations`) and `prompt`/`completion` pairs:
+      `format: chat` with the loss on the model's turns / the completion only;
+    - a `text` field (or plain text lines): trained on in full;
+    - other records: a template over their first two string fields, the loss on the second.
+    `sequence_length` is the 95th percentile of the first 1,000 records' token counts (the
+    preset's tokenizer when it is a local directory, else about 4 characters a token), rounded
+    up to a multiple of 128 and at most the default, 1024.
     """
     if spec.startswith("tfds:"):
         name = spec[len("tfds:") :]
@@ -46,50 +53,101 @@ def data_lines(spec: str) -> list[str]:
             _c(f"  name: {_q(name)}", "a tensorflow-datasets dataset"),
             "  split: train",
             _c("  field: text", "the feature holding the text"),
+            "  sequence_length: 128",
         ]
-    matches = sorted(glob.glob(os.path.expanduser(spec)))
-    if not matches:
-        raise UsageError(f"--data {spec}: no such file", hint="give a .jsonl, .csv or .txt file (or a glob), or tfds:NAME")
-    fmt = _FORMATS.get(Path(matches[0]).suffix.lower())
-    if fmt is None:
-        raise UsageError(f"--data {spec}: cannot tell the format from '{Path(matches[0]).suffix}'",
-                         hint="use .jsonl, .csv or .txt")
-    paths = f"  paths: [{_q(spec)}]"
-    lines = [paths if len(matches) == 1 else _c(paths, f"{len(matches)} files")]
-    fields = _fields(Path(matches[0]), fmt)
-    if fmt == "txt" or "text" in fields:
-        lines.append(_c("  field: text", "the field holding the text"))
-    elif len(fields) >= 2:
-        a, b = fields[0], fields[1]
-        tpl = f"{a.capitalize()}:\n{{{a}}}\n\n{b.capitalize()}:\n{{{b}}}"
-        lines.append(f"  template: {_q(tpl)}")
-        lines.append(f"  # fields in {Path(matches[0]).name}: {', '.join(fields)}")
-    elif len(fields) == 1:
-        lines.append(f"  field: {_q(fields[0])}")
+    from gemma_cli.engine.data import hf_datasets, sources
+
+    if spec.startswith("hf://"):
+        source = hf_datasets.open_hf(spec, "train", None, None, "--data", 1024)
+        lines = [_c(f"  name: {_q(spec)}", "a Hugging Face dataset (its local cache, or the Hub)")]
     else:
-        raise UsageError(f"--data {spec}: the first record of {matches[0]} has no text field")
+        matches = sorted(glob.glob(os.path.expanduser(spec)))
+        if not matches:
+            raise UsageError(f"--data {spec}: no such file",
+                             hint="give a .jsonl, .csv, .txt or .parquet file (or a glob), a dataset directory, hf://ORG/NAME or tfds:NAME")
+        files = [m for m in matches if not Path(m).is_dir()]
+        for f in files:
+            if sources.EXTENSIONS.get(Path(f).suffix.lower()) is None:
+                raise UsageError(f"--data {spec}: cannot tell the format from '{Path(f).suffix}'",
+                                 hint="use .jsonl, .csv, .txt or .parquet")
+        source = hf_datasets.open_paths([spec] if not files else files, None, "--data", 1024)
+        paths = f"  paths: [{_q(spec)}]"
+        lines = [paths if len(matches) == 1 else _c(paths, f"{len(matches)} files")]
+    if len(source) == 0:
+        raise UsageError(f"--data {spec}: no records")
+    where, rec = source[0]
+    lines += _record_lines(where, rec)
+    lines.append(_sequence_line(source, lines, preset))
     return lines
 
 
-def _fields(path: Path, fmt: str) -> list[str]:
-    """The string fields of the file's first record (empty for plain text)."""
-    try:
-        with path.open(encoding="utf-8") as f:
-            if fmt == "csv":
-                return list(csv.DictReader(f).fieldnames or [])
-            if fmt == "txt":
-                return []
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    rec = json.loads(line)
-                    if not isinstance(rec, dict):
-                        raise UsageError(f"{path}:{n}: expected a JSON object per line")
-                    return [k for k, v in rec.items() if isinstance(v, str)]
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--data {path}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
-    raise UsageError(f"--data {path}: no records")
+def _record_lines(where: str, rec: dict[str, Any]) -> list[str]:
+    from gemma_cli.engine.data.render import chat_style
+
+    style = chat_style(rec, None)
+    if "text" not in rec and style in ("messages", "conversations"):
+        return [_c("  format: chat", f"conversations ({style}) in the model's turn format"),
+                _c("  loss_on: assistant", "the model's turns carry the loss; user turns weigh 0")]
+    if "text" not in rec and style == "pair":
+        return [_c("  format: chat", "prompt/completion pairs as one user and one model turn"),
+                _c("  loss_on: assistant", "the completion carries the loss, the prompt weighs 0")]
+    fields = [k for k, v in rec.items() if isinstance(v, str)]
+    if "text" in rec:
+        return [_c("  field: text", "the field holding the text")]
+    if len(fields) >= 2:
+        a, b = fields[0], fields[1]
+        tpl = f"{a.capitalize()}:\n{{{a}}}\n\n{b.capitalize()}:\n{{{b}}}"
+        return [f"  template: {_q(tpl)}",
+                _c(f"  response_field: {_q(b)}", f"{b} carries the loss; set loss_on: all to train on all"),
+                f"  # fields in {where}: {', '.join(fields)}"]
+    if len(fields) == 1:
+        return [f"  field: {_q(fields[0])}"]
+    raise UsageError(f"--data: the first record ({where}) has no text field; fields there: {sorted(rec)}")
+
+
+def _sequence_line(source: Any, lines: list[str], preset: str | None) -> str:
+    """`sequence_length:` from the 95th percentile of the first 1,000 records' lengths."""
+    from types import SimpleNamespace
+
+    from gemma_cli import defaults as D
+    from gemma_cli.engine.data.render import Renderer
+
+    def value(key: str) -> Any:
+        for ln in lines:
+            m = re.match(rf"  {key}: (.*?)(\s+#.*)?$", ln)
+            if m:
+                return json.loads(m.group(1)) if m.group(1).startswith('"') else m.group(1)
+        return None
+
+    cfg = SimpleNamespace(template=value("template"), format=value("format"), messages_field=None,
+                          loss_on=value("loss_on"), field=value("field") or "text", response_field=value("response_field"))
+    renderer = Renderer(cfg)
+    count, how = _counter(preset)
+    lengths = []
+    for i in range(min(len(source), 1000)):
+        where, rec = source[i]
+        pieces = renderer(where, rec).pieces
+        lengths.append(sum(1 if p.special else count(p.text) for p in pieces))
+    lengths.sort()
+    p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
+    seq = min(max(128, -(-p95 // 128) * 128), D.SEQUENCE_LENGTH)
+    return _c(f"  sequence_length: {seq}", f"95% of the first {len(lengths)} records fit ({p95} tokens, {how})")
+
+
+def _counter(preset: str | None) -> tuple[Any, str]:
+    """A token counter: the local preset's SentencePiece vocabulary, else ~4 characters a token."""
+    if preset:
+        for rel in ("assets/tokenizer/vocabulary.spm", "tokenizer.model"):
+            f = Path(preset) / rel
+            if f.is_file():
+                try:
+                    import sentencepiece as spm
+
+                    sp = spm.SentencePieceProcessor(model_file=str(f))
+                    return (lambda t, sp=sp: len(sp.encode(t))), "counted with the preset's tokenizer"
+                except Exception:  # noqa: BLE001 — an estimate is enough here
+                    break
+    return (lambda t: -(-len(t) // 4)), "estimated at 4 characters a token"
 
 
 def _c(line: str, comment: str) -> str:
@@ -156,34 +214,32 @@ def render(
         lines += [
             "data:",
             *data,
-            "  sequence_length: 128",
             _c(f"  batch_size: {batch}", f"global; a multiple of the batch axis ({b})"),
             _c("  # eval_holdout: 64", "hold out the first N records for an eval loss"),
         ]
     else:
         lines += [
             "# data:                               add the training data before `gemma finetune`",
-            _c("#   paths: [data/train.jsonl]", ".jsonl/.csv/.txt files or globs (or name: <tfds>)"),
+            _c("#   paths: [data/train.jsonl]", "files, globs or a dataset directory (or name: hf://ORG/NAME)"),
             "#   field: text",
-            "#   sequence_length: 128",
+            f"#   sequence_length: {D.SEQUENCE_LENGTH}",
             _c(f"#   batch_size: {batch}", f"global; a multiple of the batch axis ({b})"),
         ]
     lines += [
         "",
-        "optimizer:",
-        "  name: adamw",
-        "  learning_rate: 1.0e-4",
-        "  schedule: cosine",
-        "  warmup_steps: 10",
+        "# optimizer: the defaults (gemma_cli/defaults.py; `gemma config show` prints them all):",
+        f"#   learning_rate: {D.LR_LORA:g} with LoRA, {D.LR_FULL:g} for a full fine-tune",
+        f"#   schedule: {D.SCHEDULE}, warmup_ratio: {D.WARMUP_RATIO:g}",
         "",
         "train:",
         "  epochs: 1",
         _c("  # max_steps: 100", "stop after N optimizer steps (wins over epochs)"),
         "  checkpoint_every: 100",
         "  log_every: 10",
+        _c("  report_to: [tensorboard]", "add wandb or mlflow (pip install 'gemma-cli[wandb]')"),
         "",
         "generate:",
-        "  max_length: 128",
+        f"  max_new_tokens: {D.MAX_NEW_TOKENS}",
         "",
     ]
     return "\n".join(lines)
@@ -211,7 +267,9 @@ def init(
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option("--data", help="Training data: a .jsonl, .csv or .txt file (or a glob), or tfds:NAME.",
+        typer.Option("--data", help="Training data: a .jsonl, .csv, .txt or .parquet file (or a glob), a dataset "
+                     "directory (save_to_disk output), hf://ORG/NAME[:SUBSET][@SPLIT] or tfds:NAME. Chat and "
+                     "prompt/completion records train on the answers only.",
                      show_default=False),
     ] = None,
     json_: JsonOpt = False,
@@ -238,7 +296,7 @@ def init(
                              hint="edit it, or move it away to start over")
         if preset is None:
             preset = LOCAL_PRESET if (Path(LOCAL_PRESET) / "config.json").is_file() else REMOTE_PRESET
-        section = data_lines(data) if data else None
+        section = data_lines(data, preset) if data else None
         from gemma_cli.engine.plan import machine
 
         with out.status("Counting devices and planning the layout ..."):

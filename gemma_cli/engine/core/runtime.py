@@ -3,8 +3,11 @@
 - KERAS_BACKEND=jax, quiet TensorFlow logs, TensorFlow kept off accelerators (tf.data only).
 - `GEMMA_CPU_DEVICES=N` (or `setup(cpu_devices=N)`) simulates N XLA CPU devices, for tests
   and for running the real ModelParallel path on a laptop.
-- Multi-host: `GEMMA_COORDINATOR=host:port GEMMA_NUM_PROCESSES=N GEMMA_PROCESS_ID=i` (or a TPU
-  pod's own environment) initialises JAX's distributed runtime once.
+- Multi-host: JAX's distributed runtime is initialised once, before any computation, from
+  what the launcher set (`detect_launch`): `GEMMA_COORDINATOR=host:port GEMMA_NUM_PROCESSES=N
+  GEMMA_PROCESS_ID=i` (wins), a Slurm step of several tasks, an Open MPI job of several ranks,
+  a Cloud TPU pod slice or multislice. A single process on one host never tries.
+- `KERAS_BACKEND` other than jax in the environment: a warning, and keras runs on JAX.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 _state: dict[str, Any] = {"setup": False, "distributed": False}
@@ -30,7 +35,10 @@ def setup(cpu_devices: int | None = None, without_tensorflow: bool = False) -> N
         return
     if without_tensorflow and "tensorflow" not in sys.modules:
         sys.modules["tensorflow"] = None  # type: ignore[assignment]  # import → ImportError
-    os.environ.setdefault("KERAS_BACKEND", "jax")
+    backend = os.environ.get("KERAS_BACKEND", "jax")
+    if backend != "jax":
+        sys.stderr.write(f"Warning: KERAS_BACKEND={backend} in the environment is ignored: gemma runs keras on jax\n")
+    os.environ["KERAS_BACKEND"] = "jax"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
@@ -110,8 +118,10 @@ def _tf_off_accelerators() -> None:
 
 
 def _init_distributed() -> None:
-    coord = os.environ.get("GEMMA_COORDINATOR")
-    if _state["distributed"] or not coord:
+    if _state["distributed"]:
+        return
+    launch = detect_launch(os.environ)
+    if launch is None:
         return
     import jax
 
@@ -122,12 +132,108 @@ def _init_distributed() -> None:
     import keras
 
     _native_stdout_to_stderr()  # before initialize: it already runs a collective
+    # keras' initialize calls jax.distributed.initialize (None: JAX's own TPU detection) and
+    # agrees on one random seed over the processes
     keras.distribution.initialize(
-        job_addresses=coord,
-        num_processes=int(os.environ["GEMMA_NUM_PROCESSES"]),
-        process_id=int(os.environ["GEMMA_PROCESS_ID"]),
+        job_addresses=launch.coordinator_address,
+        num_processes=launch.num_processes,
+        process_id=launch.process_id,
     )
     _state["distributed"] = True
+    _state["launch"] = launch
+    sys.stderr.write(
+        f"process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} global devices "
+        f"({jax.local_device_count()} local); launched by {launch.launcher}\n"
+    )
+
+
+# ------------------------------------------------------------------------ launchers ---
+@dataclass(frozen=True)
+class Launch:
+    """How this process takes part in a multi-process job, read from its environment.
+
+    Args:
+        launcher: str. Who set the stage: `GEMMA_COORDINATOR`, `tpu`, `slurm` or `mpi`.
+        coordinator_address: str | None. `host:port` of process 0 (None: JAX's own TPU detection).
+        num_processes: int | None. Processes in the job (None: JAX's own TPU detection).
+        process_id: int | None. This process's index (None: JAX's own TPU detection).
+
+    Example:
+        >>> detect_launch({"SLURM_JOB_ID": "42", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+        ...                "SLURM_STEP_NODELIST": "node[001-002]"})
+        Launch(launcher='slurm', coordinator_address='node001:61482', num_processes=2, process_id=1)
+    """
+
+    launcher: str
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+def _port_from(job: str, env: Mapping[str, str]) -> int:
+    """`GEMMA_COORDINATOR_PORT`, else a port in [61440, 65535] from the job id (as JAX's own
+    Slurm and Open MPI detection picks it: every process of one job derives the same)."""
+    if env.get("GEMMA_COORDINATOR_PORT"):
+        return _int(env, "GEMMA_COORDINATOR_PORT")
+    n = int(job) if job.isdigit() else zlib.crc32(job.encode())
+    return n % 2**12 + (65535 - 2**12 + 1)
+
+
+def _int(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except (KeyError, ValueError):
+        from gemma_cli.errors import UsageError
+
+        raise UsageError(f"{key}={env.get(key, '')!r}: not an integer",
+                         hint="the launcher sets it; check the job script") from None
+
+
+def _first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: `node001`, `node[001-016],gpu2`, `n[3,7-9]` → node001, n3."""
+    head = re.split(r",(?![^\[]*\])", nodelist.strip())[0]
+    m = re.fullmatch(r"([^\[]*)\[([^\],-]+)[^\]]*\](.*)", head)
+    return f"{m.group(1)}{m.group(2)}{m.group(3)}" if m else head
+
+
+def detect_launch(env: Mapping[str, str]) -> Launch | None:
+    """The launcher of this process from environment variables alone; None when it runs alone.
+
+    In order (the first that applies wins):
+    - `GEMMA_COORDINATOR=host:port` with `GEMMA_NUM_PROCESSES` and `GEMMA_PROCESS_ID`.
+    - Slurm with more than one task (`SLURM_NTASKS`, `SLURM_PROCID`, the first host of
+      `SLURM_STEP_NODELIST` or `SLURM_JOB_NODELIST`; the port from the job id or
+      `GEMMA_COORDINATOR_PORT`).
+    - Open MPI with more than one rank (`OMPI_COMM_WORLD_SIZE`, `OMPI_COMM_WORLD_RANK`; the
+      launcher's address from `OMPI_MCA_orte_hnp_uri` or `PMIX_SERVER_URI`, or
+      `GEMMA_COORDINATOR_HOST`).
+    - A Cloud TPU pod slice (more than one worker in `TPU_WORKER_HOSTNAMES` or
+      `TPU_PROCESS_ADDRESSES`) or multislice (`MEGASCALE_COORDINATOR_ADDRESS`): JAX's own
+      TPU detection fills in the rest.
+    """
+    if env.get("GEMMA_COORDINATOR"):
+        return Launch("GEMMA_COORDINATOR", env["GEMMA_COORDINATOR"], _int(env, "GEMMA_NUM_PROCESSES"),
+                      _int(env, "GEMMA_PROCESS_ID"))
+    if env.get("SLURM_JOB_ID") and env.get("SLURM_NTASKS"):
+        n = _int(env, "SLURM_NTASKS")
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if n > 1 and nodes:
+            port = _port_from(env["SLURM_JOB_ID"], env)
+            return Launch("slurm", f"{_first_host(nodes)}:{port}", n, _int(env, "SLURM_PROCID"))
+    if env.get("OMPI_COMM_WORLD_SIZE"):
+        n = _int(env, "OMPI_COMM_WORLD_SIZE")
+        uri = env.get("OMPI_MCA_orte_hnp_uri") or env.get("PMIX_SERVER_URI") or ""
+        m = re.search(r"tcp4?://\[?([^\],:;]+)", uri)
+        host = env.get("GEMMA_COORDINATOR_HOST") or (m.group(1) if m else None)
+        if n > 1 and host:
+            job = uri.split(";", 1)[0].split(".", 1)[0] or "ompi"
+            if job.isdigit():
+                job = str(int(job) // 2**12)  # Open MPI job ids are multiples of 2^12
+            return Launch("mpi", f"{host}:{_port_from(job, env)}", n, _int(env, "OMPI_COMM_WORLD_RANK"))
+    workers = env.get("TPU_PROCESS_ADDRESSES") or env.get("TPU_WORKER_HOSTNAMES") or ""
+    if env.get("MEGASCALE_COORDINATOR_ADDRESS") or len([w for w in workers.split(",") if w.strip()]) > 1:
+        return Launch("tpu")
+    return None
 
 
 def _native_stdout_to_stderr() -> None:

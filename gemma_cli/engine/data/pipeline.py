@@ -40,6 +40,7 @@ import collections
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gemma_cli.engine.data import pack, sources
@@ -373,15 +374,34 @@ def _sources(cfg: Any, block: int, reporter: Any = None) -> tuple[sources.Source
             if cfg.eval_holdout >= len(train):
                 raise UsageError(f"data.eval_holdout: {cfg.eval_holdout} ≥ the {len(train)} records")
             ev, train = sources.Slice(train, 0, cfg.eval_holdout), sources.Slice(train, cfg.eval_holdout, len(train))
+    elif cfg.source == "hf":
+        from gemma_cli.engine.data import hf_datasets
+
+        train = hf_datasets.open_hf(cfg.name, cfg.split, cfg.subset, cfg.revision, "data.name", block)
+        ev = (hf_datasets.open_hf(cfg.name, cfg.eval_split, cfg.subset, cfg.revision, "data.eval_split", block)
+              if cfg.eval_split else None)
+        if cfg.eval_holdout:
+            if cfg.eval_holdout >= len(train):
+                raise UsageError(f"data.eval_holdout: {cfg.eval_holdout} ≥ the {len(train)} records of {train.name}")
+            ev, train = sources.Slice(train, 0, cfg.eval_holdout), sources.Slice(train, cfg.eval_holdout, len(train))
+        if cfg.take:
+            train = sources.Slice(train, 0, cfg.take)
     else:
-        train = sources.open_local(cfg.paths, cfg.format, "data.paths", block)
+        from gemma_cli.engine.data import hf_datasets
+
+        train = hf_datasets.open_paths(cfg.paths, cfg.format, "data.paths", block, cfg.split, cfg.subset)
         ev = None
         if cfg.eval_holdout:
             if cfg.eval_holdout >= len(train):
                 raise UsageError(f"data.eval_holdout: {cfg.eval_holdout} ≥ the {len(train)} records of {', '.join(cfg.paths)}")
             ev, train = sources.Slice(train, 0, cfg.eval_holdout), sources.Slice(train, cfg.eval_holdout, len(train))
+        if cfg.eval_split:
+            if not all(hf_datasets.is_dataset_dir(Path(p).expanduser()) for p in cfg.paths):
+                raise UsageError("data.eval_split: the split is read from dataset directories; data.paths names files "
+                                 "(use data.eval_paths or data.eval_holdout)")
+            ev = hf_datasets.open_paths(cfg.paths, cfg.format, "data.eval_split", block, cfg.eval_split, cfg.subset)
         if cfg.eval_paths:
-            ev = sources.open_local(cfg.eval_paths, cfg.format, "data.eval_paths", block)
+            ev = hf_datasets.open_paths(cfg.eval_paths, cfg.format, "data.eval_paths", block, cfg.eval_split or "train", cfg.subset)
         if cfg.take:
             train = sources.Slice(train, 0, cfg.take)
     if ev is not None and cfg.eval_take:
@@ -413,7 +433,7 @@ def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES) -> int:
     Returns:
         int. The records checked.
     """
-    if cfg.source != "local":
+    if cfg.source == "tfds":
         return 0
     train, ev = _sources(cfg, cfg.shuffle_buffer)
     renderer = Renderer(cfg)

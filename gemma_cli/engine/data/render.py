@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from gemma_cli.config import template_fields
 from gemma_cli.errors import UsageError
 
 # Role names as datasets write them → Gemma's two speakers (and system, folded into user).
@@ -101,10 +102,6 @@ class Rendered:
     turns: int = 0
     chat: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def template_fields(template: str) -> list[str]:
-    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
 def _str(v: Any) -> str:

@@ -375,13 +375,31 @@ class Slice(Source):
 
 
 # ----------------------------------------------------------------------------- local ---
+def expand(pattern: str) -> tuple[list[str], list[Path]]:
+    """(every path `pattern` matches, the files among them), sorted; `~` and `**` expanded.
+    The one glob of data paths: the preflight and the pipeline read the same files."""
+    hits = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
+    return hits, [Path(h) for h in hits if not Path(h).is_dir()]
+
+
+def file_kind(path: Path, fmt: str | None) -> str | None:
+    """The reader of `path`: `fmt` when it names one, else its extension's (`EXTENSIONS`);
+    None when neither tells. `chat` records come in JSONL or Parquet, told by the extension."""
+    return EXTENSIONS.get(path.suffix.lower()) if fmt in (None, "chat") else fmt
+
+
+def kinds_hint() -> str:
+    """`jsonl, csv, txt, parquet`: the formats data.format takes, for error hints."""
+    return ", ".join(dict.fromkeys(EXTENSIONS.values()))
+
+
 def local_files(patterns: list[str], key: str) -> list[Path]:
     files: list[Path] = []
     for pat in patterns:
-        hits = sorted(glob.glob(str(Path(pat).expanduser()), recursive=True))
+        hits, found = expand(pat)
         if not hits:
             raise UsageError(f"{key}: '{pat}' matches no file")
-        files.extend(Path(h) for h in hits if not Path(h).is_dir())
+        files.extend(found)
     return files
 
 
@@ -397,10 +415,10 @@ def open_local(patterns: list[str], fmt: str | None, key: str, block: int) -> So
     """
     parts: list[Source] = []
     for f in local_files(patterns, key):
-        kind = EXTENSIONS.get(f.suffix.lower()) if fmt in (None, "chat") else fmt
+        kind = file_kind(f, fmt)
         if kind is None:
             raise UsageError(
-                f"{key}: {f}: cannot tell the format from the extension; set data.format (jsonl, csv, txt, parquet)"
+                f"{key}: {f}: cannot tell the format from the extension; set data.format ({kinds_hint()})"
             )
         if fmt == "chat" and kind not in ("jsonl", "parquet"):
             raise UsageError(f"{key}: {f}: chat records are read from JSONL or Parquet files, not {kind}")
@@ -449,15 +467,26 @@ class TfdsSource(BlockSource):
         if not builder.is_prepared():
             if reporter is not None:
                 reporter.step(f"Preparing {name} with tfds (download and prepare into {where})")
-            try:
-                # tfds prints to stdout (--json's) and draws bars: our line above says it all
-                tfds.disable_progress_bar()
-                with contextlib.redirect_stdout(io.StringIO()):
-                    builder.download_and_prepare()
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            from gemma_cli.engine.core import remote
+
+            # every URL tfds opens is probed first (a host that does not answer: one line in
+            # seconds, exit 1, not tfds' ten retries), and its retry logging is silenced
+            todo = f"run `tfds build {name}` where there is network and copy its data_dir here, or set data.data_dir"
+            with remote.guard("tfds", f"data.name: {name} is not prepared in {where}, and its download", todo) as g:
+                try:
+                    # tfds prints to stdout (--json's) and draws bars: our line above says it all
+                    tfds.disable_progress_bar()
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        builder.download_and_prepare()
+                except Exception as err:
+                    g.raise_failure()
+                    failed: Exception | None = err
+                else:
+                    failed = None
+            if failed is not None:
+                first = (str(failed).strip().splitlines() or [type(failed).__name__])[0][:200]
                 raise UsageError(
-                    f"data.name: {name} is not prepared in {where} and preparing it failed: {type(e).__name__}: {first}",
+                    f"data.name: {name} is not prepared in {where} and preparing it failed: {type(failed).__name__}: {first}",
                     hint=f"run `tfds build {name}` on a machine with network (and copy its data_dir here), or set data.data_dir",
                 ) from None
         n: int | None = None

@@ -111,6 +111,13 @@ GEMMA_CHAT = ChatFormat(
 )
 
 
+# Hugging Face / PEFT module names (`target_modules: [q_proj, v_proj]`) → keras-hub layer names
+HF_LORA_GEMMA = {
+    "q_proj": "query", "k_proj": "key", "v_proj": "value", "o_proj": "attention_output",
+    "gate_proj": "ffw_gating", "up_proj": "ffw_gating_2", "down_proj": "ffw_linear",
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     """One row of the architecture table: a backbone config and its published size."""
@@ -130,6 +137,7 @@ class Family:
     layout_rules: Callable[[str, str], list[RuleSpec]]
     layout_source: str
     lora_targets: tuple[str, ...] = ("query", "value")
+    hf_lora_names: dict[str, str] = field(default_factory=lambda: dict(HF_LORA_GEMMA))
     chat: ChatFormat | None = GEMMA_CHAT
     hf_model_types: tuple[str, ...] = ()
     gguf_archs: tuple[str, ...] = ()  # llama.cpp `general.architecture` values
@@ -249,6 +257,22 @@ def by_name(name: str) -> Family:
         if f.name == name:
             return f
     raise KeyError(name)
+
+
+def lora_layer_names(class_name: str, names: list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """`model.lora.target_layers` as keras-hub layer names: Hugging Face / PEFT module names
+    (`q_proj`, `v_proj`, `gate_proj` ...) become the family's layers (`query`, `value`,
+    `ffw_gating` ...); keras-hub names pass through; None stays None (the family's default)."""
+    if names is None:
+        return None
+    fam = for_backbone(class_name)
+    table = fam.hf_lora_names if fam is not None else HF_LORA_GEMMA
+    out: list[str] = []
+    for n in names:
+        k = table.get(n, n)
+        if k not in out:
+            out.append(k)
+    return out
 
 
 def for_backbone(class_name: str) -> Family | None:

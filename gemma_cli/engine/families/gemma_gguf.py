@@ -14,8 +14,8 @@ back:
   keras-hub backbone config.
 - `vocab_from_proto(...)` / `sentencepiece_proto(...)`: `tokenizer.ggml.tokens/scores/token_type`
   from a SentencePiece model and back.
-- `CHAT_TEMPLATES`: Gemma's Jinja chat templates (as in the instruction-tuned checkpoints'
-  `tokenizer_config.json`), written as `tokenizer.chat_template`.
+- `chat_template(arch)`: the Jinja chat template written as `tokenizer.chat_template`, generated
+  from the family's `ChatFormat` (as the Hugging Face export's).
 
 Architectures: keras-hub `GemmaBackbone` → `gemma` (Gemma 1) or `gemma2`; `Gemma3Backbone` →
 `gemma3` (text decoder only); `KERAS_CLASSES` gives the keras-hub classes to rebuild each.
@@ -55,66 +55,18 @@ _CONTEXT = {"gemma": 8192, "gemma2": 8192, "gemma3": 32768, "gemma3-long": 13107
 SP_NORMAL, SP_UNKNOWN, SP_CONTROL, SP_USER_DEFINED, SP_UNUSED, SP_BYTE = 1, 2, 3, 4, 5, 6
 _SPACE = "\u2581"  # SentencePiece's escaped space "▁"
 
-# Gemma 3 instruction-tuned checkpoints' chat template (google/gemma-3-*-it tokenizer_config.json).
-GEMMA3_CHAT_TEMPLATE = (
-    "{{ bos_token }}\n"
-    "{%- if messages[0]['role'] == 'system' -%}\n"
-    "    {%- if messages[0]['content'] is string -%}\n"
-    "        {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}\n"
-    "    {%- else -%}\n"
-    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}\n"
-    "    {%- endif -%}\n"
-    "    {%- set loop_messages = messages[1:] -%}\n"
-    "{%- else -%}\n"
-    "    {%- set first_user_prefix = \"\" -%}\n"
-    "    {%- set loop_messages = messages -%}\n"
-    "{%- endif -%}\n"
-    "{%- for message in loop_messages -%}\n"
-    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
-    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
-    "    {%- endif -%}\n"
-    "    {%- if (message['role'] == 'assistant') -%}\n"
-    "        {%- set role = \"model\" -%}\n"
-    "    {%- else -%}\n"
-    "        {%- set role = message['role'] -%}\n"
-    "    {%- endif -%}\n"
-    "    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}\n"
-    "    {%- if message['content'] is string -%}\n"
-    "        {{ message['content'] | trim }}\n"
-    "    {%- elif message['content'] is iterable -%}\n"
-    "        {%- for item in message['content'] -%}\n"
-    "            {%- if item['type'] == 'image' -%}\n"
-    "                {{ '<start_of_image>' }}\n"
-    "            {%- elif item['type'] == 'text' -%}\n"
-    "                {{ item['text'] | trim }}\n"
-    "            {%- endif -%}\n"
-    "        {%- endfor -%}\n"
-    "    {%- else -%}\n"
-    "        {{ raise_exception(\"Invalid content type\") }}\n"
-    "    {%- endif -%}\n"
-    "    {{ '<end_of_turn>\\n' }}\n"
-    "{%- endfor -%}\n"
-    "{%- if add_generation_prompt -%}\n"
-    "    {{'<start_of_turn>model\\n'}}\n"
-    "{%- endif -%}\n"
-)
+def chat_template(arch: str) -> str:
+    """`tokenizer.chat_template` for `arch`: generated from the family's `ChatFormat`, the one
+    contract of chat fine-tuning, `generate --chat` and the Hugging Face export, so llama.cpp
+    prompts the exported model as it was trained (a system message folded into the first user
+    turn, as Gemma's own templates do for Gemma 3; Gemma 1/2's refuse a system role)."""
+    from gemma_cli.engine import families
 
-# Gemma 1.1 / Gemma 2 instruction-tuned checkpoints' chat template (no system role).
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
-    "{{ raise_exception('System role not supported') }}{% endif %}"
-    "{% for message in messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{% endif %}"
-    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
-    "{% else %}{% set role = message['role'] %}{% endif %}"
-    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
-)
-
-CHAT_TEMPLATES = {"gemma": GEMMA_CHAT_TEMPLATE, "gemma2": GEMMA_CHAT_TEMPLATE, "gemma3": GEMMA3_CHAT_TEMPLATE}
+    fam = families.for_gguf_arch(arch)
+    template = fam.chat_template() if fam is not None else None
+    if template is None:
+        raise ValueError(f"no chat format for GGUF architecture {arch!r}")
+    return template
 
 
 @dataclass(frozen=True)
@@ -513,4 +465,4 @@ def write_tokenizer(writer: Any, vocab: Vocab, arch: str) -> None:
     writer.add_add_sep_token(False)
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(vocab.add_space_prefix)  # False for Gemma's own tokenizers
-    writer.add_chat_template(CHAT_TEMPLATES[arch])
+    writer.add_chat_template(chat_template(arch))

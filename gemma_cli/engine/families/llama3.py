@@ -55,6 +55,11 @@ def fix_hf_kwargs(hf_config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str
 
 
 FAMILY = Family(
+    hf_lora_names={
+        "q_proj": "query", "k_proj": "key", "v_proj": "value", "o_proj": "attention_output",
+        "gate_proj": "feedforward_gate_dense", "up_proj": "feedforward_intermediate_dense",
+        "down_proj": "feedforward_output_dense",
+    },
     name="llama3",
     backbone_classes=("Llama3Backbone", "LlamaBackbone"),
     module="keras_hub.src.models.llama3.llama3_backbone",

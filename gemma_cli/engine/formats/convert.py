@@ -144,19 +144,6 @@ def _field(reader, key: str, default: Any = None) -> Any:
     return f.contents()
 
 
-def read_architecture(path: str | Path) -> str:
-    """`general.architecture` of a GGUF file (UsageError when it is missing or unreadable)."""
-    gguf = _require_gguf()
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:
-        raise UsageError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
-    arch = _field(reader, "general.architecture")
-    if not arch:
-        raise UsageError(f"{path}: GGUF has no general.architecture key")
-    return str(arch)
-
-
 def _tokenizer_proto(reader, path: Path, mapping: Any) -> tuple[bytes, int, list[str]]:
     model = _field(reader, "tokenizer.ggml.model")
     if model != "llama":

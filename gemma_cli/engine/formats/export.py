@@ -220,6 +220,10 @@ def upload(directory: str, uri: str, *, log: Any = None) -> dict[str, Any]:
     if not credentials.credential(service).configured:
         raise UsageError(f"uploading to {name} needs credentials and none are configured",
                          f"run `gemma login {service}`")
+    from gemma_cli.engine.core import remote
+
+    # the upload's host answers, or one line now (not the library's retries)
+    remote.require(service, f"uploading to {uri}", todo="upload later, where there is network")
     _setup()
     import keras_hub
 

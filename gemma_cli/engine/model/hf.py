@@ -41,8 +41,11 @@ def read_config(path: str | Path) -> dict[str, Any] | None:
         runtime.setup()
         from keras_hub.src.utils.preset_utils import load_json
 
+        from gemma_cli.engine.core import remote
+
         try:
-            cfg = load_json(str(path), "config.json")
+            with remote.guard("hf"):
+                cfg = load_json(str(path), "config.json")
         except Exception:  # noqa: BLE001 — not reachable here: keras-hub's loader will say why
             return None
     else:

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gemma_cli.engine.families import backbone_class  # noqa: F401  (the model's class name, for callers)
+from gemma_cli.engine.families import (
+    backbone_class,  # the model's class name (callers use it too)
+    lora_layer_names,
+)
 from gemma_cli.engine.model.errors import load_error
 from gemma_cli.engine.model.lora import lora_layers
 from gemma_cli.errors import RuntimeFailure, UsageError, translate
@@ -56,11 +59,15 @@ def backbone_config(preset: str) -> dict[str, Any]:
     if known is not None:
         return known
     _check_credentials(preset)
+    _require_host(preset)
     _setup()
     from keras_hub.src.utils.preset_utils import load_json
 
+    from gemma_cli.engine.core import remote
+
     try:
-        cfg = load_json(preset, "config.json")
+        with remote.guard(remote.kind_of(_handle(preset)) or "kaggle"):
+            cfg = load_json(preset, "config.json")
     except Exception as e:  # network, auth, unknown name
         raise load_error(preset, e) from None
     if isinstance(cfg, dict) and "model_type" in cfg and "registered_name" not in cfg:
@@ -68,6 +75,24 @@ def backbone_config(preset: str) -> dict[str, Any]:
 
         return hf_checkpoint.backbone_config(preset, hf_config=cfg)
     return cfg
+
+
+def _handle(preset: str) -> str:
+    """The download handle of a preset: itself, or a bare keras-hub name's registered handle."""
+    if "://" in preset or is_local(preset):
+        return preset
+    from gemma_cli.engine import families
+
+    return families.keras_hub_presets().get(preset, "")
+
+
+def _require_host(preset: str) -> None:
+    """The bounded probe of the host a download comes from (`engine/core/remote.py`), unless
+    the download is cached: a host that does not answer is one line in seconds, not the
+    library's retries."""
+    from gemma_cli.engine.core import remote
+
+    remote.require_preset(_handle(preset), f"model.preset: {preset}")
 
 
 def _check_credentials(preset: str) -> None:
@@ -153,7 +178,11 @@ def abstract_model(
     variables' provenance of a backbone with LoRA and quantization, allocating nothing."""
     _setup()
     key = json.dumps(bb_config, sort_keys=True, default=str)
-    return _abstract(key, precision, lora_rank, tuple(lora_targets) if lora_targets else None, quantize)
+    targets = lora_layer_names(backbone_class(bb_config), lora_targets)
+    out = _abstract(key, precision, lora_rank, tuple(targets) if targets else None, quantize)
+    if lora_rank and targets:
+        check_lora_targets(lora_targets, targets, [p for p, _, _ in out.variables])
+    return out
 
 
 def quantizable_layers(backbone: Any) -> list[Any]:
@@ -198,6 +227,22 @@ def _dims_of(name: str, shape: tuple[int, ...], k_shape: tuple[int, ...], reduce
             return (kept,)
         return none  # int8 EinsumDense: a broadcastable (1, 1, ..., columns) scale, kept whole
     return none  # g_idx: the group of each row
+
+
+def check_lora_targets(given: list[str], names: list[str], paths: list[str]) -> None:
+    """Every `model.lora.target_layers` entry names a layer of the model that got adapters
+    (exit 2 naming the one that matched nothing, and the names there are)."""
+    import re
+
+    adapted = {m.group(1) for p in paths if (m := re.search(r"([^/]+)/lora_kernel_a$", p))}
+    for g, n in zip(given, names, strict=False):
+        if n not in adapted:
+            have = sorted({m.group(1) for p in paths if (m := re.search(r"([^/]+)/kernel$", p))})
+            raise UsageError(
+                f"model.lora.target_layers: {g!r}" + (f" (= {n!r} here)" if g != n else "") + " matches no layer of this model",
+                hint=f"layers with kernels: {', '.join(have)}; Hugging Face names q_proj, k_proj, v_proj, o_proj, "
+                "gate_proj, up_proj, down_proj are understood",
+            )
 
 
 @functools.lru_cache(maxsize=32)
@@ -278,6 +323,7 @@ def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none")
 
     if not is_local(preset):
         _check_credentials(preset)
+        _require_host(preset)
         if preset.startswith("hf://") and hf_checkpoint.read_config(preset) is not None:
             return hf_checkpoint.load_causal_lm(preset, dtype_for(precision))
     else:
@@ -293,8 +339,10 @@ def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none")
     # Without TensorFlow the task is built without a preprocessor and carries its tokenizer.
     with_tf = runtime.tensorflow_available()
     extra: dict[str, Any] = {} if with_tf else {"preprocessor": None}
+    from gemma_cli.engine.core import remote
+
     try:
-        with runtime.quiet_native_info():
+        with runtime.quiet_native_info(), remote.guard(remote.kind_of(_handle(preset)) or "hf"):
             lm = rematlib.build(
                 remat,
                 backbone_config(preset) if remat != "none" else {},
@@ -346,7 +394,7 @@ def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any, *, lora: bool = True
     cfg_lora = model_cfg.lora
     if lora and cfg_lora and cfg_lora.rank:
         bb = causal_lm.backbone
-        bb.enable_lora(cfg_lora.rank, target_layer_names=cfg_lora.target_layers)
+        bb.enable_lora(cfg_lora.rank, target_layer_names=lora_layer_names(type(bb).__name__, cfg_lora.target_layers))
         if not getattr(bb, "_lora_enabled_layers", None):
             raise UsageError(
                 f"model.lora.target_layers: {cfg_lora.target_layers} matched no layer",

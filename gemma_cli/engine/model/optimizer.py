@@ -52,7 +52,7 @@ def build_optimizer(opt_cfg: Any, total_steps: int) -> Any:
     """The configured keras optimizer with its schedule, clipping, accumulation and decay."""
     import keras
 
-    lr = schedule(opt_cfg.schedule, opt_cfg.learning_rate, opt_cfg.warmup_steps, total_steps)
+    lr = schedule(opt_cfg.schedule, opt_cfg.learning_rate, opt_cfg.warmup_for(total_steps), total_steps)
     kw: dict[str, Any] = {"learning_rate": lr, "clipnorm": opt_cfg.clipnorm}
     if opt_cfg.gradient_accumulation_steps > 1:
         kw["gradient_accumulation_steps"] = opt_cfg.gradient_accumulation_steps

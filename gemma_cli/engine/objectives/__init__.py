@@ -51,11 +51,14 @@ class Objective:
         wants_logits: bool. Whether the model's forward should return logits [B, S, V]
             (True), or the backbone's hidden states [B, S, H], for objectives that apply the
             output head themselves (chunked losses). Defaults to True.
+        batch_keys: tuple[str, ...]. Inputs of the batch `x` that only the objective reads
+            (GRPO's `advantages`); the model's forward never sees them. Defaults to ().
     """
 
     name: str = "objective"
     metric_names: tuple[str, ...] = ()
     wants_logits: bool = True
+    batch_keys: tuple[str, ...] = ()
 
     def compute(self, model: Any, x: Any, y: Any, y_pred: Any, sample_weight: Any, training: bool) -> Output:
         """The loss and metrics of one batch (traced inside the compiled train/eval step).

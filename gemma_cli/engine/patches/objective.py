@@ -59,12 +59,21 @@ def install(causal_lm: Any, objective: Objective) -> None:
 
     lm = causal_lm
     _check(lm)
+    uninstall(lm)  # keras' own methods first: `call` below wraps the plain one
     backbone = lm.backbone
     aux = set(objective.metric_names)
     state: dict[str, Any] = {}
 
+    own = set(objective.batch_keys)
+    plain_call = lm.call
+
+    def model_inputs(inputs: Any) -> Any:
+        return {k: v for k, v in inputs.items() if k not in own} if own and isinstance(inputs, dict) else inputs
+
     def call(inputs: Any, training: Any = None, mask: Any = None) -> Any:
-        return backbone(inputs, training=training)
+        if objective.wants_logits:
+            return plain_call(model_inputs(inputs), training=training)
+        return backbone(model_inputs(inputs), training=training)
 
     def trackers() -> list[Any]:
         compiled = lm._compile_metrics  # noqa: SLF001
@@ -103,11 +112,10 @@ def install(causal_lm: Any, objective: Objective) -> None:
                     m.update_state(y, y_pred, sample_weight=sample_weight)
         return lm.get_metrics_result()
 
-    uninstall(lm)
     # plain attributes on the instance (not tracked by keras, not serialized)
     put = object.__setattr__
     put(lm, "_gemma_plain", {k: lm.__dict__.get(k) for k in ("call", "compute_loss", "compute_metrics")})
-    if not objective.wants_logits:
+    if not objective.wants_logits or own:
         put(lm, "call", call)
     put(lm, "compute_loss", compute_loss)
     put(lm, "compute_metrics", compute_metrics)

@@ -148,23 +148,15 @@ def estimate(
     return out
 
 
-def device_bytes(name_or_size: str) -> tuple[str, int] | None:
-    """(label, bytes) of a device name in DEVICES, or None when it is not one."""
-    key = name_or_size.strip().lower()
-    return (key, DEVICES[key]) if key in DEVICES else None
-
-
 # --------------------------------------------------------------------------- measuring ---
-def measure_train_step(causal_lm: Any, batch: int, seq: int, distribution: Any = None) -> dict[str, int]:
-    """XLA's memory analysis of `causal_lm`'s compiled train step for one [batch, seq] batch.
-
-    Compiles (does not run) `causal_lm.train_step` exactly as keras' `fit` jits it (state
-    donated, state shardings from the distribution), with the batch laid out as the
+def train_step_program(causal_lm: Any, batch: int, seq: int, distribution: Any = None) -> tuple[Any, Any, Any]:
+    """`causal_lm`'s train step jitted exactly as keras' `fit` jits it (state donated, state
+    shardings from the distribution), with one [batch, seq] batch of zeros laid out as the
     distribution lays out data. The model must be compiled (optimizer built).
 
     Returns:
-        dict. argument, output, alias, temp (bytes per device, as XLA assigns them) and peak
-        (argument + output − alias + temp: what one device holds at the step's high point).
+        (step, state, batch): `step(state, batch)` → (logs, new state); `batch` is numpy
+        (x, y, sample_weight); its sharding is `data_sharding(distribution, batch, seq)`.
     """
     import jax
     import numpy as np
@@ -181,10 +173,31 @@ def measure_train_step(causal_lm: Any, batch: int, seq: int, distribution: Any =
         [v.value for v in causal_lm.optimizer.variables],
         [v.value for v in causal_lm.metrics_variables],
     )
-    sharding = distribution.get_data_layout((batch, seq)).backend_layout if distribution is not None else None
-    data = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), (x, y, sw))
     out_shardings = (None, causal_lm._get_state_sharding_spec()) if distribution is not None else None  # noqa: SLF001
     step = jax.jit(causal_lm.train_step, donate_argnums=0, out_shardings=out_shardings)
+    return step, state, (x, y, sw)
+
+
+def data_sharding(distribution: Any, batch: int, seq: int) -> Any:
+    """The sharding keras gives a [batch, seq] input under `distribution` (None: default)."""
+    return distribution.get_data_layout((batch, seq)).backend_layout if distribution is not None else None
+
+
+def measure_train_step(causal_lm: Any, batch: int, seq: int, distribution: Any = None) -> dict[str, int]:
+    """XLA's memory analysis of `causal_lm`'s compiled train step for one [batch, seq] batch.
+
+    Compiles (does not run) the step of `train_step_program`. The model must be compiled
+    (optimizer built).
+
+    Returns:
+        dict. argument, output, alias, temp (bytes per device, as XLA assigns them) and peak
+        (argument + output − alias + temp: what one device holds at the step's high point).
+    """
+    import jax
+
+    step, state, arrays = train_step_program(causal_lm, batch, seq, distribution)
+    sharding = data_sharding(distribution, batch, seq)
+    data = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), arrays)
     ma = step.lower(state, data).compile().memory_analysis()
     out = {
         "argument": int(ma.argument_size_in_bytes),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
+from gemma_cli.config import template_fields
 from gemma_cli.engine.sample.sampler import Sampler
 from gemma_cli.errors import UsageError
 
@@ -16,7 +17,7 @@ from gemma_cli.errors import UsageError
 def wrap_template(prompt: str, template: str) -> str:
     """Fill a data template's first field with `prompt`, cut at its last field (the answer)."""
     parts = list(string.Formatter().parse(template))
-    fields = [f for _, f, _, _ in parts if f]
+    fields = template_fields(template)
     if len(fields) < 2:
         raise UsageError("--template: data.template needs at least two fields (prompt and answer)")
     out = ""

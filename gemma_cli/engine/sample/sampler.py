@@ -97,13 +97,28 @@ class Sampler:
 
         return chat_prompt_ids(self.tokenizer, prompt, self.chat_format)
 
-    def __call__(self, prompts: list[str], *, max_length: int, chat: bool = False, echo: bool = False) -> list[dict[str, Any]]:
+    def __call__(
+        self, prompts: list[str], *, max_length: int | None = None, max_new_tokens: int | None = None,
+        chat: bool = False, echo: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Completions of `prompts`. Give `max_new_tokens` (tokens after the prompt; the
+        generated length is rounded up to a multiple of 64 so that similar prompts share one
+        compilation, and the extra tokens are dropped) or `max_length` (prompt included)."""
+        if max_length is None and max_new_tokens is None:
+            raise ValueError("give max_length or max_new_tokens")
         results: list[dict[str, Any]] = []
         stop = self._stop_ids(chat)
+        self._max_new = max_new_tokens if max_length is None else None
         for i in range(0, len(prompts), self.batch_size):
             chunk = prompts[i : i + self.batch_size]
             pad = self.batch_size - len(chunk)
             batch = chunk + [chunk[-1]] * pad
+            if max_length is None:
+                longest = max(len(self.chat_prompt_ids(p)) if chat else len(self._ids(p)) + 1 for p in batch)
+                max_length = -(-(longest + max_new_tokens) // 64) * 64
+                fixed = False
+            else:
+                fixed = True
             shape = (len(batch), max_length)
             first = shape not in self._shapes
             self._shapes.add(shape)
@@ -128,7 +143,13 @@ class Sampler:
                     prompt_text = orig
                     completion = full[len(prompt_text) :] if full.startswith(prompt_text) else full
                     n_prompt = len(self._ids(prompt_text)) + 1
-                    n_new = len(self._ids(completion))
+                    new_ids = self._ids(completion)
+                    if self._max_new and len(new_ids) > self._max_new:  # the length was rounded up
+                        from gemma_cli.engine.data import Encoder
+
+                        new_ids = new_ids[: self._max_new]
+                        completion = Encoder(self.tokenizer).decode(new_ids)
+                    n_new = len(new_ids)
                 new_tokens += n_new
                 results.append(
                     {
@@ -141,6 +162,8 @@ class Sampler:
                     }
                 )
             self.log.debug_line(f"batch of {len(chunk)} (+{pad} padding): {dt:.2f}s, {new_tokens} new tokens")
+            if not fixed:
+                max_length = None
         return results
 
     def _text_batch(self, prompts: list[str], max_length: int, stop: tuple[int, ...]) -> list[tuple[str, str, int, int]]:
@@ -170,7 +193,8 @@ class Sampler:
         longest = max(len(x) for x in ids)
         if longest >= max_length:
             raise UsageError(
-                f"generate.max_length: {max_length} tokens leave no room after a prompt of {longest} tokens; raise it"
+                f"generate.max_length: {max_length} tokens leave no room after a prompt of {longest} tokens; "
+                "raise it, or remove it and set generate.max_new_tokens"
             )
         tokens = np.full((len(ids), max_length), enc.pad_id, dtype="int32")
         mask = np.zeros((len(ids), max_length), dtype=bool)
@@ -190,6 +214,8 @@ class Sampler:
                 if t in stop:
                     new = new[:k]
                     break
+            if getattr(self, "_max_new", None):
+                new = new[: self._max_new]
             results.append(("", enc.decode(new), len(seq), len(new)))
         return results
 

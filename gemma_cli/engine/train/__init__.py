@@ -15,6 +15,7 @@ from gemma_cli.engine.core.report import Reporter
 # method → "module:Class" (imported when chosen: keras loads only with the recipe)
 RECIPES: dict[str, str] = {
     "sft": "gemma_cli.engine.train.sft:SFTRecipe",
+    "grpo": "gemma_cli.engine.train.grpo:GRPORecipe",
 }
 
 
@@ -31,6 +32,6 @@ def recipe_for(cfg: Any) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def finetune(cfg: Any, reporter: Reporter, *, resume: bool = False, dry_run: bool = False) -> dict[str, Any]:
+def finetune(cfg: Any, reporter: Reporter, *, resume: bool | str = False, dry_run: bool = False) -> dict[str, Any]:
     """Train per the config with its method's recipe; returns a plain summary dict."""
     return recipe_for(cfg)(cfg, reporter, resume=resume, dry_run=dry_run).run()

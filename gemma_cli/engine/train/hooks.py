@@ -4,7 +4,8 @@
   auxiliary metric of the objective, by name) into per-window values.
 - `DivergenceGuard`: a non-finite loss stops the run.
 - `ProgressView`: the reporter's progress display, and a line per log window without one.
-- `MetricsLog`: `metrics.jsonl` and TensorBoard scalars, one record per `train.log_every`.
+- `MetricsLog`: `metrics.jsonl` and the trackers of `train.report_to` (TensorBoard, wandb,
+  mlflow: `trackers.py`), one record per `train.log_every`.
 
 Metrics are a dict end to end: whatever names the objective declares (`RunState.metric_names`)
 reach `metrics.jsonl`, TensorBoard (`train/<name>`, `eval/<name>`), the progress line, the eval
@@ -152,14 +153,24 @@ class ProgressView(keras.callbacks.Callback):
 
 
 class MetricsLog(keras.callbacks.Callback):
-    """metrics.jsonl (appended, flushed per line) and TensorBoard scalars (main process only)."""
+    """metrics.jsonl (appended, flushed per line) and the trackers of `train.report_to`
+    (engine/train/trackers.py: TensorBoard, wandb, mlflow), main process only.
 
-    def __init__(self, state: RunState, out_dir: Path, schedule: Schedule, view: ProgressView, write: bool, reporter: Reporter):
+    Args:
+        report_to: list[str]. The trackers; `["tensorboard"]` when None.
+        run_name: str. The run's name for the trackers.
+        config: dict. The resolved run config, handed to each tracker when training begins.
+    """
+
+    def __init__(self, state: RunState, out_dir: Path, schedule: Schedule, view: ProgressView, write: bool, reporter: Reporter,
+                 report_to: list[str] | None = None, run_name: str = "run", config: dict[str, Any] | None = None):
         super().__init__()
         self.state, self.out_dir, self.schedule, self.view, self.write = state, Path(out_dir), schedule, view, write
         self.reporter = reporter
+        self.report_to = list(report_to) if report_to is not None else ["tensorboard"]
+        self.run_name, self.config = run_name, config or {}
         self._f: Any = None
-        self._tb: Any = None
+        self.trackers: list[Any] = []
 
     def on_train_begin(self, logs: Any = None) -> None:
         if not self.write:
@@ -170,13 +181,13 @@ class MetricsLog(keras.callbacks.Callback):
             keep_metrics_until(path, self.state.start)
         self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self.state.files["metrics"] = str(self.out_dir / "metrics.jsonl")
-        self.state.files["tensorboard"] = str(self.out_dir / "tensorboard")
-        try:
-            from gemma_cli.engine.train.tensorboard import ScalarWriter
+        from gemma_cli.engine.train import trackers
 
-            self._tb = ScalarWriter(self.out_dir / "tensorboard")
-        except Exception as e:  # TensorBoard is a nicety, never a failure
-            self.reporter.warn(f"TensorBoard disabled: {e}")
+        if "tensorboard" in trackers.chosen(self.report_to):
+            self.state.files["tensorboard"] = str(self.out_dir / "tensorboard")
+        self.trackers = trackers.build(self.report_to, self.out_dir, self.run_name, warn=self.reporter.warn)
+        for t in self.trackers:
+            t.start(self.config)
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         st = self.state
@@ -203,16 +214,24 @@ class MetricsLog(keras.callbacks.Callback):
         if self._f is not None:
             self._f.write(json.dumps(rec) + "\n")
             self._f.flush()
-        if self._tb is not None:
-            self._tb.scalars(rec["step"], scalars)
+        for t in self.trackers:
+            t.log(rec["step"], scalars)
 
     def close(self) -> None:
+        """Close metrics.jsonl (the trackers stay open for the final eval and the summary)."""
         if self._f is not None:
             self._f.close()
             self._f = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+
+    def finish(self, summary: dict[str, Any] | None) -> None:
+        """Hand the trackers the run's summary (None after a failure) and close them."""
+        trackers, self.trackers = self.trackers, []
+        for t in trackers:
+            try:
+                if summary is not None:
+                    t.finish(summary)
+            finally:
+                t.close()
 
 
 def keep_metrics_until(path: Path, step: int) -> None:
@@ -242,9 +261,13 @@ def learning_rate(model: Any) -> float:
 
 
 class Evaluation(keras.callbacks.Callback):
+    """Evaluation at eval_every steps (and step 0): keras' `evaluate` on the eval data, or a
+    method's own `custom() -> {name: value}` (GRPO scores greedy completions with its rewards)."""
+
     def __init__(self, state: RunState, eval_data: Any, schedule: Schedule, metrics: MetricsLog, view: ProgressView):
         super().__init__()
         self.state, self.data, self.schedule, self.metrics, self.view = state, eval_data, schedule, metrics, view
+        self.custom: Callable[[], dict[str, float]] | None = None
 
     def on_train_begin(self, logs: Any = None) -> None:
         if self.data is not None and self.state.start == 0:
@@ -254,9 +277,11 @@ class Evaluation(keras.callbacks.Callback):
         if not self.state.diverged and self.schedule.eval(self.state.step):
             self.run()
 
-    def run(self) -> float:
+    def run(self) -> float | None:
         st = self.state
         self.model.jax_state_sync()
+        if self.custom is not None:
+            return self._run_custom()
         res = self.model.evaluate(self.data, verbose=0, return_dict=True)
         st.metrics_reset()  # evaluate() reset the train metrics
         aux = {n: float(res[n]) for n in st.metric_names if n != "loss" and n in res}
@@ -273,13 +298,25 @@ class Evaluation(keras.callbacks.Callback):
         st.t_sync = time.time()  # evaluation time is not step time
         return ev["eval_loss"]
 
+    def _run_custom(self) -> float | None:
+        st = self.state
+        assert self.custom is not None
+        res = self.custom()
+        st.metrics_reset()  # the method reset its running means, as evaluate() does
+        ev = {"step": st.step, **{f"eval_{k}": float(v) for k, v in res.items()}}
+        st.evals.append(ev)
+        self.metrics.emit(ev, {f"eval/{k}": float(v) for k, v in res.items()})
+        self.view.note(f"eval at step {st.step}: {format_metrics(res, skip=())}")
+        st.t_sync = time.time()
+        return ev.get("eval_loss")
+
     def final(self) -> float | None:
         """The eval loss at the last step (evaluating once more if needed)."""
         if self.data is None:
             return None
         if not self.state.evals or self.state.evals[-1]["step"] != self.state.step:
             self.run()
-        return self.state.evals[-1]["eval_loss"]
+        return self.state.evals[-1].get("eval_loss")
 
 
 def all_finite(variables: list[Any]) -> bool:
@@ -362,14 +399,26 @@ def loss_plot(state: RunState, out_dir: Path, title: str) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    rewards = [h for h in state.history if "reward" in h]  # GRPO: the reward curve beside the loss
+    fig, axes = plt.subplots(1, 2 if rewards else 1, figsize=(11 if rewards else 6, 3.5), dpi=100, squeeze=False)
+    ax = axes[0][0]
     ax.plot([h["step"] for h in state.history], [h["loss"] for h in state.history], label="train loss")
-    if state.evals:
-        ax.plot([e["step"] for e in state.evals], [e["eval_loss"] for e in state.evals], "o-", label="eval loss")
+    evals = [e for e in state.evals if "eval_loss" in e]
+    if evals:
+        ax.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.legend()
+    if rewards:
+        rx = axes[0][1]
+        rx.plot([h["step"] for h in rewards], [h["reward"] for h in rewards], label="reward (rollouts)")
+        ev = [e for e in state.evals if "eval_reward" in e]
+        if ev:
+            rx.plot([e["step"] for e in ev], [e["eval_reward"] for e in ev], "o-", label="eval reward (greedy)")
+        rx.set_xlabel("step")
+        rx.set_ylabel("reward")
+        rx.legend()
     fig.tight_layout()
     path = Path(out_dir) / "loss.png"
     tmp = Path(out_dir) / ".loss.png.tmp.png"

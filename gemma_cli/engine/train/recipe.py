@@ -88,14 +88,19 @@ class Recipe:
     Args:
         cfg: RunConfig. The validated run config.
         reporter: Reporter. Where progress goes (the CLI's Output).
-        resume: bool. Continue from the latest checkpoint in `cfg.output_dir`.
+        resume: bool | str. Continue from the latest checkpoint in `cfg.output_dir`; "auto":
+            continue when there is one, start fresh when there is none, and return at once
+            (`already_finished`) when it is the run's last step. Defaults to False.
         dry_run: bool. Stop after reading the first batch; train nothing.
     """
 
     method = ""  # the `train.method` value this recipe runs
 
-    def __init__(self, cfg: Any, reporter: Reporter, *, resume: bool = False, dry_run: bool = False):
-        self.cfg, self.reporter, self.resume, self.dry_run = cfg, reporter, resume, dry_run
+    def __init__(self, cfg: Any, reporter: Reporter, *, resume: bool | str = False, dry_run: bool = False):
+        self.cfg, self.reporter, self.dry_run = cfg, reporter, dry_run
+        self.auto = resume == "auto"
+        self.resume = bool(resume) and not self.auto  # settled by check_output_dir under auto
+        self.finished: tuple[Path, dict[str, Any]] | None = None
         self.out_dir: Path = cfg.output_dir
         self.resume_from: Path | None = None
         self.main = True
@@ -126,6 +131,10 @@ class Recipe:
         every checkpoint file; this is the engine's own guard for callers that skip it."""
         cfg, out_dir = self.cfg, self.out_dir
         latest = checkpoint.latest(out_dir)
+        if self.auto:
+            self._settle_auto(latest)
+            if self.finished is not None:
+                return
         if self.resume and latest is None:
             raise UsageError(f"--resume: no checkpoint in {out_dir}/checkpoints (run without --resume to start)")
         if latest is not None and not self.resume and not self.dry_run:
@@ -143,6 +152,60 @@ class Recipe:
         if bad:
             raise UsageError(cfg.problem("model.quantize", bad))
 
+    def choose_mesh(self) -> None:
+        """A config without `mesh.shape` gets the mesh its memory plan fits with the fewest
+        devices on the model axis (`engine/plan/machine.auto_mesh`), written into the run's
+        config; a mesh the user gave is never changed, only checked."""
+        cfg = self.cfg
+        if "shape" in cfg.mesh.model_fields_set or len(cfg.mesh.axes) != 2:
+            return
+        runtime.setup()
+        import jax
+
+        from gemma_cli.engine.plan import inspect as inspect_report
+        from gemma_cli.engine.plan import machine
+
+        n = jax.device_count()
+        limit = inspect_report._device_memory()  # noqa: SLF001 — the chip's bytes_limit when reported
+        if limit is None and jax.devices()[0].platform == "cpu":
+            limit = machine.host_memory_per_device(jax.local_device_count())
+        choice = machine.auto_mesh(cfg, n, limit)
+        cfg.mesh.shape = list(choice.shape)
+        if choice.rules:
+            cfg.layout.rules = choice.rules
+        self.reporter.info(choice.why)
+
+    def _settle_auto(self, latest: Path | None) -> None:
+        """`--resume auto`: resume from `latest`, start fresh without one, or note that the run
+        already ended there. A checkpoint of another config is refused (exit 2)."""
+        if latest is None:
+            self.reporter.info(f"--resume auto: no checkpoint in {self.out_dir}/checkpoints; starting fresh")
+            return
+        st = checkpoint.read_state(latest)
+        if st.get("config_digest") and st["config_digest"] != config_digest(self.cfg):
+            raise UsageError(
+                f"--resume auto: the config differs from the one {latest.name} was trained with",
+                hint=f"restore the config of {self.out_dir}/config.yaml, or set train.output_dir=<new dir>",
+            )
+        total = st.get("total_steps")
+        if isinstance(total, int) and st["step"] >= total:
+            self.finished = (latest, st)
+            return
+        self.resume = True
+
+    def finished_summary(self) -> dict[str, Any]:
+        """What `--resume auto` returns for a run that already ended: its summary.json (when
+        written), marked `already_finished`."""
+        assert self.finished is not None
+        ckpt, st = self.finished
+        self.reporter.info(f"already finished at step {st['step']}: {ckpt}")
+        try:
+            summary = json.loads((self.out_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        return {**summary, "already_finished": True, "steps": st["step"], "total_steps": st["total_steps"],
+                "checkpoint": str(ckpt), "output_dir": str(self.out_dir)}
+
     def setup_model(self) -> ModelSetup:
         cfg, log = self.cfg, self.reporter
         runtime.setup()
@@ -153,7 +216,7 @@ class Recipe:
         self.main = runtime.is_main_process()
         n_dev = layoutlib.device_count()
         shape = cfg.mesh.resolve(n_dev)
-        bad = cfg.mesh.batch_problem(cfg.data.batch_size, shape)
+        bad = cfg.batch_problem(shape)
         if bad:
             raise UsageError(f"data.batch_size: {bad} (mesh {list(shape)} on this machine's {n_dev} devices)")
         log.step(f"Planning {cfg.model.preset} on mesh {dict(zip(cfg.mesh.axes, shape, strict=True))} ({n_dev} devices)")
@@ -270,7 +333,9 @@ class Recipe:
         stopper = H.StopOnSignal(st, self.reporter)
         tracker = H.StepTracker(st, schedule, stopper)
         view = H.ProgressView(st, self.reporter, tracker, schedule, show=self.main)
-        metrics = H.MetricsLog(st, self.out_dir, schedule, view, self.main, self.reporter)
+        metrics = H.MetricsLog(st, self.out_dir, schedule, view, self.main, self.reporter,
+                               report_to=cfg.train.report_to, run_name=cfg.name or self.out_dir.name,
+                               config=dump_config(cfg))
         ev = H.Evaluation(st, d.eval, schedule, metrics, view)
         ck = H.Checkpointing(st, schedule, self._save, view)
         self.hooks = {
@@ -307,14 +372,36 @@ class Recipe:
 
     # ------------------------------------------------------------------------- run ---
     def run(self) -> dict[str, Any]:
-        self.check_output_dir()
-        self.setup_model()
-        self.setup_data()
-        if self.dry_run:
-            return self.dry_run_summary()
-        self.setup_optimizer()
-        self.write_config()
-        return self.train()
+        """The steps in order; out of memory anywhere becomes one line with the plan's
+        estimate and what to change (`engine/plan/oom.py`, exit 1)."""
+        phase = "loading the model"
+        try:
+            self.choose_mesh()
+            self.check_output_dir()
+            if self.finished is not None:
+                return self.finished_summary()
+            self.setup_model()
+            phase = "reading the data"
+            self.setup_data()
+            if self.dry_run:
+                return self.dry_run_summary()
+            phase = "building the optimizer"
+            self.setup_optimizer()
+            self.write_config()
+            phase = "the train step"
+            return self.train()
+        except Exception as e:
+            from gemma_cli.engine.plan import oom
+
+            if not oom.is_oom(e):
+                raise
+            st = self.state
+            step = None
+            if phase == "the train step" and st is not None:
+                step = st.step + 1
+                if st.step == st.start:
+                    phase = "compiling or running the first train step"
+            raise oom.explain(self.cfg, e, phase=phase, step=step) from None
 
     def write_config(self) -> None:
         if self.main:
@@ -334,7 +421,6 @@ class Recipe:
         cfg, m, d = self.cfg, self.model, self.data
         assert m is not None and d is not None
         hooks = self.setup_hooks()
-        st = self.state
         self.reporter.step(f"Training {d.total_steps - d.start_step} steps (batch {cfg.data.batch_size} × {cfg.data.sequence_length} tokens)")
         lm = m.causal_lm
         # the batches are already tokenized: fit must not run the preprocessor again; its
@@ -343,6 +429,16 @@ class Recipe:
             object.__setattr__(lm, "_gemma_tokenizer", m.preprocessor.tokenizer)
         lm.preprocessor = None
         callbacks = H.HookList(hooks, add_history=True, add_progbar=False, model=lm)
+        try:
+            summary = self._train_loop(callbacks, hooks)
+        finally:
+            self.hooks["metrics"].finish(None)  # after a failure: close the trackers (no-op when finished)
+        return summary
+
+    def _train_loop(self, callbacks: Any, hooks: list[Any]) -> dict[str, Any]:
+        cfg, m, d, st = self.cfg, self.model, self.data, self.state
+        assert m is not None and d is not None
+        lm = m.causal_lm
         try:
             with self.hooks["stop"], m.distribution.scope():
                 try:
@@ -380,6 +476,7 @@ class Recipe:
         if self.main:
             atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2))
             status_file.ended(self.out_dir, "finished", step=st.step)
+        self.hooks["metrics"].finish(summary)
         return summary
 
     # --------------------------------------------------------------------- results ---
@@ -420,7 +517,9 @@ class Recipe:
         from gemma_cli.engine.train.hooks import loss_plot
 
         st = self.state
-        files = {"metrics": str(self.out_dir / "metrics.jsonl"), "tensorboard": str(self.out_dir / "tensorboard")}
+        files = {"metrics": str(self.out_dir / "metrics.jsonl")}
+        if "tensorboard" in st.files:
+            files["tensorboard"] = st.files["tensorboard"]
         if self.main:
             png = loss_plot(st, self.out_dir, self.cfg.name or "run")
             if png:
