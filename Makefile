@@ -9,8 +9,9 @@ DEMO_DIR    := runs/gemma3_270m_demo-$(shell date +%Y%m%d-%H%M%S)
 # 32 steps fit the demo's 10 minutes on 2 idle cores (12/20); `make demo DEMO_STEPS=60` ≈ 15 min, 17/20
 DEMO_STEPS  ?= 32
 DEMO_RUN     = train.output_dir=$(DEMO_DIR) train.max_steps=$(DEMO_STEPS) train.checkpoint_every=$(DEMO_STEPS) train.eval_every=$(DEMO_STEPS)
-# the held-out questions (phrased unlike the training ones), answered in one batch with --chat
-DEMO_ASK     = --chat --prompt-file data/demo_heldout.jsonl --batch-size 20 --jsonl
+# the held-out questions (phrased unlike the training ones), answered in one batch in the chat
+# format and scored by gemma eval with the demo's rule (data/demo_reward.py)
+DEMO_ASK     = --data data/demo_heldout.jsonl --reward data/demo_reward.py:expected --batch-size 20
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help install test test-fast lint demo bench preset clean
@@ -41,14 +42,12 @@ lint: install ## Ruff
 demo: preset ## The main job offline: real Gemma 3 270M, held-out answers → LoRA chat fine-tune → answers again, scored
 	@mkdir -p $(DEMO_DIR)
 	@echo "== 1/4 the real Gemma 3 270M answers 20 held-out questions about gemma (before fine-tuning) =="
-	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma generate configs/gemma3_270m_demo.yaml $(DEMO_ASK) > $(DEMO_DIR)/heldout_before.tmp
-	@mv $(DEMO_DIR)/heldout_before.tmp $(DEMO_DIR)/heldout_before.jsonl
+	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma eval configs/gemma3_270m_demo.yaml $(DEMO_ASK) --out $(DEMO_DIR)/heldout_before.jsonl
 	@echo "== 2/4 LoRA chat fine-tune on data/demo_gemma_cli.jsonl, mesh (2, 4) over 8 simulated CPU devices =="
 	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma finetune configs/gemma3_270m_demo.yaml $(DEMO_RUN)
 	@echo "== 3/4 the fine-tuned run answers the same questions =="
-	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma generate $(DEMO_DIR) $(DEMO_ASK) > $(DEMO_DIR)/heldout_after.tmp
-	@mv $(DEMO_DIR)/heldout_after.tmp $(DEMO_DIR)/heldout_after.jsonl
-	@echo "== 4/4 scored: an answer is correct when it names the expected command or flag =="
+	GEMMA_CPU_DEVICES=$(CPU_DEVICES) $(BIN)/gemma eval $(DEMO_DIR) $(DEMO_ASK) --out $(DEMO_DIR)/heldout_after.jsonl
+	@echo "== 4/4 scored by gemma eval: an answer is correct when it names the expected command or flag =="
 	@$(BIN)/python data/score_demo.py $(DEMO_DIR)/heldout_before.jsonl $(DEMO_DIR)/heldout_after.jsonl --details
 
 bench: preset ## Speed report → benchmarks/report.md and benchmarks/report.json

@@ -431,6 +431,44 @@ def sec_train(report: dict[str, Any], fixed: Path, varied: Path) -> None:
     })
 
 
+def sec_dpo(report: dict[str, Any], fixed: Path) -> None:
+    """A LoRA-DPO step (BATCH/2 pairs: BATCH sequences, the reference forward pass included)
+    against an SFT step over BATCH sequences of the same length, on the bench model."""
+    import yaml
+
+    words = " ".join(json.loads(ln)["text"] for ln in fixed.read_text().splitlines()[:4]).split()
+    rng = random.Random(1)
+    pairs = OUT / "pairs.jsonl"
+    with pairs.open("w") as f:
+        for _ in range(96):  # every row full: a 64-token prompt and completions past the row
+            prompt, c, r = (" ".join(rng.choice(words) for _ in range(n)) for n in (60, 150, 150))
+            f.write(json.dumps({"prompt": prompt, "chosen": c, "rejected": r}) + "\n")
+    n = 1 if QUICK else 2
+    D: list[dict[str, Any]] = []
+    S: list[dict[str, Any]] = []
+    for i in range(n):
+        cfg = bench_config(f"dpo_{i}", pairs)
+        doc = yaml.safe_load(cfg.read_text())
+        doc["train"]["method"] = "dpo"
+        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+        D.append(ours(f"dpo LoRA-DPO step #{i + 1}", cfg))
+        S.append(ours(f"dpo SFT step, same sequences #{i + 1}", bench_config(f"dpo_sft_{i}", fixed)))
+    RAW["dpo"] = {"dpo": D, "sft": S}
+    d_step, s_step = med(D, "step_s"), med(S, "step_s")
+    r = bl.ratio(d_step, s_step)
+    report["summary"].append(["LoRA-DPO step / SFT step over the same sequences (median)", bl.fmt(r), "≤ 1.5", bl.verdict(r, 1.5)])
+    report["sections"].append({
+        "title": "DPO: a LoRA-DPO step against an SFT step over the same two sequences per pair",
+        "text": (f"Bench model, LoRA rank {LORA}, batch {BATCH} sequences × {SEQ} tokens: {BATCH // 2} preference pairs "
+                 f"(chosen and rejected rows, every row full) against SFT on {BATCH} full-length texts. The DPO step "
+                 "includes the reference forward pass (the model with its adapters off) in the same step."),
+        "headers": ["", "runs", "step s", "per pair s", "time to first step s"],
+        "rows": [["LoRA-DPO", sum(x["ok"] for x in D), d_step, d_step and d_step / (BATCH // 2), med(D, "ttfs")],
+                 ["SFT", sum(x["ok"] for x in S), s_step, s_step and s_step / (BATCH // 2), med(S, "ttfs")]],
+        "notes": [f"ratio of medians DPO/SFT: {bl.fmt(r)}"],
+    })
+
+
 def sec_segments(report: dict[str, Any], varied: Path) -> None:
     """3b. Packing that keeps documents apart (segment ids) vs unpacked padded batches."""
     steps = 6 if QUICK else 20
@@ -622,6 +660,82 @@ def sec_real(report: dict[str, Any]) -> None:
     })
 
 
+def sec_eval(report: dict[str, Any]) -> None:
+    """`gemma eval`: its generation vs `gemma generate` (same prompts, batch, max_length), and
+    its likelihood scoring vs a training step's forward (benchmarks/eval_speed.py)."""
+    if QUICK or not (REAL / "config.json").exists():
+        report["sections"].append({"title": "6c. gemma eval speed", "text": "skipped (QUICK mode or no real preset)."})
+        return
+    import yaml
+
+    demo = yaml.safe_load((ROOT / "configs" / "gemma3_270m_demo.yaml").read_text())
+    demo["model"]["preset"] = str(REAL)
+    demo["train"]["output_dir"] = str(OUT / "runs" / "eval_speed")
+    cfgp = OUT / "configs" / "eval_270m.yaml"
+    cfgp.parent.mkdir(parents=True, exist_ok=True)
+    cfgp.write_text(yaml.safe_dump(demo, sort_keys=False))
+    prompts = ["The capital of France is", "def fibonacci(n):", "Instruction:\nWhat does gemma inspect show?\n\nResponse:\n", "The three primary colors are"]
+    data = OUT / "eval_prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts + prompts))
+    max_len = 64
+    e = run("real 270M: gemma eval (generation)", [GEMMA, "eval", str(cfgp), "mesh.shape=[1,1]", "--data", str(data), "--max-length", str(max_len),
+                                                   "--batch-size", str(len(prompts)), "--json", "--quiet"], 420, {"GEMMA_CPU_DEVICES": ""}, need=100)
+    gen = (((e["doc"] or {}).get("targets") or [{}])[0].get("generation") or {})
+    eval_tps = gen.get("warm_tokens_per_second")
+    gen_tps = ((RAW.get("generate") or {}).get("gemma") or {}).get("warm_tps")
+    r_gen = bl.ratio(eval_tps, gen_tps)
+    s = run("real 270M: eval likelihood vs train forward", [PY, str(HERE / "eval_speed.py"), str(cfgp), "mesh.shape=[1,1]", "--batch", "4",
+                                                            "--seq", "256"], 420, {"GEMMA_CPU_DEVICES": ""}, need=100)
+    sd = s["doc"] or {}
+    r_lik = sd.get("ratio")
+    RAW["eval"] = {"generation": gen, "likelihood": sd}
+    report["summary"].append(["eval generation tokens/s / gemma generate (warm batch, 270M)", bl.fmt(r_gen), "≥ 0.95", bl.verdict(r_gen, 0.95, "higher")])
+    report["summary"].append(["eval likelihood tokens/s / training forward (270M, 4 × 256)", bl.fmt(r_lik), "≥ 0.9", bl.verdict(r_lik, 0.9, "higher")])
+    report["sections"].append({
+        "title": "6c. gemma eval speed, real Gemma 3 270M, one CPU device",
+        "text": "Generation: the prompts of 6b as an eval file, the same batch and max_length (warm batches). Likelihood: "
+                "`Scorer.score` against the jitted forward + loss of the training model on the same 4 × 256 tokens (best of 3, warm).",
+        "headers": ["", "gemma eval", "reference", "ratio"],
+        "rows": [["generation new tokens/s", eval_tps, gen_tps, bl.fmt(r_gen)],
+                 ["likelihood tokens/s", sd.get("likelihood_tokens_per_second"), sd.get("forward_tokens_per_second"), bl.fmt(r_lik)]],
+    })
+
+
+def sec_grpo(report: dict[str, Any]) -> None:
+    """GRPO: rollout tokens/s against keras-hub's generate, and a whole GRPO step against TRL's
+    GRPOTrainer on the HF export (benchmarks/grpo_speed.py), on the real 270M (one CPU device)."""
+    if QUICK or not (REAL / "config.json").exists():
+        report["sections"].append({"title": "6d. GRPO speed", "text": "skipped (QUICK mode or no real preset)."})
+        return
+    import yaml
+
+    demo = yaml.safe_load((ROOT / "configs" / "gemma3_270m_demo.yaml").read_text())
+    demo["model"]["preset"] = str(REAL)
+    demo["train"]["output_dir"] = str(OUT / "runs" / "grpo_speed")
+    cfgp = OUT / "configs" / "grpo_270m.yaml"
+    cfgp.parent.mkdir(parents=True, exist_ok=True)
+    cfgp.write_text(yaml.safe_dump(demo, sort_keys=False))
+    r = run("real 270M: GRPO rollouts and step vs TRL", [PY, str(HERE / "grpo_speed.py"), str(cfgp), "mesh.shape=[1,1]",
+                                                         "--steps", "5", "--gens", "4", "--prompts", "2", "--new", "32"],
+            900, {"GEMMA_CPU_DEVICES": ""}, need=200)
+    d = r["doc"] or {}
+    ro, ours, trl = d.get("rollout") or {}, d.get("ours") or {}, d.get("trl") or {}
+    RAW["grpo"] = d
+    report["summary"].append(["GRPO rollout tokens/s / keras-hub generate (270M, 8 × 32 new)", bl.fmt(ro.get("ratio")), "≥ 1.0",
+                              bl.verdict(ro.get("ratio"), 1.0, "higher")])
+    report["summary"].append(["GRPO steps/s / TRL GRPOTrainer (270M, 2 prompts × G 4, 32 new)", bl.fmt(d.get("step_ratio")), "≥ 1.5",
+                              bl.verdict(d.get("step_ratio"), 1.5, "higher")])
+    report["sections"].append({
+        "title": "6d. GRPO speed, real Gemma 3 270M, one CPU device",
+        "text": "Rollouts: `Rollout` (fixed buffers, random sampler) vs keras-hub `generate` on the same 8 prompts, warm. "
+                "Step: median wall time of steady-state steps (rollout + reward + update) vs TRL GRPOTrainer's steps on the "
+                "HF export of the same weights (torch, CPU), same G, batch, completion length and reward.",
+        "headers": ["", "gemma", "reference", "ratio"],
+        "rows": [["rollout new tokens/s", ro.get("ours_tokens_per_second"), ro.get("keras_hub_tokens_per_second"), bl.fmt(ro.get("ratio"))],
+                 ["step seconds", ours.get("median_step_s"), trl.get("median_step_s"), bl.fmt(d.get("step_ratio"))]],
+    })
+
+
 def sec_export(report: dict[str, Any]) -> None:
     """`gemma export --format gguf` of the real 270M per dtype: time and file size."""
     if not (REAL / "config.json").exists():
@@ -720,8 +834,11 @@ def main() -> int:
         ("bench preset", lambda: run("make bench preset", [PY, str(HERE / "make_bench_preset.py"), str(OUT / "bench_preset"),
                                                            *[a for k, v in MODEL.items() for a in (f"--{k}", str(v))]], 180)),
         ("train", lambda: sec_train(report, fixed, varied)),
+        ("dpo", lambda: sec_dpo(report, fixed)),
         ("segments", lambda: sec_segments(report, varied)),
         ("real", lambda: sec_real(report)),
+        ("eval", lambda: sec_eval(report)),
+        ("grpo", lambda: sec_grpo(report)),
         ("export", lambda: sec_export(report)),
         ("data", lambda: sec_data(report)),
         ("optimizations", lambda: sec_opt(report, fixed)),

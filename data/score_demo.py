@@ -1,9 +1,12 @@
 """Score the demo's held-out answers before and after fine-tuning.
 
 Reads the held-out questions (`demo_heldout.jsonl`: `prompt` and `expect`) and two outputs of
-`gemma generate --chat --prompt-file data/demo_heldout.jsonl --jsonl` (one JSON object per
-prompt, in order, with `completion`). An answer is correct when any of its question's `expect`
-strings (a command, flag or config key) appears in it, ignoring case. The last line printed is
+`gemma eval ... --data data/demo_heldout.jsonl --reward data/demo_reward.py:expected --out FILE`
+(one JSON object per question, in order, with `completion` and gemma eval's `pass`), or of
+`gemma generate --chat --prompt-file data/demo_heldout.jsonl --jsonl` (no `pass`: scored here).
+An answer is correct when any of its question's `expect` strings (a command, flag or config
+key) appears in it, ignoring case (`correct`, which data/demo_reward.py gives gemma eval).
+The last line printed is
 
     demo: held-out answers correct before B/N, after A/N
 
@@ -61,7 +64,10 @@ def marks(heldout: list[dict], outputs: list[dict], where: str) -> list[bool]:
             raise ScoreError(f"{where}:{k}: no `completion` field (expected `gemma generate --jsonl` output)")
         if "prompt" in o and o["prompt"] != h["prompt"]:
             raise ScoreError(f"{where}:{k}: answers {o['prompt']!r}, expected the held-out question {h['prompt']!r}")
-        out.append(correct(str(o["completion"]), list(h["expect"])))
+        if isinstance(o.get("pass"), bool):  # scored by gemma eval with data/demo_reward.py
+            out.append(o["pass"])
+        else:
+            out.append(correct(str(o["completion"]), list(h["expect"])))
     return out
 
 
@@ -72,8 +78,8 @@ def score_line(before: list[bool], after: list[bool]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("before", type=Path, help="gemma generate --jsonl output of the base model")
-    ap.add_argument("after", type=Path, help="gemma generate --jsonl output of the fine-tuned run")
+    ap.add_argument("before", type=Path, help="gemma eval --out (or gemma generate --jsonl) of the base model")
+    ap.add_argument("after", type=Path, help="gemma eval --out (or gemma generate --jsonl) of the fine-tuned run")
     ap.add_argument("--heldout", type=Path, default=HELDOUT, help="held-out questions (prompt, expect)")
     ap.add_argument("--details", action="store_true", help="print each question with both answers first")
     args = ap.parse_args(argv)

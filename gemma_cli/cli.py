@@ -16,6 +16,7 @@ from gemma_cli import __version__
 from gemma_cli.commands import (
     config_cmd,
     convert_cmd,
+    eval_cmd,
     export_cmd,
     finetune_cmd,
     generate_cmd,
@@ -62,6 +63,7 @@ app.command("init")(init_cmd.init)
 app.command("finetune")(finetune_cmd.finetune)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("generate")(generate_cmd.generate)
+app.command("eval")(eval_cmd.eval_)
 app.command("export")(export_cmd.export)
 app.command("upload")(export_cmd.upload)
 app.add_typer(runs_cmd.runs_app, name="runs")

@@ -357,8 +357,8 @@ class OptimizerConfig(_Strict):
 # ---------------------------------------------------------------------------------- train ---
 # the training methods (`engine/train/RECIPES` holds their recipes), and the config section
 # each method owns (a section given under another method is an error)
-METHODS = ("sft", "grpo")
-METHOD_SECTIONS: dict[str, str] = {"grpo": "grpo"}  # section → the method it configures
+METHODS = ("sft", "dpo", "grpo")
+METHOD_SECTIONS: dict[str, str] = {"dpo": "dpo", "grpo": "grpo"}  # section → the method it configures
 
 
 class GRPOConfig(_Strict):
@@ -391,6 +391,7 @@ class GRPOConfig(_Strict):
 class TrainConfig(_Strict):
     method: Literal[METHODS] = Field(  # type: ignore[valid-type]
         "sft", description="The training method: sft (supervised fine-tuning: next-token cross-entropy), "
+                           "dpo (preference tuning on chosen/rejected pairs: DPO, IPO, hinge, SimPO or ORPO; the dpo: section), "
                            "grpo (reinforcement learning with reward functions; the grpo: section).")
     epochs: int = Field(1, ge=1, le=100_000)
     max_steps: int | None = Field(None, ge=1, description="Stop after N optimizer steps.")
@@ -431,6 +432,35 @@ class TrainConfig(_Strict):
         raise ValueError("must be 'auto', 'none' or a positive number of sequence positions")
 
 
+class DpoConfig(_Strict):
+    """Preference tuning (`train.method: dpo`) on chosen/rejected pairs."""
+
+    beta: float = Field(0.1, gt=0, le=1000, description="Strength of the preference (the inverse "
+                        "temperature of the implicit reward); must be > 0.")
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = Field(
+        "sigmoid",
+        description="sigmoid: DPO; ipo: identity preference optimisation; hinge: SLiC's hinge; simpo: "
+        "length-normalised log-probs with a margin `gamma`, no reference; orpo: odds ratio plus the "
+        "SFT loss on the chosen answer (weight `lambda`), no reference.")
+    gamma: float = Field(0.5, ge=0, le=100, description="SimPO: the target reward margin (TRL's simpo_gamma).")
+    lambda_: float = Field(1.0, alias="lambda", ge=0, le=100,
+                           description="ORPO: weight of the odds-ratio term against the SFT loss.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid: the assumed share of flipped labels "
+                                   "(conservative DPO).")
+    reference: Literal["auto", "precompute", "none"] | None = Field(
+        None,
+        description="The reference model of sigmoid/ipo/hinge: `auto` (the default) is the model itself with its LoRA "
+        "adapters switched off (no second copy of the weights); `precompute` computes the reference "
+        "log-probabilities once before training; `none` trains reference-free (reference log-probs 0). "
+        "simpo and orpo have no reference.")
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.loss not in ("simpo", "orpo") and self.reference != "none"
+
+
 # ------------------------------------------------------------------------------- generate ---
 class GenerateConfig(_Strict):
     max_new_tokens: int = Field(
@@ -462,6 +492,7 @@ class RunConfig(_Strict):
     data: DataConfig | None = None
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    dpo: DpoConfig | None = Field(None, description="Preference tuning settings (train.method: dpo).")
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     grpo: GRPOConfig | None = None
 
@@ -671,6 +702,7 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
             problems.append(((section,), f"the {section}: section belongs to train.method: {method}, "
                                          f"but this config trains with train.method: {cfg.train.method} "
                                          f"(set train.method: {method}, or remove the section)"))
+    problems += _dpo_checks(cfg)
     problems += _grpo_checks(cfg)
     m = cfg.mesh
     if len(m.shape) != len(m.axes):
@@ -737,6 +769,35 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
     if lora and lora.target_layers is not None and not lora.target_layers:
         problems.append((("model", "lora", "target_layers"), "empty list; omit it for the default"))
     return problems
+
+
+def _dpo_checks(cfg: RunConfig) -> list[tuple[_Loc, str]]:
+    if cfg.train.method != "dpo":
+        return []
+    out: list[tuple[_Loc, str]] = []
+    p = cfg.dpo or DpoConfig()
+    if p.loss in ("simpo", "orpo") and p.reference is not None:
+        out.append((("dpo", "reference"), f"dpo.loss: {p.loss} has no reference model; remove dpo.reference"))
+    d = cfg.data
+    if d is not None:
+        if d.packing:
+            out.append((("data", "packing"), "train.method: dpo does not pack: each chosen and rejected answer is a row of "
+                                            "its own, so the pair's log-probs stay two whole sequences; set packing: false"))
+        if d.loss_on == "all":
+            out.append((("data", "loss_on"), "train.method: dpo compares the completions only; remove data.loss_on"))
+        if d.name:
+            out.append((("data", "name"), "train.method: dpo reads preference pairs from local files (data.paths)"))
+        if d.template:
+            out.append((("data", "template"), "train.method: dpo reads preference records (prompt/chosen/rejected); "
+                                             "drop data.template"))
+        m = cfg.mesh
+        if m.batch_axis in m.axes and len(m.shape) == len(m.axes):
+            rows = m.shape[m.axes.index(m.batch_axis)]
+            if rows > 0 and d.batch_size % (2 * rows):
+                out.append((("data", "batch_size"), f"{d.batch_size}: with train.method: dpo the batch counts sequences, two "
+                            f"per pair (chosen, rejected) kept on one device, so it must be a multiple of 2 × the batch "
+                            f"axis ({rows}) = {2 * rows}"))
+    return out
 
 
 # ------------------------------------------------------------------------------ overrides ---
@@ -853,7 +914,7 @@ def parse_config(text: str, where: str = "<config>", overrides: list[str] | tupl
 
 def dump_config(cfg: RunConfig) -> dict[str, Any]:
     """The resolved config as plain data (what `config show` prints and runs save)."""
-    return cfg.model_dump(mode="json")
+    return cfg.model_dump(mode="json", by_alias=True)
 
 
 def to_yaml(data: dict[str, Any]) -> str:

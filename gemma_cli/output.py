@@ -77,12 +77,13 @@ class Output:
             sys.stderr.write(f"{prefix}{line}\n")
         sys.stderr.flush()
 
-    def progress(self, total: int, start: int = 0, label: str = "train") -> Any:
+    def progress(self, total: int, start: int = 0, label: str = "train", unit: str = "tok/s") -> Any:
         """A progress display (the engine's `report.Progress`): a live Rich bar on a terminal;
-        elsewhere (logs, pipes) nothing live, and the engine prints a line now and then."""
+        elsewhere (logs, pipes) nothing live, and the engine prints a line now and then.
+        `unit` names the rate the `tps` field shows (`tok/s`; `records/s` has no loss column)."""
         if self.quiet or not self.err.is_terminal:
             return _Lines(self)
-        return _Bar(self.err, total, start, label)
+        return _Bar(self.err, total, start, label, unit)
 
     # ---- stdout --------------------------------------------------------------------------
     def result(self, data: Any, human: Callable[[Console], None] | None = None) -> None:
@@ -146,7 +147,7 @@ class _Bar:
 
     live = True
 
-    def __init__(self, console: Console, total: int, start: int, label: str):
+    def __init__(self, console: Console, total: int, start: int, label: str, unit: str = "tok/s"):
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -160,8 +161,8 @@ class _Bar:
             TextColumn(f"[bold]{label}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[tps]} tok/s"),
+            *([TextColumn("loss {task.fields[loss]}")] if unit == "tok/s" else []),
+            TextColumn("{task.fields[tps]} " + unit),
             TextColumn("{task.fields[metrics]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),

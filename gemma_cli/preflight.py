@@ -431,9 +431,9 @@ def records(cfg: Any, *, full: bool = False) -> list[Problem]:
 
     try:
         if full:
-            check_records(cfg.data, None)
+            check_records(cfg.data, None, method=cfg.train.method)
         else:
-            check_records(cfg.data)
+            check_records(cfg.data, method=cfg.train.method)
     except UsageError as e:
         return [Problem(e.line())]
     return []

@@ -47,13 +47,15 @@ _ACCEPTS = {
     "inspect": ("config", "run", "preset"),
     "generate": ("config", "run", "preset"),
     "export": ("config", "run", "preset"),
+    "eval": ("config", "run", "preset"),
     "config": ("config", "run"),
 }
-_NEEDS_CHECKPOINT = {"generate", "export"}
+_NEEDS_CHECKPOINT = {"generate", "export", "eval"}
 _USAGE = {
     "inspect": "inspect configs/x.yaml",
     "generate": "generate runs/x -p ...",
     "export": "export runs/x --out DIR",
+    "eval": "eval runs/x --data heldout.jsonl",
     "config": "config show configs/x.yaml",
 }
 _KIND_WORDS = {"config": "a run config", "run": "a fine-tune run directory", "preset": "a preset"}

@@ -4,10 +4,11 @@
   with clipping (clip-higher included) and the k3 KL, equals TRL's `GRPOTrainer._compute_loss`
   run on the same tensors (its own code, fed through its per-token-logps hook), and so do the
   clip shares and the KL it logs; the advantages equal TRL's formula with its `nanstd`.
-- A tiny random Gemma 3 with LoRA learns a reward it can learn (more vowels) in 30 steps: the
-  greedy answers to held-out prompts score ≥ 0.3 higher (measured 0.37 → 0.95),
+- A tiny random Gemma 3 learns a reward it can learn (more vowels) in 30 steps: the rollouts'
+  mean reward and the greedy answers to held-out prompts score ≥ 0.3 higher,
   sampling from the live policy under the (2, 4) mesh; every metric reaches metrics.jsonl and
-  the summary; resume from a checkpoint reaches the same weights as the uninterrupted run.
+  the summary; resume from a checkpoint reaches the same weights as the uninterrupted run;
+  with LoRA and beta > 0 the KL to the adapters-off reference starts at 0 and grows.
 - Bad input exits 2 before the model loads.
 """
 
@@ -131,17 +132,21 @@ def vowels(prompts, completions, **kwargs):
 '''
 
 
-def grpo_config(tmp: Path, preset: Path, *, steps: int = 30, out: str = "out", **grpo: Any) -> Path:
+def grpo_config(tmp: Path, preset: Path, *, steps: int = 30, out: str = "out", lora: int | None = None,
+                lr: float = 2e-2, **grpo: Any) -> Path:
     prompts = tmp / "prompts.jsonl"
     words = " ".join(CORPUS).split()
     prompts.write_text("".join(json.dumps({"prompt": " ".join(words[i: i + 2]), "n": i}) + "\n" for i in range(0, 40, 2)))
     (tmp / "rewards.py").write_text(VOWELS)
+    model: dict[str, Any] = {"preset": str(preset), "precision": "float32"}
+    if lora:
+        model["lora"] = {"rank": lora}
     cfg = {
-        "model": {"preset": str(preset), "precision": "float32", "lora": {"rank": 8}},
+        "model": model,
         "mesh": {"shape": [2, 4], "axes": ["batch", "model"]},
         "layout": {"indivisible": "replicate"},
         "data": {"paths": [str(prompts)], "sequence_length": 24, "batch_size": 2, "eval_holdout": 4},
-        "optimizer": {"name": "adamw", "learning_rate": 5e-2},
+        "optimizer": {"name": "adamw", "learning_rate": lr, "schedule": "constant", "warmup_steps": 0},
         "train": {"method": "grpo", "max_steps": steps, "output_dir": str(tmp / out), "log_every": 5,
                   "eval_every": steps, "checkpoint_every": 10},
         "grpo": {"rewards": [f"{tmp / 'rewards.py'}:vowels"], "num_generations": 8, "max_completion_length": 8,
@@ -154,6 +159,9 @@ def grpo_config(tmp: Path, preset: Path, *, steps: int = 30, out: str = "out", *
 
 @pytest.fixture(scope="module")
 def grpo_run(tmp_path_factory, tiny_gemma3) -> dict[str, Any]:
+    """30 steps of GRPO, a full fine-tune of the tiny Gemma 3 (measured on seeds 0 and 1: the
+    rollouts' mean reward 0.36 → 1.0 by step 20; LoRA on this random model learns the same
+    reward more slowly and noisily: 0.35 → 0.44 in 30 steps)."""
     tmp = tmp_path_factory.mktemp("grpo")
     cfg = grpo_config(tmp, tiny_gemma3)
     r = gemma("finetune", cfg, "--json")
@@ -167,11 +175,10 @@ def test_reward_rises_and_metrics_are_written(grpo_run) -> None:
     train = [x for x in lines if "reward" in x and "loss" in x]
     assert [x["step"] for x in train] == [5, 10, 15, 20, 25, 30]
     rewards = [x["reward"] for x in train]
-    assert rewards[-1] > rewards[0], rewards  # sampled at temperature 1: the rollouts' mean moves slowly
+    assert rewards[-1] >= rewards[0] + 0.3, rewards
     evals = [x for x in lines if "eval_reward" in x]
     assert [x["step"] for x in evals] == [0, 30]
-    # the greedy answers on held-out prompts (measured: 0.37 → 0.95)
-    assert evals[-1]["eval_reward"] >= evals[0]["eval_reward"] + 0.3, evals
+    assert evals[-1]["eval_reward"] >= evals[0]["eval_reward"] + 0.3, evals  # greedy, held-out prompts
     for key in ("reward_std", "reward_vowels", "completion_length", "completion_length_max", "truncated",
                 "zero_std_groups", "time_rollout", "time_update", "rollout_tokens_per_second", "entropy",
                 "clip_region", "kl"):
@@ -181,6 +188,7 @@ def test_reward_rises_and_metrics_are_written(grpo_run) -> None:
     s = grpo_run["summary"]
     assert s["final_metrics"]["reward"] == pytest.approx(rewards[-1], abs=1e-6)
     assert (out / "checkpoints" / "step_00000030").is_dir()
+    assert "reward" in grpo_run["stderr"] and "eval at step 30" in grpo_run["stderr"]  # the progress lines
 
 
 def test_live_greedy_samples_equal_generate_from_the_checkpoint(grpo_run) -> None:
@@ -202,12 +210,21 @@ def test_live_greedy_samples_equal_generate_from_the_checkpoint(grpo_run) -> Non
     assert json.loads((grpo_run["out"] / "summary.json").read_text())["data"]["truncated"] == 0  # no prompt was cut
 
 
+def _weights(ckpt: Path) -> dict[str, np.ndarray]:
+    import h5py
+
+    out: dict[str, np.ndarray] = {}
+    for f in sorted(ckpt.rglob("*.h5")):
+        with h5py.File(f, "r") as h:
+            h.visititems(lambda n, o, name=f.name: out.__setitem__(f"{name}/{n}", np.array(o))
+                         if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
 def test_resume_reaches_the_same_weights(grpo_run, tiny_gemma3) -> None:
     """A run stopped at its step-20 checkpoint and resumed equals the uninterrupted run: the
     prompts and the sampling seed of a step depend only on seed and step."""
     import shutil
-
-    from test_finetune import lora_arrays
 
     tmp = grpo_run["tmp"]
     first = tmp / "resumed"
@@ -222,11 +239,27 @@ def test_resume_reaches_the_same_weights(grpo_run, tiny_gemma3) -> None:
     cfg = grpo_config(tmp, tiny_gemma3, out="resumed")
     r = gemma("finetune", cfg, "--resume", "--json")
     assert r.exit_code == 0, r.stderr[-3000:]
-    a = lora_arrays(grpo_run["out"] / "checkpoints" / "step_00000030")
-    b = lora_arrays(first / "checkpoints" / "step_00000030")
-    assert a.keys() == b.keys() and a
+    a = _weights(grpo_run["out"] / "checkpoints" / "step_00000030")
+    b = _weights(first / "checkpoints" / "step_00000030")
+    assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
+
+
+def test_lora_with_kl_to_the_adapters_off_reference(tmp_path, tiny_gemma3) -> None:
+    """beta > 0 with LoRA: the reference is the same model with its adapters off, in the step.
+    At the first update the policy is the reference (LoRA B starts at 0): KL 0; it grows as the
+    adapters move."""
+    cfg = grpo_config(tmp_path, tiny_gemma3, steps=6, lora=4, lr=5e-2, beta=0.04, loss="grpo")
+    c = yaml.safe_load(cfg.read_text())
+    c["train"].update(log_every=1, eval_every=None, checkpoint_every=None)
+    c["data"].pop("eval_holdout")
+    cfg.write_text(yaml.safe_dump(c, sort_keys=False))
+    r = gemma("finetune", cfg, "--json")
+    assert r.exit_code == 0, r.stderr[-3000:]
+    kl = [json.loads(x)["kl"] for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert len(kl) == 6 and kl[0] == pytest.approx(0.0, abs=1e-7)
+    assert kl[-1] > 1e-6 and all(np.isfinite(kl)), kl
 
 
 @pytest.mark.parametrize(

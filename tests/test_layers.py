@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "gemma_cli"
-LAYERS = ["core", "rewards", "families", "objectives", "patches", "model", "data", "plan", "sample", "train", "formats"]
+LAYERS = ["core", "rewards", "families", "objectives", "patches", "model", "data", "plan", "sample", "evaluate", "train", "formats"]
 ALLOWED_ABOVE = {"gemma_cli.config", "gemma_cli.errors"}
 
 

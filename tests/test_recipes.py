@@ -200,3 +200,26 @@ def test_methods_in_the_schema_are_the_recipes():
     for method in METHODS:
         cls = recipe_for(type("C", (), {"train": type("T", (), {"method": method})})())
         assert cls.method == method
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ({"train": {"method": "foo"}}, ["train.method", "'sft'", "'grpo'", "foo"]),
+        ({"grpo": {"rewards": ["length:5"]}}, ["grpo", "belongs to train.method: grpo", "train.method: sft"]),
+    ],
+    ids=["unknown_method", "section_of_another_method"],
+)
+def test_method_errors_exit_2_in_config_validate(tmp_path, tiny_gemma3, extra, words):
+    import yaml
+    from test_finetune import assert_one_error_line
+
+    p = config(tmp_path, tiny_gemma3)
+    cfg = yaml.safe_load(p.read_text())
+    for section, values in extra.items():
+        cfg.setdefault(section, {}).update(values)
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for verb in (("config", "validate"), ("finetune",)):
+        line = assert_one_error_line(gemma(*verb, p), 2)
+        for w in words:
+            assert w in line, (verb, line)

@@ -174,10 +174,18 @@ def _upload(kind: str, base: str, tmp: Path, ctx: dict[str, Any]) -> list[str]:
     return ["upload", str(d), uri, "--json"]
 
 
+def _eval_data(tmp: Path) -> Path:
+    p = tmp / "eval.jsonl"
+    p.write_text(json.dumps({"prompt": "hi", "answer": "{}"}) + "\n")
+    return p
+
+
 CASES: dict[str, Callable[[str, str, Path, dict[str, Any]], list[str]]] = {
     "finetune": _finetune,
     "inspect": lambda kind, base, tmp, ctx: ["inspect", PRESETS[kind], "--json"],
     "generate": lambda kind, base, tmp, ctx: ["generate", PRESETS[kind], "-p", "hi", "--json"],
+    "eval": lambda kind, base, tmp, ctx: ["eval", PRESETS[kind], "--data", str(_eval_data(tmp)), "--reward", "json",
+                                          "--json"],
     "export": lambda kind, base, tmp, ctx: ["export", PRESETS[kind], "--out", str(tmp / "exported"), "--json"],
     "upload": _upload,
     "init": lambda kind, base, tmp, ctx: ["init", "--preset", PRESETS[kind], "--json"],

@@ -239,6 +239,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "finetune": ("hf", "kaggle", "gcs", "tfds"),
     "inspect": ("hf", "kaggle", "gcs"),
     "generate": ("hf", "kaggle", "gcs"),
+    "eval": ("hf", "kaggle", "gcs"),  # lm-eval task data: `gemma eval --tasks` probes the Hub itself
     "export": ("hf", "kaggle", "gcs"),
     "upload": ("hf", "kaggle"),
     "init": ("hf", "kaggle"),

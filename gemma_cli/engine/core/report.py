@@ -40,7 +40,7 @@ class Reporter(Protocol):
 
     def debug_line(self, message: str) -> None: ...
 
-    def progress(self, total: int, start: int = 0, label: str = "train") -> Progress: ...
+    def progress(self, total: int, start: int = 0, label: str = "train", unit: str = "tok/s") -> Progress: ...
 
 
 class NullProgress:
@@ -71,5 +71,5 @@ class NullReporter:
     def debug_line(self, message: str) -> None:
         pass
 
-    def progress(self, total: int, start: int = 0, label: str = "train") -> Progress:
+    def progress(self, total: int, start: int = 0, label: str = "train", unit: str = "tok/s") -> Progress:
         return NullProgress()

@@ -32,6 +32,12 @@ record decides the record kind, every record of data up to 16 MiB is parsed and 
 the eval set is read whole, and the first batch is built. Larger data is checked as it
 streams: a bad record stops the run with exit 2 naming file:line before the step that would
 use it; no checkpoint is written for that step.
+
+Preference pairs (`train.method: dpo`). A preference record becomes two rows, its chosen then
+its rejected answer, side by side in one stream: every stream's rows of a batch are
+[c0, r0, c1, r1, ...] (rows per stream must be even), so both halves of a pair sit on the same
+device, and on one process or many. They are never packed (the config refuses it): each row
+is one whole sequence, whose summed log-probability the objective compares with its twin's.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_cli.engine.data import pack, sources
-from gemma_cli.engine.data.render import Renderer
+from gemma_cli.engine.data.render import PREFERENCE_FORMS, Renderer
 from gemma_cli.engine.data.tokenize import Doc, Encoder
 from gemma_cli.errors import UsageError
 
@@ -180,6 +186,8 @@ class DataBundle:
     info: DataInfo
     peek: dict[str, Any]
     _pipe: Any = field(repr=False, default=None)
+    _eval_src: Any = field(repr=False, default=None)
+    _eval_rows: list[Any] = field(repr=False, default_factory=list)  # global row indices of each eval batch
 
     @property
     def steps_per_epoch(self) -> int:
@@ -193,6 +201,56 @@ class DataBundle:
         """Records, sequences, tokens_total, tokens_trained, truncation through `step`, all
         processes together (a collective on several processes)."""
         return self._pipe.counters(step)
+
+    # ------------------------------------------------------- precomputed reference (dpo) ---
+    def records(self, split: str) -> int:
+        """Records of the `train` or `eval` source."""
+        src = self._pipe.source if split == "train" else self._eval_src
+        return 0 if src is None else len(src)
+
+    def pair_batches(self, split: str, rows: int) -> Iterator[dict[str, Any]]:
+        """Every preference record of the `train` or `eval` source in source order as stacked
+        row arrays, `rows` rows a batch (record i: rows 2i, 2i+1; the last batch padded by
+        repeating its first row): what the reference model scores before training."""
+        import numpy as np
+
+        p = self._pipe
+        src = p.source if split == "train" else self._eval_src
+        if src is None:
+            return
+
+        def docs() -> Iterator[Doc]:
+            for i in range(len(src)):
+                yield _encode(p.encoder, p.renderer(*src[i]), p.cfg.sequence_length + 1, i)
+
+        batch: list[pack.Row] = []
+        for r in pack.rows(_flat(docs()), p.cfg.sequence_length, p.encoder.pad_id, False):
+            batch.append(r)
+            if len(batch) == rows:
+                yield pack.stack(batch)
+                batch = []
+        if batch:
+            n = len(batch)
+            out = pack.stack(batch + [batch[0]] * (rows - n))
+            out["real_rows"] = np.int64(n)
+            yield out
+
+    def attach_reference(self, train: Any, evals: Any) -> None:
+        """Feed each row's reference log-prob as `x["ref_logps"]`: `train` and `evals` are
+        [records, 2] tables (chosen, rejected) in source order."""
+        import numpy as np
+
+        self._pipe.ref_table = np.asarray(train, dtype=np.float32)
+        if self.eval is not None and evals is not None:
+            import grain
+
+            table = np.asarray(evals, dtype=np.float32)
+            batches = []
+            for k in range(len(self.eval)):
+                x, y, w = self.eval[k]
+                g = self._eval_rows[k]
+                batches.append(({**x, "ref_logps": table[g // 2, g % 2]}, y, w))
+            self.eval = grain.MapDataset.source(batches)
 
 
 class _Train:
@@ -223,15 +281,15 @@ class _Train:
         self.workers, self.segment_ids, self.position_ids = workers, segment_ids, position_ids
         self._snaps: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._keep = keep
+        self.ref_table: Any = None  # [records, 2] reference log-probs (dpo, precomputed)
 
     # -------------------------------------------------------------------------- docs ---
-    def load(self, stream: int, k: int) -> Doc:
-        """Stream `stream`'s k-th document: read, render, tokenize, cut to the row."""
+    def load(self, stream: int, k: int) -> Doc | tuple[Doc, Doc]:
+        """Stream `stream`'s k-th document: read, render, tokenize, cut to the row (a
+        preference record: its chosen and rejected documents)."""
         g = k * self.total + stream
         where, rec = self.source[self.order(g)]
-        doc = self.encoder.doc(self.renderer(where, rec), self.cfg.sequence_length + 1)
-        doc.index = k
-        return doc
+        return _encode(self.encoder, self.renderer(where, rec), self.cfg.sequence_length + 1, k)
 
     def docs(self, stream: int, start: int) -> Iterator[Doc]:
         import grain
@@ -240,7 +298,7 @@ class _Train:
         n_local = self.stop - self.first
         threads = max(1, -(-self.workers // n_local)) if self.workers else 0
         opts = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, 4 * self.rows_per_stream) if threads else 0)
-        return iter(ds.to_iter_dataset(opts))
+        return _flat(iter(ds.to_iter_dataset(opts)))
 
     # ----------------------------------------------------------------------- batches ---
     def _batches(self) -> Iterator[tuple[Any, Any]]:
@@ -256,13 +314,17 @@ class _Train:
         step = self.start_step
         while True:
             taken: list[pack.Row] = []
+            source: list[int] = []
+            pairs = self.renderer.kind == "preference"
             for j, it in enumerate(row_iters):
-                for _ in range(self.rows_per_stream):
+                for i in range(self.rows_per_stream):
                     r = next(it)
                     taken.append(r)
+                    if pairs:  # the source record of the row (its position in the order)
+                        source.append(self.order((r.next_index - 1) * self.total + local[j]))
                     a = r.arrays
                     counts[j] += (
-                        r.docs,
+                        (i % 2) if pairs else r.docs,  # a pair's two rows are one record
                         1,
                         int((a["segment_ids"] > 0).sum()),
                         int(a["weights"].sum()),
@@ -276,7 +338,10 @@ class _Train:
             self._snaps.move_to_end(step)
             while len(self._snaps) > self._keep:
                 self._snaps.popitem(last=False)
-            yield step, pack.stack(taken)
+            batch = pack.stack(taken)
+            if pairs:
+                batch["source"] = np.asarray(source, dtype=np.int64)
+            yield step, batch
 
     def first_batch(self) -> dict[str, Any]:
         """The first batch's row arrays (reads and tokenizes it: the up-front check)."""
@@ -300,8 +365,13 @@ class _Train:
                 self._step = train.start_step
 
             def __next__(self) -> Any:
+                import numpy as np
+
                 self._step, arrays = next(self._gen)
-                return pack.model_batch(arrays, train.segment_ids, train.position_ids)
+                x, y, w = pack.model_batch(arrays, train.segment_ids, train.position_ids)
+                if train.ref_table is not None:  # row 2i chosen, 2i+1 rejected
+                    x["ref_logps"] = train.ref_table[arrays["source"], np.arange(len(arrays["source"])) % 2]
+                return x, y, w
 
             def get_state(self) -> dict[str, Any]:
                 return {"step": self._step}
@@ -417,7 +487,7 @@ def _check_all(source: sources.Source, renderer: Renderer, limit: int | None = N
         renderer(where, rec)
 
 
-def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES) -> int:
+def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES, method: str | None = None) -> int:
     """Parse and render the records of local data files as training will; no tokenizer, no model.
 
     The preflight's record check (`gemma finetune`, `gemma config validate`): a record lacking
@@ -429,6 +499,8 @@ def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES) -> int:
     Args:
         cfg: DataConfig. Local `paths` / `eval_paths`; tfds data is not read here.
         max_bytes: int or None. How much of each split to check before training.
+        method: str or None. `train.method`: `dpo` needs preference records (chosen/rejected)
+            and only `dpo` takes them. None skips that check.
 
     Returns:
         int. The records checked.
@@ -437,7 +509,7 @@ def check_records(cfg: Any, max_bytes: int | None = CHECK_ALL_BYTES) -> int:
         return 0
     train, ev = _sources(cfg, cfg.shuffle_buffer)
     renderer = Renderer(cfg)
-    renderer.decide(*train[0])
+    _method_fits(renderer.decide(*train[0]), method, train[0][0])
     checked = 0
     for src in (train, ev):
         if src is None or len(src) == 0:
@@ -454,7 +526,7 @@ def _estimate_steps(train: _Train, n: int, batch_size: int) -> tuple[int, bool]:
     """Steps per epoch: exact unpacked (one row per record); packed, from packing the first
     records of the order as the streams would (the same on every process)."""
     if not train.cfg.packing:
-        return n // batch_size, True
+        return n * (2 if train.renderer.kind == "preference" else 1) // batch_size, True
     s = min(n, ESTIMATE_RECORDS)
     per_stream: dict[int, list[Doc]] = collections.defaultdict(list)
     for g in range(s):
@@ -469,30 +541,33 @@ def _estimate_steps(train: _Train, n: int, batch_size: int) -> tuple[int, bool]:
 def _eval_batches(
     ev: sources.Source, renderer: Renderer, encoder: Encoder, cfg: Any, streams: tuple[int, int, int], batch_size: int,
     segment_ids: bool, position_ids: bool = False,
-) -> tuple[Any, int]:
-    """(grain.MapDataset of this process's eval batches, eval sequences): read whole, in order."""
+) -> tuple[Any, int, list[Any]]:
+    """(grain.MapDataset of this process's eval batches, eval sequences, each batch's global row
+    indices): read whole, in order."""
+    import numpy as np
+
     first, stop, total = streams
 
     def docs() -> Iterator[Doc]:
         for i in range(len(ev)):
             where, rec = ev[i]
-            d = encoder.doc(renderer(where, rec), cfg.sequence_length + 1)
-            d.index = i
-            yield d
+            yield _encode(encoder, renderer(where, rec), cfg.sequence_length + 1, i)
 
-    rows = list(pack.rows(docs(), cfg.sequence_length, encoder.pad_id, cfg.packing))
+    rows = list(pack.rows(_flat(docs()), cfg.sequence_length, encoder.pad_id, cfg.packing))
     n = len(rows)
-    eb = min(batch_size, n // total * total)
+    unit = 2 * total if renderer.kind == "preference" else total  # pairs stay whole on one stream
+    eb = min(batch_size, n // unit * unit)
     if eb < 1:
         raise UsageError(f"data: {n} eval sequences, fewer than the batch axis of the mesh ({total})")
     per = eb // total
-    batches = []
+    batches, where = [], []
     for b in range(n // eb):
         chunk = rows[b * eb : (b + 1) * eb][first * per : stop * per]
         batches.append(pack.model_batch(pack.stack(chunk), segment_ids, position_ids))
+        where.append(np.arange(b * eb + first * per, b * eb + stop * per))
     import grain
 
-    return grain.MapDataset.source(batches), n
+    return grain.MapDataset.source(batches), n, where
 
 
 def default_workers() -> int:
@@ -522,6 +597,7 @@ def build(
     keep_positions: int = 1024,
     chat: Any = None,
     reporter: Any = None,
+    method: str | None = None,
 ) -> DataBundle:
     """The data of a run: the training stream, the eval batches, sizes and the resume hooks.
 
@@ -543,6 +619,7 @@ def build(
         chat: families.ChatFormat, or a function returning it when chat data shows up: the
             model family's turn format (Gemma's when None).
         reporter: engine.core.report.Reporter or None. Told of long steps (a tfds download).
+        method: str or None. `train.method` (`dpo` needs preference records; None: no check).
 
     Example:
         >>> bundle = build(cfg.data, causal_lm.preprocessor.tokenizer, seed=0)
@@ -557,8 +634,12 @@ def build(
     renderer = Renderer(cfg, chat=chat)
     where0, rec0 = train_src[0]
     kind = renderer.decide(where0, rec0)
+    _method_fits(kind, method, where0)
+    if kind == "preference" and (b // total) % 2:
+        raise UsageError(f"data.batch_size: {b} sequences over {total} streams is {b // total} a stream; preference "
+                         f"pairs need an even number (chosen and rejected side by side): use a multiple of {2 * total}")
     encoder = Encoder(tokenizer)
-    if kind == "chat":  # fail now if the vocabulary lacks the turn markers
+    if kind in ("chat", "preference"):  # fail now if the vocabulary lacks the turn markers
         encoder.special(renderer.chat_format.start_turn)
         encoder.special(renderer.chat_format.end_turn)
     checked = "the first batch checked; the rest is checked as it streams"
@@ -568,7 +649,8 @@ def build(
     order = Order(len(train_src), seed, cfg.shuffle, None if train_src.random_access else cfg.shuffle_buffer)
 
     rows_per_stream = b // total
-    positions, base = _resume_positions(resume, cfg, total, rows_per_stream, start_step, seed)
+    per_record = 2 if kind == "preference" else 1
+    positions, base = _resume_positions(resume, cfg, total, rows_per_stream, start_step, seed, per_record)
     train = _Train(
         train_src, order, renderer, encoder, cfg,
         streams=(first, stop, total), batch_size=b, start_step=start_step, positions=positions, base=base,
@@ -578,9 +660,9 @@ def build(
     if steps == 0:
         what = "sequences" if not cfg.packing else "packed sequences (estimated from the first records)"
         raise UsageError(f"data.batch_size: {b} is more than the training {what} of one epoch; lower it or add data")
-    ev, n_eval = (None, 0)
+    ev, n_eval, eval_rows = (None, 0, [])
     if eval_src is not None:
-        ev, n_eval = _eval_batches(eval_src, renderer, encoder, cfg, (first, stop, total), b, segment_ids, position_ids)
+        ev, n_eval, eval_rows = _eval_batches(eval_src, renderer, encoder, cfg, (first, stop, total), b, segment_ids, position_ids)
     peek = train.first_batch()
     info = DataInfo(
         kind=kind, source=sources.describe(train_src), records=len(train_src),
@@ -588,11 +670,13 @@ def build(
         steps_per_epoch=steps, exact=exact, streams=total, local_streams=(first, stop), workers=workers,
         checked=checked, random_access=train_src.random_access,
     )
-    return DataBundle(train=train.dataset(), eval=ev, info=info, peek=peek, _pipe=train)
+    return DataBundle(train=train.dataset(), eval=ev, info=info, peek=peek, _pipe=train, _eval_src=eval_src,
+                      _eval_rows=eval_rows)
 
 
 def _resume_positions(
-    resume: dict[str, Any] | int | None, cfg: Any, total: int, rows_per_stream: int, start_step: int, seed: int
+    resume: dict[str, Any] | int | None, cfg: Any, total: int, rows_per_stream: int, start_step: int, seed: int,
+    rows_per_record: int = 1,
 ) -> tuple[dict[int, int], dict[str, int]]:
     """Per-stream start positions and the counters so far, from a checkpoint's data state."""
     if not start_step:
@@ -612,4 +696,37 @@ def _resume_positions(
     elif cfg.packing:
         raise UsageError("--resume: the checkpoint has no packed data position (written by an older gemma); start a new run")
     # unpacked: one row per record, so the position is arithmetic
-    return {d: start_step * rows_per_stream for d in range(total)}, base
+    return {d: start_step * rows_per_stream // rows_per_record for d in range(total)}, base
+
+
+def _encode(encoder: Encoder, rendered: Any, max_tokens: int, index: int) -> Doc | tuple[Doc, Doc]:
+    """A rendered record → its document (a preference record: chosen and rejected), indexed."""
+    if rendered.meta.get("chosen") is not None:
+        pair = encoder.pair(rendered, max_tokens)
+        for d in pair:
+            d.index = index
+        return pair
+    doc = encoder.doc(rendered, max_tokens)
+    doc.index = index
+    return doc
+
+
+def _flat(docs: Iterator[Any]) -> Iterator[Doc]:
+    """Documents in order, a preference pair's two in a row (chosen, rejected)."""
+    for d in docs:
+        if isinstance(d, tuple):
+            yield from d
+        else:
+            yield d
+
+
+def _method_fits(kind: str, method: str | None, where: str) -> None:
+    """Preference records and train.method: dpo go together."""
+    if method is None:
+        return
+    if method == "dpo" and kind != "preference":
+        raise UsageError(f"{where}: train.method: dpo trains on preference pairs, but this is a {kind} record; expected "
+                         "one of " + "; ".join(PREFERENCE_FORMS.values()))
+    if method != "dpo" and kind == "preference":
+        raise UsageError(f"{where}: a preference record (chosen/rejected) needs train.method: dpo (this config trains "
+                         f"with train.method: {method})")

@@ -18,6 +18,14 @@ record) and then required of every record:
   chat template does (Gemma 4's format, `<|turn>system\\n...<turn|>`, gives it a turn of its own). With `loss_on: assistant` (the default) the model's answer and its
   `<end_of_turn>` carry the loss; the markers, role headers and user turns weigh 0.
 
+- `preference`: a chosen and a rejected answer to one prompt (`train.method: dpo`), in TRL's
+  three forms: `{"prompt": str, "chosen": str, "rejected": str}`; conversational
+  `{"prompt": [messages], "chosen": [messages], "rejected": [messages]}`; implicit prompt
+  `{"chosen": [conversation], "rejected": [conversation]}`, whose prompt is every turn up to the
+  last user turn, the same on both sides. Rendered as chat; `Rendered.pieces` is the prompt
+  (weight 0) and `meta["chosen"]` / `meta["rejected"]` the two completions (the model's turns
+  weigh 1). The form is decided by the first record; a record of another form is an error.
+
 Pieces are tokenized by the next stage (tokenize.py). `Renderer.prompt(turns)` renders the
 prefix that `gemma generate --chat` feeds the model: the same pieces training saw, ending in
 the open `<start_of_turn>model\\n`, so generation continues exactly where training learned
@@ -41,6 +49,16 @@ STYLES = {
     "conversations": ("from", "value", "system, human, gpt"),
 }
 BOS, EOS = "<bos>", "<eos>"
+PREFERENCE_FORMS = {
+    "standard": '{"prompt": str, "chosen": str, "rejected": str}',
+    "conversational": '{"prompt": [messages], "chosen": [messages], "rejected": [messages]}',
+    "implicit": '{"chosen": [conversation], "rejected": [conversation]}',
+}
+
+
+def is_preference(record: dict[str, Any]) -> bool:
+    """A preference record (chosen/rejected), even one missing a side (reported later)."""
+    return "chosen" in record or "rejected" in record
 
 
 def _text_parts(where: str, parts: list[Any]) -> str:
@@ -141,6 +159,7 @@ class Renderer:
         self.cfg = cfg
         self.kind = kind or ("template" if cfg.template else ("chat" if cfg.format == "chat" else None))
         self.style: str | None = None  # the chat style of the first record
+        self.form: str | None = None  # the preference form of the first record
         self._loss_all = cfg.loss_on == "all"
         self._format = chat  # families.ChatFormat; Gemma's when None (looked up when first needed)
 
@@ -161,6 +180,12 @@ class Renderer:
     # ------------------------------------------------------------------------ decide ---
     def decide(self, where: str, record: dict[str, Any]) -> str:
         """Fix the record kind (and chat style) from the first record."""
+        if self.kind is None and is_preference(record):
+            self.kind = "preference"
+        if self.kind == "preference":
+            if self.form is None:
+                self.form = _preference_form(where, record)
+            return self.kind
         if self.kind is None:
             if self.cfg.messages_field or (self.cfg.field not in record and chat_style(record, None)):
                 self.kind = "chat"
@@ -188,8 +213,10 @@ class Renderer:
 
     # ------------------------------------------------------------------------ render ---
     def __call__(self, where: str, record: dict[str, Any]) -> Rendered:
-        if self.kind is None or (self.kind == "chat" and self.style is None):
+        if self.kind is None or (self.kind == "chat" and self.style is None) or (self.kind == "preference" and self.form is None):
             self.decide(where, record)
+        if self.kind == "preference":
+            return self._preference(where, record)
         if self.kind == "chat":
             return self._chat(where, record)
         if self.kind == "template":
@@ -251,7 +278,10 @@ class Renderer:
                     raise UsageError(f"{where}: `{key}` is empty")
                 out.append((role, v))
             return out
-        turns = record[style]
+        return self._turn_list(where, style, record[style])
+
+    def _turn_list(self, where: str, style: str, turns: Any) -> list[tuple[str, str]]:
+        """A list of turns (`record[style]`) as (role, content), checked; `style` names it in errors."""
         if not isinstance(turns, list):
             raise UsageError(f"{where}: `{style}` must be a list of turns, got {type(turns).__name__}")
         role_key, content_key, allowed = STYLES.get(style, ("role", "content", "system, user, assistant (or model)"))
@@ -311,10 +341,69 @@ class Renderer:
             pieces.extend(self._turn(k, role, content, closed=True))
         return Rendered(where, pieces, turns=len(turns), chat=True)
 
-    def _turn(self, k: int, role: str, content: str | None, *, closed: bool) -> list[Piece]:
+    # -------------------------------------------------------------------- preference ---
+    def _preference(self, where: str, record: dict[str, Any]) -> Rendered:
+        """A preference record → prompt pieces (weight 0) and the chosen and rejected pieces."""
+        form = _preference_form(where, record)
+        if self.form is not None and form != self.form:
+            raise UsageError(f"{where}: a {form} preference record among {self.form} ones (mixed record forms); "
+                             f"use one form per dataset: {PREFERENCE_FORMS[self.form]}")
+        sides: dict[str, list[tuple[str, str]]] = {}
+        if form == "standard":
+            for key in ("prompt", "chosen", "rejected"):
+                if not record[key].strip():
+                    raise UsageError(f"{where}: `{key}` is empty" + ("" if key == "prompt" else ": an empty completion"))
+            prompt = [("user", record["prompt"])]
+            sides = {k: [("model", record[k])] for k in ("chosen", "rejected")}
+        else:
+            convs = {k: self._turn_list(where, k, record[k]) for k in ("chosen", "rejected")}
+            if form == "conversational":
+                prompt = self._turn_list(where, "prompt", record["prompt"])
+                if not prompt:
+                    raise UsageError(f"{where}: `prompt` has no turns")
+                sides = convs
+            else:  # implicit: the prompt is every turn up to the last user turn
+                heads = {}
+                for k, conv in convs.items():
+                    users = [i for i, (r, _) in enumerate(conv) if r == "user"]
+                    if not users:
+                        raise UsageError(f"{where}: `{k}` has no user turn, so no implicit prompt")
+                    heads[k] = users[-1] + 1
+                    sides[k] = conv[heads[k]:]
+                prompt = convs["chosen"][: heads["chosen"]]
+                if convs["rejected"][: heads["rejected"]] != prompt:
+                    raise UsageError(f"{where}: the implicit prompts of `chosen` and `rejected` differ (the turns up to "
+                                     "the last user turn must be the same on both sides)")
+        for k, turns in sides.items():
+            if not turns:
+                raise UsageError(f"{where}: `{k}` is empty: an empty completion (no assistant answer to compare)")
+            if turns[0][0] != "model":
+                raise UsageError(f"{where}: `{k}` starts with {_say(turns[0][0])} turn; roles out of order "
+                                 "(the completion answers the prompt: it starts with an assistant turn)")
+        if sides["chosen"] == sides["rejected"]:
+            raise UsageError(f"{where}: `chosen` is identical to `rejected`: nothing to prefer")
+        n_prompt = len(self._fold(where, prompt, need_answer=False))
+        if prompt[-1][0] != "user":
+            raise UsageError(f"{where}: the prompt ends with {_say(prompt[-1][0])} turn; roles out of order "
+                             "(a prompt ends with the user's turn)")
+        out: dict[str, list[Piece]] = {}
+        head: list[Piece] = []
+        for k, turns in sides.items():
+            folded = self._fold(where, prompt + turns, need_answer=True)  # roles alternate across the seam
+            pieces = []
+            for i, (role, content) in enumerate(folded):
+                pieces.extend(self._turn(i, role, content, closed=True, loss_all=False, train=i >= n_prompt))
+            cut = 5 * n_prompt  # a closed turn is 5 pieces: start, header, content, end, newline
+            head = [Piece(BOS, 0.0, special=True), *pieces[:cut]]
+            out[k] = pieces[cut:]
+        return Rendered(where, head, turns=n_prompt, chat=True, meta=out)
+
+    def _turn(self, k: int, role: str, content: str | None, *, closed: bool, loss_all: bool | None = None,
+              train: bool = True) -> list[Piece]:
         fmt = self.chat_format
-        answer = 1.0 if (role == "model" or self._loss_all) else 0.0
-        frame = 1.0 if self._loss_all else 0.0
+        every = self._loss_all if loss_all is None else loss_all
+        answer = 1.0 if train and (role == "model" or every) else 0.0
+        frame = 1.0 if train and every else 0.0
         header = fmt.roles["assistant"] if role == "model" else fmt.roles.get(role, fmt.roles["user"])
         out = [Piece(fmt.start_turn, frame, k, special=True), Piece(f"{header}\n", frame, k)]
         if content is not None:
@@ -346,6 +435,26 @@ class Renderer:
             pieces.extend(self._turn(k, role, content, closed=True))
         pieces.extend(self._turn(len(folded), "model", None, closed=False))
         return pieces
+
+
+def _preference_form(where: str, record: dict[str, Any]) -> str:
+    """`standard`, `conversational` or `implicit`; a record with one side only is an error."""
+    missing = [k for k in ("chosen", "rejected") if k not in record]
+    if missing:
+        raise UsageError(f"{where}: a preference record needs both `chosen` and `rejected`; it has only one side "
+                         f"(`{missing[0]}` is missing)")
+    c, r = record["chosen"], record["rejected"]
+    p = record.get("prompt")
+    if isinstance(c, str) and isinstance(r, str) and isinstance(p, str):
+        return "standard"
+    if isinstance(c, list) and isinstance(r, list):
+        if p is None:
+            return "implicit"
+        if isinstance(p, list):
+            return "conversational"
+    kinds = ", ".join(f"{k}: {type(record[k]).__name__}" for k in ("prompt", "chosen", "rejected") if k in record)
+    raise UsageError(f"{where}: a preference record in none of the forms ({kinds}); expected one of "
+                     + "; ".join(PREFERENCE_FORMS.values()))
 
 
 def _format_field(value: str, spec: str | None, conv: str | None) -> str:

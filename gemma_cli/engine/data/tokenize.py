@@ -157,6 +157,38 @@ class Encoder:
         return Doc(ids, weights, rendered.where, cut_tokens=cut, cut_turns=cut_turns)
 
 
+    def pair(self, rendered: Rendered, max_tokens: int) -> tuple[Doc, Doc]:
+        """The chosen and the rejected document of a preference record (`Rendered.meta`), each
+        at most `max_tokens` tokens: the shared prompt is cut from the left first (its `<bos>`
+        kept), down to half the row, then the completions from the right."""
+        import numpy as np
+
+        def flat(pieces: list[Any]) -> tuple[Any, Any]:
+            ids_per, _ = self.pieces_of(pieces)
+            ids = np.fromiter((t for x in ids_per for t in x), dtype=np.int32)
+            w = [np.full(len(x), p.weight, dtype=np.float32) for x, p in zip(ids_per, pieces, strict=True)]
+            return ids, (np.concatenate(w) if w else np.zeros(0, np.float32))
+
+        p_ids, p_w = flat(rendered.pieces)
+        sides = {k: flat(v) for k, v in rendered.meta.items()}
+        longest = max(len(ids) for ids, _ in sides.values())
+        p_cut = 0
+        if len(p_ids) + longest > max_tokens:
+            keep = max(max_tokens - longest, min(len(p_ids), max_tokens // 2))
+            p_cut = len(p_ids) - keep
+            if p_cut > 0:  # from the left, after <bos>
+                p_ids = np.concatenate([p_ids[:1], p_ids[1 + p_cut:]])
+                p_w = np.concatenate([p_w[:1], p_w[1 + p_cut:]])
+        out = []
+        for ids, w in (sides["chosen"], sides["rejected"]):
+            room = max_tokens - len(p_ids)
+            c_cut = max(0, len(ids) - room)
+            ids, w = ids[:room], w[:room]
+            out.append(Doc(np.concatenate([p_ids, ids]), np.concatenate([p_w, w]), rendered.where,
+                           cut_tokens=max(p_cut, 0) + c_cut))
+        return out[0], out[1]
+
+
 def _turn_cut(ids_per: list[list[int]], pieces: list[Any], max_tokens: int) -> tuple[int, int]:
     """(pieces to keep, turns dropped): the longest run of whole turns within max_tokens that
     still holds a trained answer; (all, 0) when there is none (the caller cuts at the row)."""

@@ -358,6 +358,17 @@ def describe(
     per_dev_batch = max(1, math.ceil(batch / batch_size_axis))
     dims = _dims(bb, cls)
     chunk = losses.resolve_chunk(cfg.train.loss_chunk, dims["vocab"], per_dev_batch, seq)
+    dpo_reference = False
+    if getattr(cfg.train, "method", "sft") == "dpo":
+        pref = cfg.dpo
+        dpo_reference = pref is None or pref.uses_reference
+        notes.append(
+            f"train.method: dpo: the batch of {batch} sequences is {batch // 2} preference pairs (chosen and rejected, "
+            "side by side on one device)"
+            + ("; each step also runs the reference forward pass (the model with its LoRA adapters off), kept for no "
+               "backward pass: its hidden states and logits are counted as `reference`" if dpo_reference else
+               "; no reference model")
+        )
 
     weights = [
         {**_row(v.path, v.shape, v.dtype, v.spec, v.shard_shape, v.rule), "note": v.note}
@@ -397,6 +408,7 @@ def describe(
         chunk=chunk,
         model_axis=sizes.get(cfg.mesh.model_axis, 1),
         dequantized=_dequantized_bytes(am, plan, cfg.model.precision),
+        reference=dpo_reference,
     )
     total = est["total"]
     totals = {
@@ -419,6 +431,7 @@ def describe(
         "activations_bytes_per_device": est["activations"],
         "logits_bytes_per_device": est["logits"],
         "dequantized_bytes_per_device": est["dequantized"],
+        "reference_bytes_per_device": est["reference"],
         "total_bytes_per_device": total,
         "device": device_name,
         "device_memory_bytes": device_memory,

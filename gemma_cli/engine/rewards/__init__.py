@@ -1,63 +1,36 @@
-"""Reward functions (a first cut for GRPO; `gemma eval` brings the full set of built-ins).
+"""Reward functions: score completions, for `gemma eval` and for reinforcement learning.
 
-`resolve(spec) -> Reward`: `path/to/file.py:function` with TRL's signature
-`fn(prompts, completions, **columns) -> list[float | None]`, or `length:N` (1.0 when the
-completion is at most N whitespace-separated words). A `Reward` checks what the function returns.
+One interface serves both: a `Reward` is called as TRL calls its reward functions,
+`reward(prompts, completions, **columns) -> list[float | None]`, where `columns` are the
+records' other fields (one list each, aligned with the prompts) and `None` means "does not
+apply to this record". Reward code written for TRL therefore runs unchanged.
+
+`resolve(spec)` turns a command-line spec into a `Reward` without loading any model:
+
+- built-ins: `contains`, `exact`, `regex:PATTERN`, `json`, `math`, `length:N`
+  (`gemma_cli/engine/rewards/builtin.py`);
+- a user function: `path/to/file.py:function` (`gemma_cli/engine/rewards/user.py`).
+
+A spec that does not resolve raises `UsageError` naming it. At run time every result is
+checked (`Reward.__call__`): a function that raises, or returns a list of the wrong length or
+with something other than a number or None, raises `RuntimeFailure` naming the function and
+the first bad record. `score(...)` runs several rewards over the same completions and gives
+per-record values, each reward's mean and a pass rate.
+
+This layer imports nothing from the engine but `core`, and no ML library.
+
+Example:
+    >>> from gemma_cli.engine.rewards import resolve, score
+    >>> r = resolve("contains")
+    >>> r(["Capital of France?"], ["It is Paris."], answer=["paris"])
+    [1.0]
+    >>> score([r], ["Q"], ["no"], {"answer": ["yes"]}, threshold=1.0)["pass_rate"]
+    0.0
 """
 
-from __future__ import annotations
+from gemma_cli.engine.rewards.builtin import BUILTINS
+from gemma_cli.engine.rewards.reward import Reward
+from gemma_cli.engine.rewards.score import score
+from gemma_cli.engine.rewards.spec import resolve
 
-import importlib.util
-import inspect
-import math
-from pathlib import Path
-from typing import Any
-
-from gemma_cli.errors import RuntimeFailure, UsageError
-
-
-class Reward:
-    def __init__(self, name: str, fn: Any):
-        self.name, self.fn = name, fn
-
-    def __call__(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> list[float | None]:
-        try:
-            out = self.fn(prompts=prompts, completions=completions, **columns)
-        except Exception as e:  # noqa: BLE001 - the user's code: name it
-            raise RuntimeFailure(f"reward {self.name} raised {type(e).__name__}: {e}") from e
-        out = list(out) if out is not None else []
-        if len(out) != len(completions):
-            raise RuntimeFailure(f"reward {self.name} returned {len(out)} values for {len(completions)} completions")
-        for i, v in enumerate(out):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(float(v))):
-                raise RuntimeFailure(f"reward {self.name} returned {v!r} for completion {i}; want a number or None")
-        return [None if v is None else float(v) for v in out]
-
-
-def resolve(spec: str) -> Reward:
-    if spec.startswith("length:"):
-        try:
-            n = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise UsageError(f"reward {spec}: length:N needs a whole number") from None
-        return Reward(spec, lambda prompts, completions, **_: [1.0 if len(c.split()) <= n else 0.0 for c in completions])
-    path, _, func = spec.rpartition(":")
-    if not path.endswith(".py") or not func:
-        raise UsageError(f"reward {spec}: not a built-in and not path/to/file.py:function")
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UsageError(f"reward {spec}: no such file {file}")
-    mod_spec = importlib.util.spec_from_file_location(f"gemma_reward_{file.stem}", file)
-    module = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001
-        raise UsageError(f"reward {spec}: {file} failed to import: {type(e).__name__}: {e}") from None
-    fn = getattr(module, func, None)
-    if not callable(fn):
-        raise UsageError(f"reward {spec}: {file} has no function {func}")
-    params = inspect.signature(fn).parameters
-    if "completions" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        raise UsageError(f"reward {spec}: {func} takes no `completions` argument",
-                         hint="TRL's signature: fn(prompts, completions, **kwargs) -> list[float | None]")
-    return Reward(spec, fn)
+__all__ = ["BUILTINS", "Reward", "resolve", "score"]

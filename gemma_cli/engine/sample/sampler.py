@@ -61,6 +61,7 @@ class Sampler:
 
         self.lm, self.distribution, self.log = causal_lm, distribution, reporter or NullReporter()
         self.batch_axis = max(batch_axis, 1)
+        self.generate_cfg = generate_cfg
         sampler = make_sampler(generate_cfg)
         with distribution.scope():
             if getattr(causal_lm, "compiled", False):  # a model in training: keep its compiled state

@@ -15,6 +15,7 @@ from gemma_cli.engine.core.report import Reporter
 # method → "module:Class" (imported when chosen: keras loads only with the recipe)
 RECIPES: dict[str, str] = {
     "sft": "gemma_cli.engine.train.sft:SFTRecipe",
+    "dpo": "gemma_cli.engine.train.dpo:DPORecipe",
     "grpo": "gemma_cli.engine.train.grpo:GRPORecipe",
 }
 

@@ -275,6 +275,7 @@ class Recipe:
             keep_positions=max(1024, 4 * cfg.train.steps_per_execution),
             chat=lambda: datalib.chat_format_for(m.causal_lm.backbone),
             reporter=log,
+            method=getattr(cfg.train, "method", None),
         )
         info = bundle.info
         per_epoch = info.steps_per_epoch

@@ -1,0 +1,156 @@
+"""Eval records: a data file → prompts, reference answers, reward columns, preference pairs.
+
+Read with the data pipeline's readers (`engine/data/sources.py`: JSONL, CSV, Parquet; every
+record named `file:line`). The first record decides the kind of the file, then every record
+must be of it:
+
+- `preference`: `prompt`, `chosen`, `rejected` (strings): scored by likelihood only.
+- `chat`: `messages` (or ShareGPT `conversations`): the turns up to the last user turn are
+  the prompt, a final assistant turn the reference answer.
+- `pair`: `prompt` + `completion`: the completion is the reference answer.
+- `prompt`: `prompt` plus any other fields: `answer` (if any) is the reference answer.
+
+Chat and pair records are prompted in the model family's chat format, as training renders
+them; plain `prompt` records as text unless `chat=True` (`--chat`); pairs and preference
+records may be turned to plain text with `chat=False` (`--no-chat`). Every field but `prompt`
+is a column for the reward functions; the reference of chat and pair records is the
+`completion` column, so the built-ins find it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gemma_cli.errors import UsageError
+
+KINDS = ("preference", "chat", "pair", "prompt")
+
+
+@dataclass
+class EvalRecord:
+    """One record to evaluate.
+
+    Args:
+        where: str. `file:line`.
+        prompt: str | list[tuple[str, str]]. Text, or the conversation so far (role, content)
+            ending with a user turn (chat).
+        chat: bool. Prompted in the family's chat format.
+        shown: str. The prompt as reports show it (the last user message, or the text).
+        reference: str | None. The reference answer, for likelihood.
+        chosen: str | None. The preferred completion (preference files).
+        rejected: str | None. The other completion (preference files).
+        columns: dict. The record's fields for the reward functions.
+    """
+
+    where: str
+    prompt: Any
+    chat: bool
+    shown: str
+    reference: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+def kind_of(record: dict[str, Any]) -> str | None:
+    if all(k in record for k in ("prompt", "chosen", "rejected")):
+        return "preference"
+    if "messages" in record or "conversations" in record:
+        return "chat"
+    if "prompt" in record and "completion" in record:
+        return "pair"
+    if "prompt" in record:
+        return "prompt"
+    return None
+
+
+def _string(where: str, record: dict[str, Any], key: str) -> str:
+    v = record.get(key)
+    if not isinstance(v, str):
+        raise UsageError(f"{where}: `{key}` must be a string, got {type(v).__name__}")
+    if not v.strip():
+        raise UsageError(f"{where}: `{key}` is empty")
+    return v
+
+
+def parse(where: str, record: dict[str, Any], kind: str, chat: bool | None) -> EvalRecord:
+    """One record of a file of `kind` as an EvalRecord (UsageError naming `where`)."""
+    mine = kind_of(record)
+    if mine is None:
+        raise UsageError(f"{where}: expected `messages`, `prompt` (+ `completion`, or other fields) or "
+                         f"`prompt`/`chosen`/`rejected`; fields there: {sorted(record)}")
+    if mine != kind:
+        raise UsageError(f"{where}: a {mine} record in a file of {kind} records; use one kind per file")
+    columns = {k: v for k, v in record.items() if k != "prompt"}
+    if kind == "preference":
+        prompt = _string(where, record, "prompt")
+        return EvalRecord(where, prompt, chat is not False, prompt, chosen=_string(where, record, "chosen"),
+                          rejected=_string(where, record, "rejected"), columns=columns)
+    if kind == "chat":
+        from gemma_cli.engine.data.render import Renderer
+
+        turns = Renderer.for_chat().turns(where, record)
+        reference = None
+        if turns and turns[-1][0] == "model":
+            reference, turns = turns[-1][1], turns[:-1]
+            columns.setdefault("completion", reference)
+        if not turns or turns[-1][0] != "user":
+            raise UsageError(f"{where}: the conversation must end with a user turn (or a user turn, then "
+                             "the reference assistant answer)")
+        return EvalRecord(where, turns, True, turns[-1][1], reference=reference, columns=columns)
+    prompt = _string(where, record, "prompt")
+    if kind == "pair":
+        reference = _string(where, record, "completion")
+        return EvalRecord(where, prompt, chat is not False, prompt, reference=reference, columns=columns)
+    answer = record.get("answer")
+    reference = answer if isinstance(answer, str) and answer.strip() else None
+    return EvalRecord(where, prompt, bool(chat), prompt, reference=reference, columns=columns)
+
+
+def read(path: str, *, chat: bool | None = None, limit: int | None = None) -> tuple[str, list[EvalRecord]]:
+    """(kind, records) of a data file (JSONL, CSV, Parquet), at most `limit` records.
+
+    Args:
+        path: str. The file (or a glob), as `--data` names it.
+        chat: bool | None. Force the chat format on (`--chat`) or off (`--no-chat`); None:
+            chat for chat, pair and preference records, text for plain prompts.
+        limit: int | None. Read only the first records.
+    """
+    from gemma_cli.engine.data.sources import open_local
+
+    src = open_local([path], None, "--data", block=256)
+    n = len(src) if limit is None else min(limit, len(src))
+    out: list[EvalRecord] = []
+    kind = None
+    for i in range(n):
+        where, record = src[i]
+        if kind is None:
+            kind = kind_of(record)
+            if kind is None:
+                parse(where, record, "prompt", chat)  # raises, naming the fields
+        if kind == "chat" and chat is False:
+            raise UsageError(f"--no-chat: {where}: `messages` records are always prompted in the chat format")
+        out.append(parse(where, record, kind, chat))
+    if not out:
+        raise UsageError(f"--data {path}: no records")
+    return kind or "prompt", out
+
+
+def columns_of(records: list[EvalRecord]) -> dict[str, list[Any]]:
+    """The reward columns: every field any record has, one list each (None where missing)."""
+    keys: list[str] = []
+    for r in records:
+        keys += [k for k in r.columns if k not in keys]
+    return {k: [r.columns.get(k) for r in records] for k in keys}
+
+
+def check_rewards(records: list[EvalRecord], rewards: list[Any]) -> None:
+    """A built-in reward's reference field is in every record (UsageError with `file:line`)."""
+    for rw in rewards:
+        if not rw.needs:
+            continue
+        for r in records:
+            if not any(k in r.columns for k in rw.needs):
+                raise UsageError(f"{r.where}: --reward {rw.spec} needs a reference answer: a field "
+                                 + " or ".join(f"'{k}'" for k in rw.needs) + f"; fields there: {sorted(r.columns)}")
