@@ -166,10 +166,6 @@ def export_gguf(causal_lm: Any, out: str | Path, dtype: str = DEFAULT_DTYPE, *, 
     backbone = causal_lm.backbone
     mapping = mapping_for(type(backbone).__name__)
     arch = mapping.gguf_arch(backbone)
-    for layer in backbone._flatten_layers(include_self=False):
-        if getattr(layer, "quantization_mode", None):
-            raise UsageError(f"--format gguf: layer {layer.path} is {layer.quantization_mode}-quantized in keras",
-                             "export a run trained without model.quantize (use --dtype q8_0 to quantize the file)")
     tok, proto = _tokenizer_proto(causal_lm)
 
     def tid(attr: str) -> int | None:
