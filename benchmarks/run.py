@@ -701,6 +701,41 @@ def sec_eval(report: dict[str, Any]) -> None:
     })
 
 
+def sec_grpo(report: dict[str, Any]) -> None:
+    """GRPO: rollout tokens/s against keras-hub's generate, and a whole GRPO step against TRL's
+    GRPOTrainer on the HF export (benchmarks/grpo_speed.py), on the real 270M (one CPU device)."""
+    if QUICK or not (REAL / "config.json").exists():
+        report["sections"].append({"title": "6d. GRPO speed", "text": "skipped (QUICK mode or no real preset)."})
+        return
+    import yaml
+
+    demo = yaml.safe_load((ROOT / "configs" / "gemma3_270m_demo.yaml").read_text())
+    demo["model"]["preset"] = str(REAL)
+    demo["train"]["output_dir"] = str(OUT / "runs" / "grpo_speed")
+    cfgp = OUT / "configs" / "grpo_270m.yaml"
+    cfgp.parent.mkdir(parents=True, exist_ok=True)
+    cfgp.write_text(yaml.safe_dump(demo, sort_keys=False))
+    r = run("real 270M: GRPO rollouts and step vs TRL", [PY, str(HERE / "grpo_speed.py"), str(cfgp), "mesh.shape=[1,1]",
+                                                         "--steps", "5", "--gens", "4", "--prompts", "2", "--new", "32"],
+            900, {"GEMMA_CPU_DEVICES": ""}, need=200)
+    d = r["doc"] or {}
+    ro, ours, trl = d.get("rollout") or {}, d.get("ours") or {}, d.get("trl") or {}
+    RAW["grpo"] = d
+    report["summary"].append(["GRPO rollout tokens/s / keras-hub generate (270M, 8 × 32 new)", bl.fmt(ro.get("ratio")), "≥ 1.0",
+                              bl.verdict(ro.get("ratio"), 1.0, "higher")])
+    report["summary"].append(["GRPO steps/s / TRL GRPOTrainer (270M, 2 prompts × G 4, 32 new)", bl.fmt(d.get("step_ratio")), "≥ 1.5",
+                              bl.verdict(d.get("step_ratio"), 1.5, "higher")])
+    report["sections"].append({
+        "title": "6d. GRPO speed, real Gemma 3 270M, one CPU device",
+        "text": "Rollouts: `Rollout` (fixed buffers, random sampler) vs keras-hub `generate` on the same 8 prompts, warm. "
+                "Step: median wall time of steady-state steps (rollout + reward + update) vs TRL GRPOTrainer's steps on the "
+                "HF export of the same weights (torch, CPU), same G, batch, completion length and reward.",
+        "headers": ["", "gemma", "reference", "ratio"],
+        "rows": [["rollout new tokens/s", ro.get("ours_tokens_per_second"), ro.get("keras_hub_tokens_per_second"), bl.fmt(ro.get("ratio"))],
+                 ["step seconds", ours.get("median_step_s"), trl.get("median_step_s"), bl.fmt(d.get("step_ratio"))]],
+    })
+
+
 def sec_export(report: dict[str, Any]) -> None:
     """`gemma export --format gguf` of the real 270M per dtype: time and file size."""
     if not (REAL / "config.json").exists():
@@ -803,6 +838,7 @@ def main() -> int:
         ("segments", lambda: sec_segments(report, varied)),
         ("real", lambda: sec_real(report)),
         ("eval", lambda: sec_eval(report)),
+        ("grpo", lambda: sec_grpo(report)),
         ("export", lambda: sec_export(report)),
         ("data", lambda: sec_data(report)),
         ("optimizations", lambda: sec_opt(report, fixed)),

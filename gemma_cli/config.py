@@ -67,7 +67,11 @@ class ModelConfig(_Strict):
         "bfloat16", description="Dtype policy of the weights and the compute."
     )
     lora: LoraConfig | None = Field(None, description="LoRA settings; absent = full fine-tune.")
-    quantize: Literal["none", "int8"] = Field("none", description="Quantize frozen weights.")
+    quantize: Literal["none", "int8", "int4"] = Field(
+        "none",
+        description="Quantize the frozen base after loading and before LoRA (QLoRA): int8, or int4 "
+        "(sub-channel, blocks of 128 rows, packed two per byte). Needs model.lora to fine-tune.",
+    )
     vision: Literal["frozen", "lora", "full"] = Field(
         "frozen",
         description="What of a multimodal model's vision tower (encoder and projector) trains: frozen (nothing, "
@@ -78,6 +82,15 @@ class ModelConfig(_Strict):
     @property
     def lora_rank(self) -> int:
         return self.lora.rank if self.lora else 0
+
+    def training_problem(self) -> str | None:
+        """Why this model cannot be fine-tuned as configured (a quantized base without LoRA)."""
+        if self.quantize == "none" or self.lora_rank:
+            return None
+        bits = "4-bit" if self.quantize == "int4" else "8-bit"
+        return (f"{self.quantize}: {bits} needs LoRA (a quantized base is frozen; only adapters train): add "
+                "`model.lora: {rank: 8}` (or model.lora.rank=8 on the command line), or set model.quantize: none "
+                "for a full fine-tune")
 
 
 # ----------------------------------------------------------------------------------- mesh ---

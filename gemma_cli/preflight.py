@@ -67,7 +67,8 @@ def require(problems: list[str]) -> None:
 def finetune(cfg: Any, *, resume: bool | str = False, dry_run: bool = False, network: bool = True) -> list[Problem]:
     """Everything `gemma finetune` needs before it loads the model (`resume`: False, True or
     "auto": the checkpoint if there is one)."""
-    out = preset(cfg, weights=True, network=network)
+    out = quantized_training(cfg)
+    out += preset(cfg, weights=True, network=network)
     out += run_dir(cfg, resume=resume, dry_run=dry_run)
     out += trackers(cfg, network=network and not dry_run)
     found = data(cfg, required=True, network=network)
@@ -493,6 +494,12 @@ def _writable(d: Path) -> str | None:
     return None
 
 
+def quantized_training(cfg: Any) -> list[Problem]:
+    """A quantized base trains only through LoRA adapters (QLoRA): its kernels are frozen ints."""
+    bad = cfg.model.training_problem()
+    return [_say(cfg, "model.quantize", bad)] if bad else []
+
+
 def run_dir(cfg: Any, *, resume: bool | str, dry_run: bool) -> list[Problem]:
     """train.output_dir for a fine-tune: writable; with --resume, a readable checkpoint;
     with `--resume auto`, a readable checkpoint if there is one; without either, no earlier
@@ -504,12 +511,20 @@ def run_dir(cfg: Any, *, resume: bool | str, dry_run: bool) -> list[Problem]:
     if problems:
         return problems
     latest = ckptlib.latest(out_dir)
-    if resume == "auto":
-        return [] if latest is None else checkpoint(latest, optimizer=True)
+    if resume == "auto" and latest is None:
+        return []
     if resume:
         if latest is None:
             return [Problem(f"--resume: no checkpoint in {out_dir}/checkpoints (run without --resume to start)")]
-        return checkpoint(latest, optimizer=True)
+        bad = checkpoint(latest, optimizer=True)
+        if bad:
+            return bad
+        trained = ckptlib.read_state(latest).get("quantize", "none")
+        if trained != cfg.model.quantize:
+            return [_say(cfg, "model.quantize", f"--resume: {latest.name} was trained with model.quantize: {trained}, "
+                         f"the config says {cfg.model.quantize}; set model.quantize={trained} to resume it "
+                         "(or start a new run with train.output_dir=<new dir>)")]
+        return []
     if latest is not None and not dry_run:
         return [_say(cfg, "train.output_dir",
                      f"{out_dir} already holds checkpoints of an earlier run (add --resume to continue it, "

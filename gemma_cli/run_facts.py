@@ -49,6 +49,8 @@ def _backbone_config(preset: str) -> dict[str, Any] | None:
 
 
 def _sizes(bb: dict[str, Any]) -> dict[str, int]:
+    from gemma_cli.engine import families
+
     c = bb.get("config", {}) if isinstance(bb.get("config"), dict) else {}
     hidden = int(c.get("hidden_dim") or 0)
     heads = int(c.get("num_query_heads") or c.get("num_heads") or 1)
@@ -59,8 +61,7 @@ def _sizes(bb: dict[str, Any]) -> dict[str, int]:
         "heads": heads,
         "kv_heads": int(c.get("num_key_value_heads") or heads),
         "head_dim": int(c.get("head_dim") or (hidden // max(heads, 1))),
-        # keras-hub's Gemma 1/2 intermediate_dim counts both gates
-        "ffw": inter // 2 if bb.get("class_name") == "GemmaBackbone" else inter,
+        "ffw": families.gate_width(bb.get("class_name"), inter),
     }
 
 

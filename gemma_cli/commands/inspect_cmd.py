@@ -202,6 +202,9 @@ def _memory_lines(doc: dict[str, Any]) -> list[str]:
             f"  activations ~{human_bytes(est['activations'])} (remat {mem['remat']}; with remat {other}: "
             f"~{human_bytes(est['activations_remat_' + other])}), logits ~{human_bytes(est['logits'])} ({chunked}); {batch}"
         ]
+        if est.get("dequantized"):
+            lines.append(f"  dequantized kernel ~{human_bytes(est['dequantized'])} (keras {doc['model'].get('quantize')} "
+                         "is storage-only: each matmul rebuilds its kernel at the compute dtype, one at a time)")
         total += f"; remat {other}: ~{human_bytes(alt['remat_' + other + '_total'])})"
         if est.get("reference"):
             lines.append(f"  reference forward pass (dpo) ~{human_bytes(est['reference'])}: its hidden states and logits")

@@ -118,6 +118,19 @@ HF_LORA_GEMMA = {
 }
 
 
+def gate_width(class_name: str | None, intermediate_dim: int) -> int:
+    """One feed-forward gate's width from a backbone config's `intermediate_dim`."""
+    fam = for_backbone(class_name) if class_name else None
+    return intermediate_dim // (fam.gate_divisor if fam is not None else 1)
+
+
+def hf_module_paths(table: dict[str, str] = HF_LORA_GEMMA) -> dict[str, str]:
+    """keras-hub layer name → its Hugging Face module path inside a decoder layer
+    (`query` → `self_attn.q_proj`, `ffw_gating` → `mlp.gate_proj`): the inverse of `table`."""
+    return {keras: ("self_attn." if hf in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp.") + hf
+            for hf, keras in table.items()}
+
+
 @dataclass(frozen=True)
 class Preset:
     """One row of the architecture table: a backbone config and its published size."""
@@ -138,6 +151,9 @@ class Family:
     layout_source: str
     lora_targets: tuple[str, ...] = ("query", "value")
     hf_lora_names: dict[str, str] = field(default_factory=lambda: dict(HF_LORA_GEMMA))
+    peft_export: bool = False  # `gemma export --format peft` maps this family's LoRA to PEFT's modules
+    gate_divisor: int = 1  # keras-hub's Gemma 1/2 `intermediate_dim` counts both gates: 2
+    gguf_hint: str | None = None  # why `export --format gguf` refuses this family, and what to do
     chat: ChatFormat | None = GEMMA_CHAT
     hf_model_types: tuple[str, ...] = ()
     gguf_archs: tuple[str, ...] = ()  # llama.cpp `general.architecture` values

@@ -146,6 +146,8 @@ _TINY_HF = dict(
 _TINY = dict(num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=32, intermediate_dim=128, head_dim=8)
 
 FAMILY = Family(
+    peft_export=True,
+    gate_divisor=2,
     name="gemma",
     backbone_classes=("GemmaBackbone",),
     module="keras_hub.src.models.gemma.gemma_backbone",

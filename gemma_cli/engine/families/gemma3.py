@@ -61,6 +61,7 @@ RULES = [
 ]
 
 FAMILY = Family(
+    peft_export=True,
     name="gemma3",
     backbone_classes=("Gemma3Backbone",),
     module="keras_hub.src.models.gemma3.gemma3_backbone",

@@ -170,6 +170,8 @@ _TINY_HF_BASE: dict[str, Any] = dict(
 )
 
 FAMILY = Family(
+    gguf_hint="Gemma 4 is not supported yet: export --format hf and convert that with llama.cpp's "
+              "convert_hf_to_gguf.py",
     name="gemma4",
     backbone_classes=("Gemma4Backbone",),
     module="keras_hub.src.models.gemma4.gemma4_backbone",

@@ -50,10 +50,8 @@ def mapping_for(class_name: str) -> Any:
     """The GGUF mapping of a backbone class's family, or a one-line UsageError."""
     fam = families.for_backbone(class_name)
     if fam is None or fam.gguf_module is None:
-        hint = (f"gemma export writes GGUF for {', '.join(families.gguf_architectures())} models"
-                if not class_name.startswith("Gemma4") else
-                "Gemma 4 is not supported yet: export --format hf and convert that with llama.cpp's "
-                "convert_hf_to_gguf.py")
+        hint = ((fam.gguf_hint if fam is not None else None)
+                or f"gemma export writes GGUF for {', '.join(families.gguf_architectures())} models")
         raise UsageError(f"--format gguf: {class_name} is not supported", hint)
     return families.gguf_mapping(fam)
 
@@ -168,10 +166,6 @@ def export_gguf(causal_lm: Any, out: str | Path, dtype: str = DEFAULT_DTYPE, *, 
     backbone = causal_lm.backbone
     mapping = mapping_for(type(backbone).__name__)
     arch = mapping.gguf_arch(backbone)
-    for layer in backbone._flatten_layers(include_self=False):
-        if getattr(layer, "quantization_mode", None):
-            raise UsageError(f"--format gguf: layer {layer.path} is {layer.quantization_mode}-quantized in keras",
-                             "export a run trained without model.quantize (use --dtype q8_0 to quantize the file)")
     tok, proto = _tokenizer_proto(causal_lm)
 
     def tid(attr: str) -> int | None:

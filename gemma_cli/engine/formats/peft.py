@@ -30,21 +30,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from gemma_cli.engine import families
 from gemma_cli.engine.core.files import atomic_dir
 from gemma_cli.engine.core.report import NullReporter
 from gemma_cli.errors import UsageError
 
-# keras-hub Gemma layer name → Hugging Face module path inside a decoder layer.
-HF_MODULES = {
-    "query": "self_attn.q_proj",
-    "key": "self_attn.k_proj",
-    "value": "self_attn.v_proj",
-    "attention_output": "self_attn.o_proj",
-    "ffw_gating": "mlp.gate_proj",
-    "ffw_gating_2": "mlp.up_proj",
-    "ffw_linear": "mlp.down_proj",
-}
-SUPPORTED = ("GemmaBackbone", "Gemma3Backbone")
+# keras-hub Gemma layer name → Hugging Face module path inside a decoder layer (families/).
+HF_MODULES = families.hf_module_paths()
+# the backbones whose LoRA PEFT loads: the families that say so
+SUPPORTED = tuple(c for f in families.all_families() if f.peft_export for c in f.backbone_classes)
 
 
 def peft_factors(kind: str, a: Any, b: Any) -> tuple[Any, Any]:

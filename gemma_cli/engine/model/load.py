@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,22 +105,130 @@ def dtype_for(precision: str) -> str:
     return {"float32": "float32", "bfloat16": "bfloat16", "mixed_bfloat16": "mixed_bfloat16"}[precision]
 
 
+INT4_BLOCK_SIZE = 128  # keras' default sub-channel block (rows per scale/zero group)
+
+
+def quantize_config(mode: str) -> Any:
+    """The keras quantization config of `mode` (`int8`, `int4`): int4 is sub-channel with blocks
+    of `INT4_BLOCK_SIZE` rows, asymmetric (scale + zero point per block and output column)."""
+    if mode == "int4":
+        import keras
+
+        return keras.quantizers.Int4QuantizationConfig(block_size=INT4_BLOCK_SIZE)
+    return None
+
+
+def quantize_policy(mode: str, precision: str) -> str:
+    """The dtype policy name a layer quantized with `mode` carries (what keras saves)."""
+    src = "float32" if precision == "mixed_bfloat16" else dtype_for(precision)
+    return f"int4/{INT4_BLOCK_SIZE}_from_{src}" if mode == "int4" else f"int8_from_{src}"
+
+
 def abstract_variables(
-    bb_config: dict[str, Any], precision: str = "float32", lora_rank: int = 0, lora_targets: list[str] | None = None,
+    bb_config: dict[str, Any],
+    precision: str = "float32",
+    lora_rank: int = 0,
+    lora_targets: list[str] | None = None,
+    quantize: str = "none",
     vision: str = "frozen",
 ) -> list[tuple[str, tuple[int, ...], str]]:
-    """(path, shape, dtype) of every backbone variable, with LoRA, allocating nothing.
+    """(path, shape, dtype) of every backbone variable, with LoRA and quantization, allocating nothing.
 
-    Traced once per (architecture, precision, LoRA) in a process: planning one model on many
-    meshes (`gemma init`, the bench's slice table, the layout tests) reuses the trace.
+    Traced once per (architecture, precision, LoRA, quantize) in a process: planning one model on
+    many meshes (`gemma init`, the bench's slice table, the layout tests) reuses the trace. With
+    `quantize` the rows are the quantized variables keras creates (an int4 kernel is int8 of half
+    its columns, plus `kernel_scale`, `kernel_zero` and `g_idx`): see `abstract_model`.
     """
+    return list(abstract_model(bb_config, precision, lora_rank, lora_targets, quantize, vision).variables)
+
+
+@dataclass(frozen=True)
+class QuantizedVar:
+    """Where a quantized variable's dimensions come from in its layer's float kernel.
+
+    `origin` is the float kernel's path (the path the layout rules were written for),
+    `origin_shape` its shape, and `dims[i]` the float kernel's dimensions that dimension i of the
+    quantized variable flattens (empty: a dimension of its own, such as scale groups).
+    """
+
+    origin: str
+    origin_shape: tuple[int, ...]
+    dims: tuple[tuple[int, ...], ...]
+    mode: str
+    logical_params: int  # float elements this variable stands for (the kernel's; 0 for scales)
+
+
+@dataclass(frozen=True)
+class AbstractModel:
+    """The variables of a model as it would be built: no weights, from `jax.eval_shape`."""
+
+    variables: tuple[tuple[str, tuple[int, ...], str], ...]
+    trainable: frozenset[str]
+    quantized: dict[str, QuantizedVar]
+    float_kernels: dict[str, tuple[int, ...]]  # float kernels of the quantized layers (at load time)
+
+
+def abstract_model(
+    bb_config: dict[str, Any],
+    precision: str = "float32",
+    lora_rank: int = 0,
+    lora_targets: list[str] | None = None,
+    quantize: str = "none",
+    vision: str = "frozen",
+) -> AbstractModel:
+    """The variables, the trainable set (read from the model, not from names) and the quantized
+    variables' provenance of a backbone with LoRA and quantization, allocating nothing."""
     _setup()
     key = json.dumps(bb_config, sort_keys=True, default=str)
     targets = lora_layer_names(backbone_class(bb_config), lora_targets)
-    out = list(_abstract(key, precision, lora_rank, tuple(targets) if targets else None, vision))
+    out = _abstract(key, precision, lora_rank, tuple(targets) if targets else None, quantize, vision)
     if lora_rank and targets:
-        check_lora_targets(lora_targets, targets, [p for p, _, _ in out])
+        check_lora_targets(lora_targets, targets, [p for p, _, _ in out.variables])
     return out
+
+
+def quantizable_layers(backbone: Any) -> list[Any]:
+    """The layers `Model.quantize` changes: leaf layers whose own class implements `quantize`
+    (keras' Dense, EinsumDense, Embedding; keras-hub's ReversibleEmbedding)."""
+    import keras
+
+    out = []
+    for layer in backbone._flatten_layers(include_self=False):
+        if len(list(layer._flatten_layers())) != 1:
+            continue
+        cls = type(layer)
+        if cls is keras.layers.Layer or "quantize" not in cls.__dict__:
+            continue
+        out.append(layer)
+    return out
+
+
+def _kernel_of(layer: Any) -> tuple[str, bool]:
+    emb = hasattr(layer, "embeddings") or hasattr(layer, "_embeddings")
+    return ("embeddings" if emb else "kernel"), emb
+
+
+def _dims_of(name: str, shape: tuple[int, ...], k_shape: tuple[int, ...], reduced: tuple[int, ...], emb: bool) -> tuple[tuple[int, ...], ...]:
+    import math
+
+    kept = tuple(d for d in range(len(k_shape)) if d not in reduced)
+    none: tuple[tuple[int, ...], ...] = tuple(() for _ in shape)
+    if name in ("kernel", "embeddings"):
+        if len(shape) == len(k_shape):  # int8, or an int4 embedding packed in place
+            return tuple((d,) for d in range(len(shape)))
+        if len(shape) == 2 and shape[0] == math.prod(k_shape[d] for d in reduced):
+            return (reduced, kept)  # int4: [rows = reduced dims, packed columns = the others]
+        return none
+    if name.endswith(("_scale", "_zero")):
+        if emb:  # per embedding row (and block)
+            return ((0,),) + none[1:] if shape and shape[0] == k_shape[0] else none
+        cols = math.prod(k_shape[d] for d in kept)
+        if len(shape) == 2 and shape[-1] == cols and cols > 1:
+            return ((), kept)  # int4: [row groups, columns]
+        if len(shape) == 1 and shape[0] == cols and cols > 1:
+            return (kept,)
+        return none  # int8 EinsumDense: a broadcastable (1, 1, ..., columns) scale, kept whole
+    return none  # g_idx: the group of each row
 
 
 def check_lora_targets(given: list[str], names: list[str], paths: list[str]) -> None:
@@ -140,29 +249,68 @@ def check_lora_targets(given: list[str], names: list[str], paths: list[str]) -> 
 
 @functools.lru_cache(maxsize=32)
 def _abstract(
-    bb_json: str, precision: str, lora_rank: int, lora_targets: tuple[str, ...] | None, vision: str = "frozen"
-) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    bb_json: str, precision: str, lora_rank: int, lora_targets: tuple[str, ...] | None, quantize: str = "none",
+    vision: str = "frozen",
+) -> AbstractModel:
     bb_config = json.loads(bb_json)
     _setup()
     import jax
     import keras
 
-    paths: list[tuple[str, str]] = []
+    rows: list[tuple[str, str, bool]] = []
+    quantized: dict[str, QuantizedVar] = {}
+    float_kernels: dict[str, tuple[int, ...]] = {}
 
-    def build() -> list[Any]:
+    def make(dtype: Any) -> Any:
         cfg = dict(bb_config)
         inner = dict(cfg.get("config", {}))
-        inner["dtype"] = dtype_for(precision)
+        inner["dtype"] = dtype
         cfg["config"] = inner
-        bb = keras.saving.deserialize_keras_object(cfg)
+        return keras.saving.deserialize_keras_object(cfg)
+
+    def build() -> list[Any]:
+        dtype: Any = dtype_for(precision)
+        origins: dict[str, tuple[str, tuple[int, ...], bool]] = {}
+        if quantize != "none":
+            # the float model tells which layers quantize; a DTypePolicyMap builds the quantized
+            # variables directly (as keras loads a quantized model): no weight is quantized here
+            flt = make(dtype)
+            policy = keras.dtype_policies.DTypePolicyMap(default_policy=dtype)
+            for layer in quantizable_layers(flt):
+                name, emb = _kernel_of(layer)
+                var = getattr(layer, "embeddings" if emb else "_kernel")
+                origins[layer.path] = (f"{layer.path}/{name}", tuple(int(s) for s in var.shape), emb)
+                float_kernels[f"{layer.path}/{name}"] = tuple(int(s) for s in var.shape)
+                policy[layer.path] = keras.dtype_policies.get(quantize_policy(quantize, precision))
+            dtype = policy
+        bb = make(dtype)
         if lora_rank:
             bb.enable_lora(lora_rank, target_layer_names=target_names(bb, list(lora_targets) if lora_targets else None, vision))
-        paths.clear()
-        paths.extend((v.path, str(v.dtype)) for v in bb.weights)
+        apply_vision_mode(bb, vision, bool(lora_rank))
+        rows.clear()
+        quantized.clear()
+        for layer in bb._flatten_layers(include_self=False):
+            if layer.path in origins and getattr(layer, "quantization_mode", None):
+                origin, k_shape, emb = origins[layer.path]
+                reduced = (1,) if emb else tuple(getattr(layer, "_kernel_reduced_axes", None) or (0,))
+                for v in layer.weights:
+                    name = v.path.rsplit("/", 1)[-1]
+                    if "lora_kernel" in name:
+                        continue
+                    shape = tuple(int(s) for s in v.shape)
+                    import math
+
+                    quantized[v.path] = QuantizedVar(
+                        origin, k_shape, _dims_of(name, shape, k_shape, reduced, emb), quantize,
+                        math.prod(k_shape) if name in ("kernel", "embeddings") else 0,
+                    )
+        rows.extend((v.path, str(v.dtype), bool(v.trainable)) for v in bb.weights)
         return [v.value for v in bb.weights]
 
     shapes = jax.eval_shape(build)
-    return tuple((p, tuple(s.shape), d) for (p, d), s in zip(paths, shapes, strict=True))
+    variables = tuple((p, tuple(s.shape), d) for (p, d, _), s in zip(rows, shapes, strict=True))
+    trainable = frozenset(p for p, _, t in rows if t) if lora_rank else frozenset(p for p, _, _ in rows)
+    return AbstractModel(variables, trainable, dict(quantized), dict(float_kernels))
 
 
 def load_causal_lm(preset: str, precision: str = "float32", remat: str = "none") -> Any:
@@ -225,28 +373,64 @@ def tokenizer_of(causal_lm: Any) -> Any:
     return tok
 
 
-def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any) -> None:
-    if model_cfg.quantize == "int8":
-        causal_lm.quantize("int8")
-    lora = model_cfg.lora
-    if lora and lora.rank:
+def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any, *, lora: bool = True) -> None:
+    """Quantize the base (`model.quantize`), then add the LoRA adapters (`model.lora`).
+
+    Order matters: keras quantizes a layer's float kernel and freezes it; `enable_lora` then adds
+    float `lora_kernel_a/b` in the compute dtype beside the int8/int4 kernel. Every layer
+    `Model.quantize` supports is quantized, the token embedding included: for Gemma it is the
+    largest tensor (262k × hidden, the tied output projection too) and the one LoRA never adapts
+    by default (keras 3.15.1 cannot put LoRA on an int4 embedding; the fix is merged upstream).
+
+    Args:
+        causal_lm: keras_hub CausalLM. Changed in place.
+        model_cfg: ModelConfig. `quantize` (`none`, `int8`, `int4`) and `lora`.
+        lora: bool. Also enable the adapters. Defaults to True (generation from a preset
+            quantizes without adapters).
+    """
+    mode = getattr(model_cfg, "quantize", "none")
+    if mode != "none" and not any(getattr(lyr, "quantization_mode", None) for lyr in causal_lm.backbone._flatten_layers()):
+        import warnings
+
+        with warnings.catch_warnings():  # keras warns per layer that cannot quantize (norms)
+            warnings.simplefilter("ignore")
+            causal_lm.backbone.quantize(mode, config=quantize_config(mode))
+    cfg_lora = model_cfg.lora
+    if lora and cfg_lora and cfg_lora.rank:
         bb = causal_lm.backbone
-        names = lora_layer_names(type(bb).__name__, lora.target_layers)
-        bb.enable_lora(lora.rank, target_layer_names=target_names(bb, names, getattr(model_cfg, "vision", "frozen")))
+        names = lora_layer_names(type(bb).__name__, cfg_lora.target_layers)
+        bb.enable_lora(cfg_lora.rank, target_layer_names=target_names(bb, names, getattr(model_cfg, "vision", "frozen")))
         if not getattr(bb, "_lora_enabled_layers", None):
             raise UsageError(
-                f"model.lora.target_layers: {lora.target_layers} matched no layer",
+                f"model.lora.target_layers: {cfg_lora.target_layers} matched no layer",
                 hint="use layer names such as query, value, key, attention_output",
             )
-        if lora.alpha is not None:
+        if cfg_lora.alpha is not None:
             for layer in lora_layers(bb):
-                layer.lora_alpha = float(lora.alpha)
-    apply_vision_mode(causal_lm.backbone, getattr(model_cfg, "vision", "frozen"), bool(lora and lora.rank))
+                layer.lora_alpha = float(cfg_lora.alpha)
+    apply_vision_mode(causal_lm.backbone, getattr(model_cfg, "vision", "frozen"), bool(lora and cfg_lora and cfg_lora.rank))
 
 
 def param_counts(causal_lm: Any) -> dict[str, int]:
-    import numpy as np
+    """Logical parameters: a quantized kernel counts the float elements it stands for (an int4
+    kernel stores half as many int8 elements), its scales, zero points and group indices none."""
+    import math
 
-    total = int(sum(np.prod(v.shape) for v in causal_lm.weights))
-    trainable = int(sum(np.prod(v.shape) for v in causal_lm.trainable_weights))
-    return {"total": total, "trainable": trainable}
+    logical: dict[str, int] = {}
+    for layer in causal_lm.backbone._flatten_layers(include_self=False):
+        mode = getattr(layer, "quantization_mode", None)
+        if not mode:
+            continue
+        for v in layer.weights:
+            name = v.path.rsplit("/", 1)[-1]
+            if name in ("kernel", "embeddings"):
+                shape = tuple(v.shape)
+                if mode == "int4":
+                    shape = getattr(layer, "original_kernel_shape", None) or (
+                        (layer.input_dim, layer.output_dim) if name == "embeddings" else (shape[0], layer.units))
+                logical[v.path] = math.prod(shape)
+            elif name.endswith(("_scale", "_zero")) or name == "g_idx":
+                logical[v.path] = 0
+    total = sum(logical.get(v.path, math.prod(v.shape)) for v in causal_lm.weights)
+    trainable = sum(math.prod(v.shape) for v in causal_lm.trainable_weights)
+    return {"total": int(total), "trainable": int(trainable)}

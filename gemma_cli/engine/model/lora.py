@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from gemma_cli.engine.core.report import NullReporter
-from gemma_cli.errors import RuntimeFailure, UsageError
+from gemma_cli.errors import RuntimeFailure
 
 
 def lora_layers(backbone: Any) -> list[Any]:
@@ -18,7 +18,10 @@ def lora_layers(backbone: Any) -> list[Any]:
 def merge_lora(causal_lm: Any, log: Any = None) -> tuple[Any, int]:
     """Return (a CausalLM whose kernels hold base + LoRA delta and which has no LoRA, count).
 
-    With no LoRA-enabled layer the model is returned unchanged with count 0.
+    A quantized base (`model.quantize: int8|int4`) is dequantized first (`engine/model/dequantize.py`,
+    the arithmetic of the layers' own forward pass), so the result is an unquantized float model
+    in the dtype the run was loaded with. With no LoRA-enabled and no quantized layer the model is
+    returned unchanged with count 0.
     """
     log = log or NullReporter()
     from gemma_cli.engine.core import runtime
@@ -27,29 +30,43 @@ def merge_lora(causal_lm: Any, log: Any = None) -> tuple[Any, int]:
     import keras
     import numpy as np
 
+    from gemma_cli.engine.model import dequantize
+
     backbone = causal_lm.backbone
     layers = lora_layers(backbone)
-    if not layers:
+    qlayers = dequantize.quantized_layers(backbone)
+    if not layers and not qlayers:
         return causal_lm, 0
-    log.step(f"Merging LoRA into {len(layers)} kernels ...")
     merged: dict[str, Any] = {}
+    extras: set[str] = set()  # variables that only a quantized or LoRA layer has
+    if qlayers:
+        log.step(f"Dequantizing {len(qlayers)} {qlayers[0].quantization_mode} kernels ...")
+        for layer in qlayers:
+            kv = dequantize.kernel_variable(layer)
+            merged[kv.path] = dequantize.dequantized_kernel(layer)
+            extras.update(v.path for v in layer.weights if v.path != kv.path)
+    if layers:
+        log.step(f"Merging LoRA into {len(layers)} kernels ...")
     for layer in layers:
-        if getattr(layer, "quantization_mode", None):
-            raise UsageError(
-                f"layer {layer.path}: cannot merge LoRA into a {layer.quantization_mode}-quantized "
-                "kernel", "export the fine-tune run without model.quantize")
-        base = keras.ops.convert_to_numpy(layer._kernel).astype(np.float32)
-        a = keras.ops.convert_to_numpy(layer.lora_kernel_a).astype(np.float32)
-        b = keras.ops.convert_to_numpy(layer.lora_kernel_b).astype(np.float32)
+        kv = dequantize.kernel_variable(layer)
+        base = merged.get(kv.path)
+        if base is None:
+            base = keras.ops.convert_to_numpy(kv).astype(np.float32)
+        a = keras.ops.convert_to_numpy(getattr(layer, "lora_kernel_a", None) if hasattr(layer, "lora_kernel_a") else layer.lora_embeddings_a).astype(np.float32)
+        b = keras.ops.convert_to_numpy(getattr(layer, "lora_kernel_b", None) if hasattr(layer, "lora_kernel_b") else layer.lora_embeddings_b).astype(np.float32)
         scale = float(layer.lora_alpha) / float(layer.lora_rank)
-        merged[layer._kernel.path] = base + scale * np.matmul(a, b)
+        merged[kv.path] = base + scale * np.matmul(a, b).reshape(base.shape)
+        extras.update(v.path for v in layer.weights if "lora_" in v.path.rsplit("/", 1)[-1])
 
-    clean = type(backbone).from_config(backbone.get_config())
+    config = backbone.get_config()
+    if qlayers:
+        config["dtype"] = dequantize.float_dtype(backbone)
+    clean = type(backbone).from_config(config)
     source = {v.path: v for v in backbone.weights}
-    if len(clean.weights) + 2 * len(layers) != len(backbone.weights):
+    if len(clean.weights) + len(extras) != len(backbone.weights):
         raise RuntimeFailure(
-            f"internal: a rebuilt backbone has {len(clean.weights)} weights, the LoRA one "
-            f"{len(backbone.weights)} with {len(layers)} adapted layers")
+            f"internal: a rebuilt backbone has {len(clean.weights)} weights, the source one "
+            f"{len(backbone.weights)} with {len(extras)} LoRA/quantization variables")
     for v in clean.weights:
         if v.path not in source:
             raise RuntimeFailure(f"internal: no weight {v.path} in the model being merged")
@@ -61,6 +78,9 @@ def merge_lora(causal_lm: Any, log: Any = None) -> tuple[Any, int]:
     if missing:
         raise RuntimeFailure(f"internal: merged kernels not found in the rebuilt model: {sorted(missing)[:3]}")
     task = type(causal_lm)(backbone=clean, preprocessor=causal_lm.preprocessor)
+    tok = getattr(causal_lm, "_gemma_tokenizer", None)
+    if tok is not None:
+        object.__setattr__(task, "_gemma_tokenizer", tok)
     return task, len(layers)
 
 

@@ -31,8 +31,9 @@ def load(
         checkpoint: Path | None. A checkpoint directory of a run (`checkpoints/step_N`).
         reporter: Reporter. Progress lines. Defaults to silent.
         distribution: keras Distribution | None. Load inside its scope (born sharded).
-        adapters: bool | None. Enable the configured LoRA/quantization. Defaults to True when
-            a checkpoint is given (its adapter must have somewhere to go), else False.
+        adapters: bool | None. Enable the configured LoRA. Defaults to True when a checkpoint
+            is given (its adapter must have somewhere to go), else False. `model.quantize` is
+            applied either way (generation from a quantized preset).
         remat: str. `blocks` rematerialises the decoder blocks (training: `train.remat`);
             `none` for everything that does not train (generation, export).
     """
@@ -45,8 +46,8 @@ def load(
     scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
     with scope:
         lm = modellib.load_causal_lm(cfg.model.preset, cfg.model.precision, remat=remat)
-        if adapters:
-            modellib.apply_lora_and_quantize(lm, cfg.model)
+        if adapters or cfg.model.quantize != "none":  # a quantized preset: quantized, no adapters
+            modellib.apply_lora_and_quantize(lm, cfg.model, lora=adapters)
         if checkpoint is not None:
             reporter.step(f"Loading fine-tuned weights from {checkpoint}")
             ckptlib.restore(checkpoint, lm, None)

@@ -123,12 +123,14 @@ def _backbone_config(preset: str) -> dict[str, Any]:
 
 
 def _dims(bb_config: dict[str, Any], cls: str) -> dict[str, int]:
+    from gemma_cli.engine import families
+
     c = bb_config.get("config", {})
     hidden = int(c.get("hidden_dim", 0))
     heads = int(c.get("num_query_heads", 1))
     head_dim = int(c.get("head_dim") or (hidden // max(heads, 1)))
     inter = int(c.get("intermediate_dim", 0))
-    ffw = inter // 2 if cls == "GemmaBackbone" else inter  # keras-hub Gemma 1/2 gate width
+    ffw = families.gate_width(cls, inter)
     return {
         "layers": int(c.get("num_layers", 0)),
         "hidden": hidden,
@@ -148,13 +150,6 @@ def _mesh_shape(cfg: Any) -> tuple[int, ...]:
     if -1 not in shape:
         return tuple(shape)
     return tuple(cfg.mesh.resolve(mesh_lib.device_count()))
-
-
-def _trainable_plan(paths: list[str], lora_rank: int) -> set[str]:
-    """Which variables train: all of them, or with LoRA only the adapters (keras-hub's enable_lora)."""
-    if lora_rank:
-        return {p for p in paths if re.search(r"lora_kernel_[ab]$", p)}
-    return set(paths)
 
 
 def _plan_optimizer(
@@ -327,7 +322,8 @@ def describe(
     cls = model.backbone_class(bb)
     lora_rank = cfg.model.lora_rank
     lora_targets = cfg.model.lora.target_layers if cfg.model.lora else None
-    abstract = model.abstract_variables(bb, cfg.model.precision, lora_rank, lora_targets, vision=cfg.model.vision)
+    am = model.abstract_model(bb, cfg.model.precision, lora_rank, lora_targets, cfg.model.quantize, cfg.model.vision)
+    abstract = list(am.variables)
     if lora_rank and not any("lora_kernel" in p for p, _, _ in abstract):
         raise UsageError(
             f"model.lora.target_layers: {lora_targets} matched no layer",
@@ -338,7 +334,7 @@ def describe(
     shape = _mesh_shape(cfg)
     axes = tuple(cfg.mesh.axes)
     rules = mesh_lib.resolve_rules(cfg, cls, shape)
-    plan = mesh_lib.plan_for(cfg, cls, abstract, shape)
+    plan = mesh_lib.plan_for(cfg, cls, abstract, shape, am)
     sizes = dict(zip(axes, shape, strict=True))
     notes: list[str] = []
     hf = model.is_local(preset) or preset.startswith("hf://")
@@ -347,10 +343,15 @@ def describe(
             f"{preset} is a vision+text model: planned as its text backbone (vision_encoder None); "
             "the vision (and audio) towers are not shown"
         )
-    if cfg.model.quantize != "none" and not live:
+    if am.quantized:
+        stored = sum(math.prod(s) for p, s, _ in abstract if p in am.quantized)
         notes.append(
-            f"model.quantize={cfg.model.quantize}: the plan shows unquantized weights; use --live for the quantized layout"
+            f"model.quantize={cfg.model.quantize}: {sum(1 for q in am.quantized.values() if q.logical_params)} "
+            f"kernels quantized ({stored:,} stored elements with their scales, zero points and group "
+            "indices); totals.params counts logical parameters (the float elements a kernel stands for)"
         )
+        if cfg.model.quantize == "int4":
+            notes.append("int4 is storage-only in keras: each matmul dequantizes its kernel to the compute dtype")
 
     data = cfg.data
     batch = data.batch_size if data else 2
@@ -375,7 +376,7 @@ def describe(
         {**_row(v.path, v.shape, v.dtype, v.spec, v.shard_shape, v.rule), "note": v.note}
         for v in plan.variables
     ]
-    trainable = _trainable_plan([w["path"] for w in weights], lora_rank)
+    trainable = set(am.trainable)  # read from the traced model, not from the names
     opt_rows = _plan_optimizer(
         cfg.optimizer, [w for w in weights if w["path"] in trainable], rules, sizes
     )
@@ -408,11 +409,19 @@ def describe(
         remat=cfg.train.remat,
         chunk=chunk,
         model_axis=sizes.get(cfg.mesh.model_axis, 1),
+        dequantized=_dequantized_bytes(am, plan, cfg.model.precision),
         reference=dpo_reference,
     )
     total = est["total"]
     totals = {
-        "params": sum(math.prod(w["shape"]) for w in weights),
+        # logical parameters: a quantized kernel counts the float elements it stands for, its
+        # scales, zero points and group indices none (stored_elements counts what is stored)
+        "params": sum(
+            am.quantized[w["path"]].logical_params if w["path"] in am.quantized else math.prod(w["shape"])
+            for w in weights
+        ),
+        "stored_elements": sum(math.prod(w["shape"]) for w in weights),
+        "quantize": cfg.model.quantize,
         "trainable_params": sum(math.prod(w["shape"]) for w in weights if w["path"] in trainable),
         "variables": len(weights),
         "trainable_variables": len(trainable),
@@ -423,6 +432,7 @@ def describe(
         "optimizer_bytes_per_device": o_bytes,
         "activations_bytes_per_device": est["activations"],
         "logits_bytes_per_device": est["logits"],
+        "dequantized_bytes_per_device": est["dequantized"],
         "reference_bytes_per_device": est["reference"],
         "total_bytes_per_device": total,
         "device": device_name,
@@ -452,6 +462,7 @@ def describe(
             "backbone": cls,
             "precision": cfg.model.precision,
             "lora_rank": lora_rank,
+            "quantize": cfg.model.quantize,
             "optimizer": cfg.optimizer.name,
             "mode": "live" if live else "plan",
             "checkpoint": str(checkpoint) if live and checkpoint is not None else None,
@@ -472,6 +483,18 @@ def describe(
         "notes": notes,
         "layout_notes": plan.notes,
     }
+
+
+def _dequantized_bytes(am: Any, plan: mesh_lib.Plan, precision: str) -> int:
+    """The largest quantized kernel's shard rebuilt at the compute dtype (0 without quantization)."""
+    width = 2 if precision in ("bfloat16", "mixed_bfloat16") else 4
+    best = 0
+    for v in plan.variables:
+        q = am.quantized.get(v.path)
+        if q is not None and q.logical_params:
+            stored = math.prod(v.shape)
+            best = max(best, q.logical_params * math.prod(v.shard_shape) // max(stored, 1) * width)
+    return best
 
 
 # ------------------------------------------------------------------------------- live ---

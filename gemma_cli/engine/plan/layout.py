@@ -39,6 +39,14 @@ class Rule:
     axes: tuple[str | None, ...]
     source: str = "config"
     flexible: bool = False  # family defaults: an indivisible axis may move to another dimension
+    origin: str | None = None  # derived rules (quantized variables): the rule they come from
+    parent: str | None = None  # ... and that rule's pattern (what the variable's row names)
+
+    @property
+    def label(self) -> str:
+        """How messages name the rule: `pattern`, or for a derived rule `parent' (origin)`
+        (quoted by the caller)."""
+        return f"{self.parent}' ({self.origin})" if self.origin and self.parent else self.pattern
 
 
 @dataclass
@@ -81,6 +89,9 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # adjustments, grouped (one line per kind)
     mode: str = "config"  # config | default | fsdp
+    # quantized runs: variables whose path holds two shapes over the load (the float kernel,
+    # then its quantized replacement), so their layouts go by (path, shape), not by path alone
+    by_shape: dict[str, dict[tuple[int, ...], tuple[str | None, ...]]] = field(default_factory=dict)
 
     @property
     def unused_rules(self) -> list[Rule]:
@@ -90,7 +101,7 @@ class Plan:
     @property
     def overrides(self) -> dict[str, tuple[str | None, ...]]:
         """Exact-path layouts for variables whose spec differs from their rule's."""
-        return {v.path: v.spec for v in self.variables if v.adjusted}
+        return {v.path: v.spec for v in self.variables if v.adjusted and v.path not in self.by_shape}
 
     @property
     def device_count(self) -> int:
@@ -129,20 +140,85 @@ def resolve_rules(cfg: Any, backbone_class: str, mesh_shape: tuple[int, ...]) ->
     return default_rules(backbone_class, tuple(cfg.mesh.axes), cfg.mesh.batch_axis, cfg.mesh.model_axis)
 
 
-def plan_for(cfg: Any, backbone_class: str, variables: list[tuple[str, tuple[int, ...], str]], mesh_shape: tuple[int, ...]) -> Plan:
-    """The plan of `variables` under the config's layout (rules, fsdp, indivisible) on `mesh_shape`."""
+def plan_for(
+    cfg: Any,
+    backbone_class: str,
+    variables: list[tuple[str, tuple[int, ...], str]],
+    mesh_shape: tuple[int, ...],
+    quantized: Any = None,
+) -> Plan:
+    """The plan of `variables` under the config's layout (rules, fsdp, indivisible) on `mesh_shape`.
+
+    `quantized` (a `model.load.AbstractModel` of a quantized run) derives the layout of each
+    quantized variable from its float kernel's rule (`quantized_rules`), checks divisibility on
+    the stored (packed) shapes, and records the layouts by (path, shape) for the distribution.
+    """
     axes = tuple(cfg.mesh.axes)
     mode = layout_mode(cfg.layout)
-    return plan_variables(
-        variables,
-        resolve_rules(cfg, backbone_class, mesh_shape),
-        mesh_shape,
-        axes,
-        cfg.layout.indivisible,
+    rules = resolve_rules(cfg, backbone_class, mesh_shape)
+    namer = _dim_namer(backbone_class)
+    kwargs: dict[str, Any] = dict(
         fsdp_axes=axes if mode == "fsdp" else (),
-        dim_names=_dim_namer(backbone_class),
         mode=mode,
     )
+    if quantized is None or not quantized.quantized:
+        return plan_variables(variables, rules, mesh_shape, axes, cfg.layout.indivisible, dim_names=namer, **kwargs)
+    derived = quantized_rules(quantized.quantized, rules)
+
+    def names(path: str, rank: int) -> tuple[str, ...] | None:
+        q = quantized.quantized.get(path)
+        if q is None:
+            return namer(path, rank) if namer else None
+        base = namer(q.origin, len(q.origin_shape)) if namer else None
+        out = []
+        for dims in q.dims:
+            what = "×".join(base[d] for d in dims) if base else "×".join(f"dim {d}" for d in dims)
+            out.append(what or "blocks")
+        if q.mode == "int4" and path.endswith(("/kernel", "/embeddings")):
+            out[-1] = f"{out[-1]} packed 2 int4 per byte"
+        return tuple(out)
+
+    plan = plan_variables(variables, rules, mesh_shape, axes, cfg.layout.indivisible, dim_names=names,
+                          derived=derived, **kwargs)
+    # the float kernels exist between load and quantize: lay them out as a float run would,
+    # replicated where that cannot be (they are gone before the first step)
+    floats = plan_variables(
+        [(p, s, "float32") for p, s in quantized.float_kernels.items()], rules, mesh_shape, axes, "replicate",
+        dim_names=namer, **kwargs)
+    for v in floats.variables:
+        plan.by_shape.setdefault(v.path, {})[v.shape] = v.spec
+    for v in plan.variables:
+        if v.path in quantized.quantized or v.path in quantized.float_kernels:
+            plan.by_shape.setdefault(v.path, {})[v.shape] = v.spec
+    return plan
+
+
+def quantized_rules(quantized: dict[str, Any], rules: list[Rule]) -> list[Rule]:
+    """One exact-path rule per quantized variable, from the rule of its float kernel.
+
+    Dimension i of the quantized variable takes the mesh axis of the first float kernel
+    dimension it flattens (`QuantizedVar.dims`): an int4 EinsumDense kernel
+    (heads, hidden, head_dim) → [hidden, heads×head_dim / 2] takes the hidden dimension's axis
+    and the heads' axis; its scale and zero point [blocks, heads×head_dim] the heads' axis; the
+    group index and int8's broadcast scales stay whole. Divisibility is then checked on the
+    stored shape (half the columns for int4), with the float rule's strictness.
+    """
+    out: list[Rule] = []
+    for path, q in quantized.items():
+        rule, _ = match(q.origin, rules)
+        if rule is None or len(rule.axes) != len(q.origin_shape):
+            axes: tuple[str | None, ...] = tuple(None for _ in q.dims)
+            source, flexible, origin = "quantized", True, f"no rule for {q.origin}: replicated"
+        else:
+            picked: list[str | None] = []
+            for dims in q.dims:
+                ax = next((rule.axes[d] for d in dims if rule.axes[d] is not None), None)
+                picked.append(ax if ax not in picked else None)
+            axes = tuple(picked)
+            source, flexible = rule.source, rule.flexible
+            origin = f"applied to the {q.mode} form of {q.origin}"
+        out.append(Rule(path, axes, source, flexible=flexible, origin=origin, parent=rule.pattern if rule else None))
+    return out
 
 
 def _dim_namer(backbone_class: str) -> Any:
@@ -207,6 +283,7 @@ def plan_variables(
     fsdp_axes: tuple[str, ...] = (),
     dim_names: Callable[[str, int], tuple[str, ...] | None] | None = None,
     mode: str = "config",
+    derived: list[Rule] | None = None,
 ) -> Plan:
     """Lay out `variables` (path, shape, dtype) on a mesh by `rules`; check every dimension.
 
@@ -223,15 +300,18 @@ def plan_variables(
             rule does not already use, each on the largest free dimension it divides.
         dim_names: callable. (path, rank) → names of the dimensions, for notes. Optional.
         mode: str. `config`, `default` or `fsdp`, recorded in the plan.
+        derived: list[Rule]. Exact-path rules matched before `rules` (the quantized variables'
+            rules, `quantized_rules`); not part of the plan's LayoutMap rules.
     """
     sizes = dict(zip(mesh_axes, mesh_shape, strict=True))
     plan = Plan(tuple(mesh_shape), tuple(mesh_axes), list(rules), [], mode=mode)
+    by_path = {r.pattern: r for r in derived or []}
     grouped: dict[tuple[str, int, int, str], list[str]] = {}
     noted: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
     for path, shape, dtype in variables:
         shape = tuple(int(s) for s in shape)
         names = dim_names(path, len(shape)) if dim_names else None
-        rule, err = match(path, rules)
+        rule, err = (by_path[path], None) if path in by_path else match(path, rules)
         spec: list[str | None] = [None] * len(shape)
         problem = None
         reasons: list[str] = []
@@ -273,13 +353,14 @@ def plan_variables(
                         reasons.append(why)
                         key.append(("moved", dim, tuple(moves)))
                         continue
+                    what = f"dimension {dim} ({shape[dim]})" if rule.origin is None else _dim(dim, shape, names)
                     msg = (
-                        f"{path} {shape}: dimension {dim} ({shape[dim]}) is not divisible by mesh axis "
-                        f"'{ax}' ({n}) from rule '{rule.pattern}'"
+                        f"{path} {shape}: {what} is not divisible by mesh axis "
+                        f"'{ax}' ({n}) from rule '{rule.label}'"
                         + ("" if not rule.flexible else " nor is any other free dimension")
                     )
                     if indivisible == "replicate":
-                        grouped.setdefault((rule.pattern, dim, shape[dim], ax), []).append(path)
+                        grouped.setdefault((rule.label, dim, shape[dim], ax), []).append(path)
                         reasons.append(f"'{ax}' ({n}) replicated: {_dim(dim, shape, names)} is not divisible by {n}")
                         key.append(("replicated", dim, ax))
                     else:
@@ -287,6 +368,7 @@ def plan_variables(
                         plan.errors.append(
                             msg + f"; use a mesh whose '{ax}' axis divides {shape[dim]}, change the rule, "
                             "or set layout.indivisible: replicate"
+                            + (" (or model.quantize: none)" if rule.origin is not None else "")
                         )
         if fsdp_axes and len(shape) >= 2 and problem is None:
             # the larger split on the larger dimension: big axes first, the innermost of equals first
@@ -322,7 +404,7 @@ def plan_variables(
                 shape=shape,
                 dtype=dtype,
                 spec=final,
-                rule=rule.pattern if rule else None,
+                rule=(rule.parent if rule.origin is not None else rule.pattern) if rule else None,
                 shard_shape=shard,
                 bytes_per_device=math.prod(shard) * _itemsize(dtype),
                 adjusted=problem is None and final != wanted,
@@ -371,7 +453,8 @@ def build_mesh(mesh_cfg: Any) -> Any:
 
 
 def build_distribution(device_mesh: Any, plan: Plan, batch_axis: str) -> Any:
-    """ModelParallel whose LayoutMap holds the rules plus exact overrides from the plan."""
+    """ModelParallel whose LayoutMap holds the rules plus exact overrides from the plan; a
+    quantized run's variables are laid out by (path, shape) (`ShapedModelParallel`)."""
     import keras
 
     lm = keras.distribution.LayoutMap(device_mesh)
@@ -382,7 +465,29 @@ def build_distribution(device_mesh: Any, plan: Plan, batch_axis: str) -> Any:
     # auto_shard_dataset off: on several processes the data pipeline (engine/data) already
     # feeds each process only its rows of the global batch (the streams of its batch-axis
     # indices); keras' auto-sharding works on tf.data only and would refuse a grain dataset.
+    if plan.by_shape:
+        return shaped_model_parallel(lm, batch_axis, plan.by_shape)
     return keras.distribution.ModelParallel(layout_map=lm, batch_dim_name=batch_axis, auto_shard_dataset=False)
+
+
+def shaped_model_parallel(layout_map: Any, batch_axis: str, by_shape: dict[str, dict[tuple[int, ...], Any]]) -> Any:
+    """A keras ModelParallel that lays out some variables by (path, shape) before the LayoutMap.
+
+    Quantizing a layer replaces its float kernel (heads, hidden, head_dim) by an int8 variable
+    of the same path and another shape (int4: [hidden, heads×head_dim / 2]): one LayoutMap entry
+    per path cannot serve both, so the plan's layouts for both shapes are looked up here.
+    """
+    import keras
+
+    class ShapedModelParallel(keras.distribution.ModelParallel):
+        def get_variable_layout(self, variable: Any) -> Any:
+            if getattr(variable, "_layout", None) is None:
+                spec = by_shape.get(variable.path, {}).get(tuple(int(s) for s in variable.shape))
+                if spec is not None:
+                    return keras.distribution.TensorLayout(list(spec), self.device_mesh)
+            return super().get_variable_layout(variable)
+
+    return ShapedModelParallel(layout_map=layout_map, batch_dim_name=batch_axis, auto_shard_dataset=False)
 
 
 @dataclass
@@ -411,11 +516,11 @@ def layout_for(cfg: Any, *, with_lora: bool = True) -> Layout:
     n_dev = device_count()
     shape = cfg.mesh.resolve(n_dev)
     lora = cfg.model.lora if with_lora else None
-    variables = modellib.abstract_variables(
-        bb_cfg, cfg.model.precision, lora.rank if lora else 0, lora.target_layers if lora else None,
-        vision=getattr(cfg.model, "vision", "frozen"),
+    abstract = modellib.abstract_model(
+        bb_cfg, cfg.model.precision, lora.rank if lora else 0, lora.target_layers if lora else None, cfg.model.quantize,
+        getattr(cfg.model, "vision", "frozen"),
     )
-    plan = plan_for(cfg, cls, variables, shape)
+    plan = plan_for(cfg, cls, list(abstract.variables), shape, abstract)
     raise_for(plan)
     distribution = build_distribution(build_mesh(cfg.mesh), plan, cfg.mesh.batch_axis)
     return Layout(plan, distribution, cls, shape, n_dev, cfg.mesh.batch_axis)

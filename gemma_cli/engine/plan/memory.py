@@ -115,6 +115,7 @@ def estimate(
     chunk: int | None = None,
     model_axis: int = 1,
     reference: bool = False,
+    dequantized: int = 0,
 ) -> dict[str, int]:
     """Per-device bytes of one training step, by part (see the module docstring).
 
@@ -122,10 +123,14 @@ def estimate(
     Nothing of it is kept for the backward pass; what it adds at its peak is its final hidden
     states (B·S·H) and its own logits path (`logits`, chunked alike), counted as `reference`.
 
+    `dequantized` is a quantized run's transient: keras int8/int4 layers are storage-only, each
+    matmul (and its backward) rebuilds its kernel at the compute dtype, so one kernel's float
+    copy (the largest shard; for a tied int4 embedding the output projection's) is live at a time.
+
     Returns:
         dict. weights, gradients, optimizer, activations, activations_remat_none,
         activations_remat_blocks, logits, logits_plain, logits_chunked (0 when not chunked),
-        reference (0 without one), total (with the configured remat and chunk).
+        reference (0 without one), dequantized, total (with the configured remat and chunk).
     """
     act = {
         r: activation_bytes(dims, batch_per_device, seq, precision, r, model_axis) for r in ("none", "blocks")
@@ -142,10 +147,11 @@ def estimate(
         "logits": lg_chunk if chunk else lg_plain,
         "logits_plain": lg_plain,
         "logits_chunked": lg_chunk,
+        "dequantized": dequantized,
     }
     hidden = batch_per_device * seq * dims["hidden"] * _act_bytes(precision)
     out["reference"] = (hidden + out["logits"]) if reference else 0
-    out["total"] = weights + gradients + optimizer + out["activations"] + out["logits"] + out["reference"]
+    out["total"] = weights + gradients + optimizer + out["activations"] + out["logits"] + out["reference"] + dequantized
     return out
 
 

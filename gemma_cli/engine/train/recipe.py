@@ -148,6 +148,9 @@ class Recipe:
                 self.reporter.warn(f"the config differs from the one {self.resume_from.name} was trained with")
         if cfg.data is None:
             raise UsageError("data: the config has no data section; finetune needs one")
+        bad = cfg.model.training_problem()
+        if bad:
+            raise UsageError(cfg.problem("model.quantize", bad))
 
     def choose_mesh(self) -> None:
         """A config without `mesh.shape` gets the mesh its memory plan fits with the fewest
@@ -356,6 +359,7 @@ class Recipe:
         state = {
             "loss": loss,
             "config_digest": config_digest(self.cfg),
+            "quantize": self.cfg.model.quantize,  # a resume must rebuild the same base
             "data_position": d.bundle.state(step),  # every process takes part (a gather)
             "total_steps": d.total_steps,
         }

@@ -1,0 +1,32 @@
+"""Write the GRPO example's prompts: small additions, answered by the first number.
+
+    python data/make_grpo_demo.py   # → data/grpo_arith_train.jsonl (200), data/grpo_arith_heldout.jsonl (40)
+
+Training pairs are a + b with a, b in 0..19; held-out prompts use a different wording and pairs
+whose sum is not among the training sums' pairs (no pair appears in both files).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    rng = random.Random(0)
+    pairs = [(a, b) for a in range(20) for b in range(20)]
+    rng.shuffle(pairs)
+    train, held = pairs[:200], pairs[200:240]
+    with (HERE / "grpo_arith_train.jsonl").open("w") as f:
+        for a, b in train:
+            f.write(json.dumps({"prompt": f"Question: What is {a} + {b}?\nAnswer:", "answer": str(a + b)}) + "\n")
+    with (HERE / "grpo_arith_heldout.jsonl").open("w") as f:
+        for a, b in held:
+            f.write(json.dumps({"prompt": f"Question: How much is {a} plus {b}?\nAnswer:", "answer": str(a + b)}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
