@@ -133,11 +133,7 @@ def token_losses(
     from keras import ops
 
     h, s = _chunks(hidden, chunk)
-    y = jnp.asarray(labels)
-    n = h.shape[0]
-    if n * chunk != s:
-        y = jnp.pad(y, ((0, 0), (0, n * chunk - s)))
-    y = jnp.moveaxis(y.reshape(y.shape[0], n, chunk), 1, 0)
+    y = _label_chunks(jnp.asarray(labels), h.shape[0], chunk, s)
 
     @jax.checkpoint
     def one(args: Any) -> Any:
@@ -149,10 +145,23 @@ def token_losses(
         return per, (jnp.argmax(logits, axis=-1) == yc).astype("float32")
 
     out = jax.lax.map(one, (h, y))  # [n, B, chunk] (each)
-
-    def unchunk(a: Any) -> Any:
-        return jnp.moveaxis(a, 0, 1).reshape(a.shape[1], n * chunk)[:, :s]
-
     if with_matches:
-        return unchunk(out[0]), unchunk(out[1])
-    return unchunk(out), None
+        return _unchunk(out[0], s), _unchunk(out[1], s)
+    return _unchunk(out, s), None
+
+
+def _label_chunks(y: Any, n: int, chunk: int, s: int) -> Any:
+    """[B, S] → [n, B, chunk], zero-padded like `_chunks` pads the hidden states."""
+    import jax.numpy as jnp
+
+    if n * chunk != s:
+        y = jnp.pad(y, ((0, 0), (0, n * chunk - s)))
+    return jnp.moveaxis(y.reshape(y.shape[0], n, chunk), 1, 0)
+
+
+def _unchunk(a: Any, s: int) -> Any:
+    """[n, B, chunk] → [B, S] (the padding dropped)."""
+    import jax.numpy as jnp
+
+    n, b, chunk = a.shape
+    return jnp.moveaxis(a, 0, 1).reshape(b, n * chunk)[:, :s]

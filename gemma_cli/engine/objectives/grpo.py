@@ -78,14 +78,10 @@ def token_logps(causal_lm: Any, hidden: Any, labels: Any, chunk: int, temperatur
     import jax
     import jax.numpy as jnp
 
-    from gemma_cli.engine.objectives.cross_entropy import _chunks, _logits
+    from gemma_cli.engine.objectives.cross_entropy import _chunks, _label_chunks, _logits, _unchunk
 
     h, s = _chunks(hidden, chunk)
-    y = jnp.asarray(labels).astype("int32")
-    n = h.shape[0]
-    if n * chunk != s:
-        y = jnp.pad(y, ((0, 0), (0, n * chunk - s)))
-    y = jnp.moveaxis(y.reshape(y.shape[0], n, chunk), 1, 0)
+    y = _label_chunks(jnp.asarray(labels).astype("int32"), h.shape[0], chunk, s)
 
     @jax.checkpoint
     def one(args: Any) -> Any:
@@ -98,13 +94,9 @@ def token_logps(causal_lm: Any, hidden: Any, labels: Any, chunk: int, temperatur
         return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
 
     out = jax.lax.map(one, (h, y))
-
-    def unchunk(a: Any) -> Any:
-        return jnp.moveaxis(a, 0, 1).reshape(a.shape[1], n * chunk)[:, :s]
-
     if with_entropy:
-        return unchunk(out[0]), unchunk(out[1])
-    return unchunk(out), None
+        return _unchunk(out[0], s), _unchunk(out[1], s)
+    return _unchunk(out, s), None
 
 
 def policy_loss(logp: Any, old: Any, ref: Any, adv: Any, mask: Any, *, loss: str, epsilon: float,
