@@ -229,6 +229,22 @@ def test_hf_uri_goes_through_the_same_loader(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token_not_used")
+    # the bounded reachability probe before any download (engine/core/remote.py) asks the Hub
+    # endpoint: a local server that answers it
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     uri = "hf://someone/tiny-gemma4"
     assert model.backbone_config(uri)["class_name"] == "Gemma4Backbone"
     assert {f for _, f in asked} == {"config.json"}  # plan mode: nothing else downloaded
