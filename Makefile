@@ -31,7 +31,7 @@ preset: install ## Convert the real Gemma 3 270M from the GGUF on PyPI (cached i
 	$(BIN)/gemma convert gguf --builtin gemma3-270m --out presets/gemma3_270m
 
 test: install ## Run the whole test suite (unit, tiny models on 8 CPU devices, real 270M tier)
-	$(BIN)/python -m pytest -q --durations=25 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=25 tests
 
 test-fast: install ## Only the fast tier (no real model)
 	$(BIN)/python -m pytest -q -m "not real" tests

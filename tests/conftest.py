@@ -55,3 +55,17 @@ def real_demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from real_fixtures import demo_finetune
 
     return demo_finetune(tmp_path_factory.mktemp("real_demo"))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """With `-n 2` (make test): whole files to a worker, as `--dist loadfile` does, except that
+    the real-270M tier (tests/test_real_*.py) goes to one worker together, so its one shared
+    fine-tune (`real_demo_run`) runs once and two 270M models never sit in two workers at once."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesRealTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/test_real_*" if Path(path).name.startswith("test_real_") else path
+
+    return FilesRealTogether(config, log)
