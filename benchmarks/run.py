@@ -660,20 +660,26 @@ def sec_real(report: dict[str, Any]) -> None:
     })
 
 
+def real_demo_config(name: str, run_name: str) -> Path:
+    """The demo config on the real 270M, written to OUT/configs/NAME.yaml (runs under OUT/runs)."""
+    import yaml
+
+    demo = yaml.safe_load((ROOT / "configs" / "gemma3_270m_demo.yaml").read_text())
+    demo["model"]["preset"] = str(REAL)
+    demo["train"]["output_dir"] = str(OUT / "runs" / run_name)
+    cfgp = OUT / "configs" / f"{name}.yaml"
+    cfgp.parent.mkdir(parents=True, exist_ok=True)
+    cfgp.write_text(yaml.safe_dump(demo, sort_keys=False))
+    return cfgp
+
+
 def sec_eval(report: dict[str, Any]) -> None:
     """`gemma eval`: its generation vs `gemma generate` (same prompts, batch, max_length), and
     its likelihood scoring vs a training step's forward (benchmarks/eval_speed.py)."""
     if QUICK or not (REAL / "config.json").exists():
         report["sections"].append({"title": "6c. gemma eval speed", "text": "skipped (QUICK mode or no real preset)."})
         return
-    import yaml
-
-    demo = yaml.safe_load((ROOT / "configs" / "gemma3_270m_demo.yaml").read_text())
-    demo["model"]["preset"] = str(REAL)
-    demo["train"]["output_dir"] = str(OUT / "runs" / "eval_speed")
-    cfgp = OUT / "configs" / "eval_270m.yaml"
-    cfgp.parent.mkdir(parents=True, exist_ok=True)
-    cfgp.write_text(yaml.safe_dump(demo, sort_keys=False))
+    cfgp = real_demo_config("eval_270m", "eval_speed")
     prompts = ["The capital of France is", "def fibonacci(n):", "Instruction:\nWhat does gemma inspect show?\n\nResponse:\n", "The three primary colors are"]
     data = OUT / "eval_prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts + prompts))
@@ -707,14 +713,7 @@ def sec_grpo(report: dict[str, Any]) -> None:
     if QUICK or not (REAL / "config.json").exists():
         report["sections"].append({"title": "6d. GRPO speed", "text": "skipped (QUICK mode or no real preset)."})
         return
-    import yaml
-
-    demo = yaml.safe_load((ROOT / "configs" / "gemma3_270m_demo.yaml").read_text())
-    demo["model"]["preset"] = str(REAL)
-    demo["train"]["output_dir"] = str(OUT / "runs" / "grpo_speed")
-    cfgp = OUT / "configs" / "grpo_270m.yaml"
-    cfgp.parent.mkdir(parents=True, exist_ok=True)
-    cfgp.write_text(yaml.safe_dump(demo, sort_keys=False))
+    cfgp = real_demo_config("grpo_270m", "grpo_speed")
     r = run("real 270M: GRPO rollouts and step vs TRL", [PY, str(HERE / "grpo_speed.py"), str(cfgp), "mesh.shape=[1,1]",
                                                          "--steps", "5", "--gens", "4", "--prompts", "2", "--new", "32"],
             900, {"GEMMA_CPU_DEVICES": ""}, need=200)
