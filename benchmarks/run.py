@@ -765,6 +765,79 @@ def sec_export(report: dict[str, Any]) -> None:
     })
 
 
+QUANT_STEPS = 12
+
+
+def sec_quant(report: dict[str, Any]) -> None:
+    """QLoRA on the real 270M: bf16 LoRA vs int8 LoRA vs int4 LoRA (`model.quantize`), one child
+    process per mode (honest peak RSS), the same N steps, data and seed; one CPU device."""
+    if not (REAL / "config.json").exists():
+        FAILURES.append({"name": "QLoRA 270M", "error": f"{REAL} missing: run `make preset`"})
+        return
+    title = "6e. QLoRA: bf16 vs int8 vs int4 LoRA, real Gemma 3 270M, one CPU device"
+    n = QUANT_STEPS
+    rows, raw = [], {}
+    for mode in ("none", "int8", "int4"):
+        cfgp = real_demo_config(f"quant_{mode}", f"quant_{mode}")
+        r = run(f"real 270M: LoRA fine-tune, quantize {mode}", [
+            GEMMA, "finetune", str(cfgp), "model.precision=bfloat16", f"model.quantize={mode}", "mesh.shape=[1,1]",
+            f"train.max_steps={n}", f"train.eval_every={n}", f"train.checkpoint_every={n}", "train.log_every=1",
+            "--json", "--quiet"], 900, {"GEMMA_CPU_DEVICES": ""}, need=120)
+        d = r["doc"] or {}
+        el = [(x["step"], x["elapsed"]) for x in _metrics(Path(d.get("output_dir", "/nonexistent"))) if "elapsed" in x]
+        steps = [(e2 - e1) / (s2 - s1) for (s1, e1), (s2, e2) in zip(el, el[1:], strict=False) if s2 > s1]
+        raw[mode] = {"wall": r["wall"], "maxrss_mb": r["maxrss_mb"], "weights": d.get("weights_bytes_per_device"),
+                     "step_median": bl.median(steps), "eval_loss": d.get("eval_loss"), "first_loss": d.get("first_loss"),
+                     "final_loss": d.get("final_loss"), "params": d.get("params"), "ttfs": d.get("time_to_first_step"),
+                     "err": r.get("err")}
+    RAW["quant"] = raw
+    base = raw["none"]
+    for mode, label in (("none", "bf16 LoRA"), ("int8", "int8 LoRA (W8A8)"), ("int4", "int4 LoRA (weight-only)")):
+        x = raw[mode]
+        mib = x["weights"] / 2**20 if x["weights"] else None
+        rows.append([label, mib, bl.fmt(bl.ratio(x["weights"], base["weights"])), x["maxrss_mb"], x["step_median"],
+                     bl.fmt(bl.ratio(x["step_median"], base["step_median"])), x["ttfs"], x["eval_loss"],
+                     (f"{100 * (x['eval_loss'] / base['eval_loss'] - 1):+.1f} %" if x["eval_loss"] and base["eval_loss"] else "—"),
+                     x["wall"]])
+    w4 = bl.ratio(raw["int4"]["weights"], base["weights"])
+    report["summary"].append(["6e. int4 LoRA weight bytes / bf16 LoRA (270M, embedding int4 too)", bl.fmt(w4), "≤ 0.35",
+                              bl.verdict(w4, 0.35, "lower")])
+    for mode in ("int8", "int4"):
+        lr = bl.ratio(raw[mode]["eval_loss"], base["eval_loss"])
+        report["summary"].append([f"6e. {mode} LoRA held-out loss / bf16 LoRA after {n} steps (270M)", bl.fmt(lr, digits=4), "≤ 1.05",
+                                  bl.verdict(lr, 1.05, "lower")])
+    report["sections"].append({
+        "title": title,
+        "text": f"`gemma finetune configs/gemma3_270m_demo.yaml model.precision=bfloat16 model.quantize=Q mesh.shape=[1,1] "
+                f"train.max_steps={n}` (LoRA rank 16 on every projection, 4 × 128 packed chat tokens, the same data order and "
+                f"seed), one child process per mode; held-out loss on data/demo_heldout.jsonl after {n} steps. Weights: the "
+                "bytes of the model's variables on the device (`weights_bytes_per_device` of the run summary: base, scales, "
+                "zero points, group indices, norms, adapters; no optimizer state). Step: median over steps 2..N (log_every 1).",
+        "headers": ["run", "weights MiB", "× bf16", "peak RSS MB", "step s", "× bf16", "time to first step s",
+                    f"held-out loss @{n}", "vs bf16", "process wall s"],
+        "rows": rows,
+        "notes": QUANT_NOTES,
+    })
+
+
+def _metrics(out_dir: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    except OSError:
+        return []
+
+
+QUANT_NOTES = [
+    "Embedding: quantized too (int8 per row; int4 sub-channel, blocks of 128 of the 640-wide rows). It is 168M of the 270M's "
+    "268M parameters (262,144 × 640) and the tied output projection; LoRA does not adapt it (keras 3.15.1 cannot put LoRA on "
+    "an int4 embedding). Leaving it in bf16 would keep int4 at ≈ 0.7× bf16 here.",
+    "Step time: keras' int4 is storage-only: every matmul unpacks and dequantizes its kernel to the compute dtype (and int8 "
+    "also quantizes each activation row, W8A8), so on CPU a quantized step costs more than a bf16 one, not less; the "
+    "saving is memory. Peak RSS is the whole process (Python, jax, TensorFlow, compiled programs); the base is loaded in "
+    "bf16 and then quantized, so the float base is resident once during loading.",
+]
+
+
 def sec_mesh(report: dict[str, Any]) -> None:
     """Collectives and step time per (batch, model) split of the 8 devices (mesh_table.py)."""
     r = run("mesh table (mesh_table.py)", [PY, str(HERE / "mesh_table.py"), "--json"], 420, DEV8, need=60)
@@ -814,6 +887,59 @@ NOTES = [
 ]
 
 
+def _only() -> list[str]:
+    """`--only quant[,real]`: run those sections alone and merge them into the existing report."""
+    for i, a in enumerate(sys.argv):
+        if a == "--only" and i + 1 < len(sys.argv):
+            return [x for x in sys.argv[i + 1].split(",") if x]
+        if a.startswith("--only="):
+            return [x for x in a.split("=", 1)[1].split(",") if x]
+    return []
+
+
+def _label(title: str) -> str:
+    return title.split(" ", 1)[0]  # "6e." of "6e. QLoRA: ..."
+
+
+def merge_into_report(part: dict[str, Any]) -> None:
+    """Put the sections and target rows of a partial run (`--only`) into report.json and
+    report.md, replacing earlier ones with the same label ("6e."); every other section stays
+    as it is. A section new to report.md goes before "## Data at scale" (or the findings)."""
+    labels = {_label(sec["title"]) for sec in part["sections"]}
+    path = HERE / "report.json"
+    full = json.loads(path.read_text()) if path.exists() else {"sections": [], "summary": [], "failures": []}
+    full["sections"] = [x for x in full["sections"] if _label(x["title"]) not in labels]
+    at = next((i for i, x in enumerate(full["sections"]) if x["title"].startswith(("Data at scale", "Findings"))), len(full["sections"]))
+    full["sections"][at:at] = part["sections"]
+    full["summary"] = [x for x in full.get("summary", []) if _label(str(x[0])) not in labels] + part["summary"]
+    full["failures"] = [f for f in full.get("failures", []) if f not in part["failures"]] + part["failures"]
+    full.setdefault("raw", {}).update(part["raw"])
+    full.setdefault("partial_runs", []).append({"date": part["date"], "sections": sorted(labels), "machine": part["machine"]})
+    path.write_text(json.dumps(full, indent=2, default=str))
+    md_path = HERE / "report.md"
+    md = md_path.read_text() if md_path.exists() else bl.render(full)
+    chunks = md.split("\n## ")
+    head, secs = chunks[0], ["## " + c for c in chunks[1:]]
+    secs = [c for c in secs if _label(c[3:]) not in labels]
+    at = next((i for i, c in enumerate(secs) if c.startswith(("## Data at scale", "## Findings", "## Failures"))), len(secs))
+    when = f"*(measured {part['date']} at git {part['machine'].get('git')}, `benchmarks/run.py --only`; load average " \
+           f"{part['machine'].get('loadavg_start')} → {part['machine'].get('loadavg_end')})*"
+    secs[at:at] = [bl.render_section(sec).replace("\n\n", f"\n\n{when}\n\n", 1) + "\n" for sec in part["sections"]]
+    out = head + "".join("\n" + c for c in secs)
+    rows = [r for r in part["summary"]]
+    if rows:  # the Targets table: rows of these labels replaced
+        lines = out.split("\n")
+        i = lines.index("## Targets") + 2
+        j = i
+        while j < len(lines) and lines[j].startswith("|"):
+            j += 1
+        kept = [ln for ln in lines[i:j] if _label(ln.lstrip("| ")) not in labels]
+        new = bl.table(["measurement", "value", "target", "verdict"], rows).split("\n")[2:]
+        lines[i:j] = kept + new
+        out = "\n".join(lines)
+    md_path.write_text(out)
+
+
 def main() -> int:
     if "--render" in sys.argv:  # re-render report.md from report.json (after editing the renderer)
         report = json.loads((HERE / "report.json").read_text())
@@ -838,18 +964,32 @@ def main() -> int:
         ("real", lambda: sec_real(report)),
         ("eval", lambda: sec_eval(report)),
         ("grpo", lambda: sec_grpo(report)),
+        ("quant", lambda: sec_quant(report)),
         ("export", lambda: sec_export(report)),
         ("data", lambda: sec_data(report)),
         ("optimizations", lambda: sec_opt(report, fixed)),
         ("mesh", lambda: sec_mesh(report)),
         ("gpu", lambda: sec_gpu(report)),
     ]
+    only = _only()
+    if only:
+        unknown = sorted(set(only) - {name for name, _ in steps})
+        if unknown:
+            print(f"Error: --only {','.join(unknown)}: unknown section; choose from {', '.join(n for n, _ in steps)}", file=sys.stderr)
+            return 2
+        steps = [(name, fn) for name, fn in steps if name in only]
     for name, fn in steps:
         try:
             fn()
         except Exception as e:  # a broken section is a recorded failure, not a crash
             FAILURES.append({"name": f"section {name}", "error": f"{type(e).__name__}: {e}"})
             log(f"section {name}: {type(e).__name__}: {e}")
+    report["machine"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    if only:
+        report["raw"] = RAW
+        merge_into_report(report)
+        log(f"merged section(s) {', '.join(only)} into benchmarks/report.md and report.json ({len(FAILURES)} failure(s))")
+        return 0
     report["sections"].append({"title": "Findings and proposals", "notes": NOTES})
     report["machine"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report["total_seconds"] = round(time.time() - T0, 1)

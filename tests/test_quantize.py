@@ -175,54 +175,130 @@ def test_inspect_counts_quantized_bytes_and_logical_params(tmp_path: Path, tiny_
 def test_bad_input_exits_2(tmp_path: Path, tiny_gemma3: Path) -> None:
     line = one_error(gemma("finetune", write_config(tmp_path, tiny_gemma3, lora=None), "-q"))
     assert "model.quantize" in line and "4-bit needs LoRA" in line and "model.lora.rank=8" in line
+    line = one_error(gemma("finetune", write_config(tmp_path, tiny_gemma3, quantize="int8", lora=None), "-q"))
+    assert "model.quantize" in line and "8-bit needs LoRA" in line
     line = one_error(gemma("finetune", write_config(tmp_path, tiny_gemma3, quantize="int3"), "-q"))
     assert "model.quantize" in line and "'none', 'int8' or 'int4'" in line
 
 
-# ------------------------------------------------ int4 LoRA: train, resume, generate, export ---
-def test_int4_lora_finetune_resume_generate_export(tmp_path: Path, tiny_gemma3: Path) -> None:
-    from hf_tiny import IDS, logits
+# ------------------------------------ int8 / int4 LoRA: train, resume, generate, export ---
+# Each mode fine-tunes once (3 steps) and resumes once (2 more) in a module-scoped fixture; the
+# tests below read that run.
+MODES = ["int8", "int4"]
+# transformers' logits of an export vs the keras run, relative to max |logit| (derivation in
+# the module docstring): int4 is weight-only, so only float32 round-off separates them; int8's
+# W8A8 forward also rounds every matmul input row to 8 bits, which the float export does not.
+EXPORT_BOUND = {"int4": 1e-4, "int8": 9 / 254}
 
-    from gemma_cli import targets
-    from gemma_cli.engine.model import runs
 
-    cfg = write_config(tmp_path, tiny_gemma3, steps=3)
+@pytest.fixture(scope="module", params=MODES)
+def qrun(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_gemma3: Path) -> dict[str, Any]:
+    mode = request.param
+    tmp = tmp_path_factory.mktemp(f"qrun_{mode}")
+    cfg = write_config(tmp, tiny_gemma3, quantize=mode, steps=3)
     r = gemma("finetune", cfg, "--json")
     assert r.exit_code == 0, r.stderr
     first = json.loads(r.stdout)
-    assert first["steps"] == 3 and np.isfinite(first["final_loss"])
-    run = tmp_path / "run"
-    state = json.loads((run / "checkpoints" / "step_00000003" / "state.json").read_text())
-    assert state["quantize"] == "int4"
-
-    # a resume must rebuild the same base
-    none = write_config(tmp_path, tiny_gemma3, quantize="none", steps=5, name="none", out="run")
-    line = one_error(gemma("finetune", none, "--resume", "-q"))
-    assert "trained with model.quantize: int4" in line and "model.quantize=int4" in line
-
     r = gemma("finetune", cfg, "--resume", "train.max_steps=5", "train.checkpoint_every=5", "--json")
     assert r.exit_code == 0, r.stderr
-    resumed = json.loads(r.stdout)
-    assert resumed["steps"] == 5 and np.isfinite(resumed["final_loss"])
+    return {"mode": mode, "tmp": tmp, "cfg": cfg, "run": tmp / "run", "first": first, "resumed": json.loads(r.stdout)}
 
-    r = gemma("generate", run, "-p", "the quick", "--json")
+
+@pytest.fixture(scope="module")
+def run_logits(qrun: dict[str, Any], tiny_gemma3: Path) -> dict[str, np.ndarray]:
+    """The keras logits of the finished run (quantized base + adapters), and of the same adapters
+    on the float base (what the quantization changes)."""
+    from hf_tiny import IDS
+
+    from gemma_cli import targets
+    from gemma_cli.config import load_config
+    from gemma_cli.engine.model import runs
+
+    t = targets.resolve(str(qrun["run"]), verb="export")
+    ids = np.array([IDS])
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    lm = runs.load(t.config, t.checkpoint)
+    assert any(getattr(ly, "quantization_mode", None) == qrun["mode"] for ly in lm.backbone._flatten_layers())
+    float_cfg = load_config(str(qrun["cfg"]), ["model.quantize=none"])
+    return {"run": np.asarray(lm(x)), "float": np.asarray(runs.load(float_cfg, t.checkpoint)(x))}
+
+
+def test_quantized_lora_finetunes_and_resumes(qrun: dict[str, Any]) -> None:
+    first, resumed, mode = qrun["first"], qrun["resumed"], qrun["mode"]
+    assert first["steps"] == 3 and np.isfinite(first["final_loss"])
+    assert resumed["steps"] == 5 and resumed["resumed_from"] == 3 and np.isfinite(resumed["final_loss"])
+    # only the adapters train: rank 4 on query and value of 2 blocks, A (32·4 or 4·32·4) + B
+    assert first["params"]["trainable"] == 2 * (4 * 32 * 4 + 4 * 4 * 8 + 32 * 4 + 4 * 8) == 1664
+    for step in (3, 5):
+        state = json.loads((qrun["run"] / "checkpoints" / f"step_{step:08d}" / "state.json").read_text())
+        assert state["quantize"] == mode
+    # what a device holds is what `gemma inspect` planned, a fraction of the float32 plan's
+    planned = {
+        q: json.loads(gemma("inspect", qrun["cfg"], f"model.quantize={q}", "--json").stdout)["totals"]["weights_bytes_per_device"]
+        for q in ("none", mode)
+    }
+    assert first["weights_bytes_per_device"] == planned[mode] < {"int8": 0.5, "int4": 0.35}[mode] * planned["none"]
+
+
+def test_resume_with_another_quantize_exits_2(qrun: dict[str, Any], tiny_gemma3: Path) -> None:
+    mode = qrun["mode"]
+    other = {"int8": "int4", "int4": "none"}[mode]
+    cfg = write_config(qrun["tmp"], tiny_gemma3, quantize=other, steps=7, name=f"other_{other}", out="run")
+    line = one_error(gemma("finetune", cfg, "--resume", "-q"))
+    assert f"trained with model.quantize: {mode}" in line and f"the config says {other}" in line
+    assert f"model.quantize={mode}" in line
+
+
+def test_quantized_run_generates(qrun: dict[str, Any]) -> None:
+    r = gemma("generate", qrun["run"], "-p", "the quick", "--json")
     assert r.exit_code == 0, r.stderr
     (res,) = json.loads(r.stdout)["results"]
     assert res["prompt"] == "the quick" and res["completion_tokens"] > 0
 
-    t = targets.resolve(str(run), verb="export")
-    lm = runs.load(t.config, t.checkpoint)
-    assert any(getattr(lyr, "quantization_mode", None) == "int4" for lyr in lm.backbone._flatten_layers())
-    ids = np.array([IDS])
-    tuned = np.asarray(lm({"token_ids": ids, "padding_mask": np.ones_like(ids)}))
-    r = gemma("export", run, "--format", "hf", "--out", tmp_path / "hf", "--json")
+
+def test_hf_export_round_trip(qrun: dict[str, Any], run_logits: dict[str, np.ndarray]) -> None:
+    from hf_tiny import logits
+
+    out = qrun["tmp"] / "hf"
+    r = gemma("export", qrun["run"], "--format", "hf", "--out", out, "--json")
     assert r.exit_code == 0, r.stderr
-    summary = json.loads(r.stdout)
-    assert summary["lora_merged"] == 4  # query and value of 2 blocks
-    exported = logits(tmp_path / "hf")
-    assert np.abs(exported - tuned).max() <= 1e-4 * max(1.0, np.abs(tuned).max())
-    hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert "quantization_config" not in hf_cfg  # float weights
+    assert json.loads(r.stdout)["lora_merged"] == 4  # query and value of 2 blocks
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())  # float weights
+    exported, tuned = logits(out), run_logits["run"]
+    scale = max(1.0, float(np.abs(tuned).max()))
+    err = float(np.abs(exported - tuned).max()) / scale
+    assert err <= EXPORT_BOUND[qrun["mode"]], err
+    # the export is the quantized model, not the float base: it is as far from the adapters
+    # on the float base as the quantization moved the run
+    q_err = float(np.abs(run_logits["float"] - tuned).max()) / scale
+    assert q_err > 1e-3 and float(np.abs(exported - run_logits["float"]).max()) / scale > 0.5 * q_err
+
+
+def test_peft_adapter_export_on_the_dequantized_base(qrun: dict[str, Any], run_logits: dict[str, np.ndarray],
+                                                     tiny_gemma3: Path) -> None:
+    """`--format peft` writes the run's adapter; on the base the run trained against (the
+    preset dequantized: `gemma export` of a config with the same `model.quantize`, no LoRA) PEFT
+    gives the run's logits within the same bound as the merged export."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from hf_tiny import IDS
+
+    tmp, mode = qrun["tmp"], qrun["mode"]
+    r = gemma("export", qrun["run"], "--format", "peft", "--out", tmp / "adapter", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["format"] == "peft" and doc["modules"] == 4 and doc["target_modules"] == ["q_proj", "v_proj"]
+    base_cfg = write_config(tmp, tiny_gemma3, quantize=mode, lora=None, name="base")
+    r = gemma("export", base_cfg, "--format", "hf", "--out", tmp / "base", "--json")
+    assert r.exit_code == 0, r.stderr
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp / "base"), dtype=torch.float32).eval()
+    model = peft.PeftModel.from_pretrained(hf, str(tmp / "adapter")).eval()
+    with torch.no_grad():
+        got = model(torch.tensor([IDS])).logits.numpy()
+    tuned = run_logits["run"]
+    err = float(np.abs(got - tuned).max()) / max(1.0, float(np.abs(tuned).max()))
+    assert err <= EXPORT_BOUND[mode], err
 
 
 def test_int8_and_int4_merge_equals_the_quantized_forward(tiny_gemma3: Path) -> None:

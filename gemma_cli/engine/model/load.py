@@ -434,3 +434,13 @@ def param_counts(causal_lm: Any) -> dict[str, int]:
     total = sum(logical.get(v.path, math.prod(v.shape)) for v in causal_lm.weights)
     trainable = sum(math.prod(v.shape) for v in causal_lm.trainable_weights)
     return {"total": int(total), "trainable": int(trainable)}
+
+
+def device_weight_bytes(causal_lm: Any) -> int:
+    """Bytes of the model's weights (base, quantized or not, and adapters; no optimizer state)
+    held by the most loaded device: what one card holds of the model itself."""
+    per_device: dict[Any, int] = {}
+    for v in causal_lm.weights:
+        for shard in v.value.addressable_shards:
+            per_device[shard.device] = per_device.get(shard.device, 0) + int(shard.data.nbytes)
+    return max(per_device.values(), default=0)

@@ -518,6 +518,7 @@ class Recipe:
         }
 
     def summary(self, eval_loss: float | None) -> dict[str, Any]:
+        from gemma_cli.engine.model import load as modellib
         from gemma_cli.engine.train.hooks import loss_plot
 
         st = self.state
@@ -540,6 +541,7 @@ class Recipe:
             "step_seconds": st.step_seconds,
             "tokens_per_second": st.tokens_per_second or None,
             "time_to_first_step": st.time_to_first_step,
+            "weights_bytes_per_device": modellib.device_weight_bytes(self.model.causal_lm) if self.model else None,
             "files": files,
             **self._common(),
             "output_dir": str(self.out_dir),
