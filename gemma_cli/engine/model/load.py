@@ -419,6 +419,9 @@ def apply_lora_and_quantize(causal_lm: Any, model_cfg: Any, *, lora: bool = True
         with warnings.catch_warnings(), _one_gc_at_the_end():  # keras warns per layer that cannot quantize (norms)
             warnings.simplefilter("ignore")
             causal_lm.backbone.quantize(mode, config=quantize_config(mode))
+        from gemma_cli.engine.patches.quantized import fix_int8_reverse_gradient
+
+        fix_int8_reverse_gradient(causal_lm.backbone)  # keras 3.15.1's int8 logits pass no input gradient
     cfg_lora = model_cfg.lora
     if lora and cfg_lora and cfg_lora.rank:
         bb = causal_lm.backbone

@@ -11,7 +11,9 @@ own module:
    `compile` (it reads the compiled loss) and before `fit`/`evaluate`.
 
 `prepare_for_training` applies 2 and 3, in this order, around the compile it is given; 1 has
-happened when the model was built. Nothing else in the engine patches a keras-hub object.
+happened when the model was built. One more, at load: `quantized` gives keras' int8 tied
+logits projection the input gradient its other int8 layers have (`engine/model/load.py`,
+right after `Model.quantize`). Nothing else in the engine patches a keras-hub object.
 """
 
 from __future__ import annotations
