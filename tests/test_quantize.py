@@ -288,6 +288,7 @@ def test_hf_export_round_trip(qrun: dict[str, Any], run_logits: dict[str, np.nda
     # the export is the quantized model, not the float base: it is as far from the adapters
     # on the float base as the quantization moved the run
     q_err = float(np.abs(run_logits["float"] - tuned).max()) / scale
+    print(f"MEASURE {qrun['mode']} export {err:.2e} qerr {q_err:.2e}")
     assert q_err > 1e-3 and float(np.abs(exported - run_logits["float"]).max()) / scale > 0.5 * q_err
 
 
@@ -315,6 +316,7 @@ def test_peft_adapter_export_on_the_dequantized_base(qrun: dict[str, Any], run_l
         got = model(torch.tensor([IDS])).logits.numpy()
     tuned = run_logits["run"]
     err = float(np.abs(got - tuned).max()) / max(1.0, float(np.abs(tuned).max()))
+    print(f"MEASURE {mode} peft {err:.2e}")
     assert err <= EXPORT_BOUND[mode], err
 
 
