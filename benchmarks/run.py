@@ -843,10 +843,14 @@ QUANT_NOTES = [
     "Embedding: quantized too (int8 per row; int4 sub-channel, blocks of 128 of the 640-wide rows). It is 168M of the 270M's "
     "268M parameters (262,144 × 640) and the tied output projection; LoRA does not adapt it (keras 3.15.1 cannot put LoRA on "
     "an int4 embedding). Leaving it in bf16 would keep int4 at ≈ 0.7× bf16 here.",
-    "Step time: keras' int4 is storage-only: every matmul unpacks and dequantizes its kernel to the compute dtype (and int8 "
-    "also quantizes each activation row, W8A8), so on CPU a quantized step costs more than a bf16 one, not less; the "
-    "saving is memory. Peak RSS is the whole process (Python, jax, TensorFlow, compiled programs); the base is loaded in "
-    "bf16 and then quantized, so the float base is resident once during loading.",
+    "Step time: keras' int4 is storage-only: every matmul unpacks its kernel (two 4-bit values a byte), applies scale and "
+    "zero point and casts it to the compute dtype before a float matmul, forward and backward; nothing runs in 4-bit "
+    "arithmetic, so it cannot beat the same matmul in bf16 and adds elementwise work the size of each kernel. int8 runs "
+    "an integer matmul on int8-rounded activations (W8A8). The rows run one after another on a shared machine (load "
+    "average above); a row that ran under heavier load (compare the times to first step) is slower for that reason: "
+    "read a speed ranking only from rows measured together on a quiet machine.",
+    "Peak RSS is the whole process (Python, jax, TensorFlow, compiled programs); the base is loaded in bf16 and then "
+    "quantized, so the float base is resident once during loading.",
 ]
 
 
