@@ -165,6 +165,9 @@ class Family:
     block_name: str = "decoder_block_{i}"
     dim_names: tuple[tuple[str, tuple[str, ...]], ...] = ()
     hf_tokenizer_files: tuple[str, ...] = ("tokenizer.model",)
+    # towers of a multimodal HF checkpoint this family loads, plans and exports (the rest are
+    # planned and loaded as the text backbone): `("vision_encoder",)`
+    hf_towers: tuple[str, ...] = ()
     hf_kwargs_fixup: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
     hf_export_fixup: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
     hf_export_weights: Callable[[Any], dict[str, Any]] | None = None  # replaces keras-hub's weight map

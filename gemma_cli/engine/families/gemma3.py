@@ -60,6 +60,24 @@ RULES = [
     ("vision_output_encoder/vision_input_projection/kernel", ("batch", "model")),
 ]
 
+def hf_kwargs_fixup(cfg: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """keras-hub's converter builds the vision tower with `pool_size=4` (what 896-pixel images in
+    14-pixel patches pooled to 256 tokens need); a checkpoint's own `mm_tokens_per_image` says
+    the pooling: patches per side // tokens per side."""
+    enc = kwargs.get("vision_encoder")
+    vc = cfg.get("vision_config")
+    if enc is None or not isinstance(vc, dict) or not cfg.get("mm_tokens_per_image"):
+        return kwargs
+    side = round(int(cfg["mm_tokens_per_image"]) ** 0.5)
+    pool = (int(vc["image_size"]) // int(vc["patch_size"])) // side
+    if pool == enc.pool_size:
+        return kwargs
+    from keras_hub.models import Gemma3VisionEncoder
+
+    conf = {k: v for k, v in enc.get_config().items() if k not in ("name", "trainable", "dtype")}
+    return {**kwargs, "vision_encoder": Gemma3VisionEncoder(**{**conf, "pool_size": pool})}
+
+
 FAMILY = Family(
     peft_export=True,
     name="gemma3",
@@ -72,6 +90,8 @@ FAMILY = Family(
     gguf_module="gemma_gguf",
     dim_names=GEMMA_DIM_NAMES,
     hf_model_types=("gemma3", "gemma3_text"),
+    hf_towers=("vision_encoder",),
+    hf_kwargs_fixup=hf_kwargs_fixup,
     presets={
         "gemma3_270m": Preset({**BASE, **dims(18, 4, 1, 640, 2048, 256), **_SMALL}, 268_098_176),
         "gemma3_1b": Preset({**BASE, **dims(26, 4, 1, 1152, 6912, 256), **_SMALL}, 999_885_952),
