@@ -70,12 +70,16 @@ class ChatFormat:
         roles: dict. Our role names → the family's (`assistant` → `model`).
         system: str. `fold`: a system message is prepended to the first user turn (Gemma 1-3);
             `turn`: it is a turn of its own, role `roles["system"]` (Gemma 4).
+        image_token: str | None. In the exported template, an image content part becomes this
+            text, which the model's `transformers` processor expands into the image's tokens
+            (`<start_of_image>` for Gemma 3). Defaults to None (image parts are left out).
     """
 
     start_turn: str
     end_turn: str
     roles: dict[str, str]
     system: str = "fold"
+    image_token: str | None = None  # what an image part is in the text transformers' processor expands
 
     def hf_template(self) -> str:
         """This format as a `transformers` chat template (Jinja, for tokenizer_config.json).
@@ -95,7 +99,12 @@ class ChatFormat:
             "{%- set prefix = messages[0]['content'] | trim + '\\n\\n' %}{%- set messages = messages[1:] %}"
             "{%- endif %}".replace("fold", "true" if fold else "false"),
             "{%- for message in messages %}",
-            "{%- set text = message['content'] | trim %}",
+            # content as a string, or as parts (text joined; an image part is the image token)
+            "{%- if message['content'] is string %}{%- set text = message['content'] | trim %}{%- else %}",
+            "{%- set ns = namespace(text='') %}{%- for part in message['content'] %}",
+            "{%- if part['type'] == 'text' %}{%- set ns.text = ns.text + part['text'] %}",
+            f"{{%- elif part['type'] in ['image', 'image_url'] %}}{{%- set ns.text = ns.text + {(self.image_token or '')!r} %}}",
+            "{%- endif %}{%- endfor %}{%- set text = ns.text | trim %}{%- endif %}",
             "{%- if loop.first and message['role'] == 'user' %}{%- set text = prefix + text %}{%- endif %}",
             f"{{{{ {self.start_turn!r} + roles.get(message['role'], message['role']) + '\\n' + text + {self.end_turn + chr(10)!r} }}}}",
             "{%- endfor %}",
@@ -170,6 +179,9 @@ class Family:
     hf_towers: tuple[str, ...] = ()
     hf_kwargs_fixup: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
     hf_export_fixup: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+    # (causal_lm, config, tok_cfg): what a multimodal export writes from the live model and its
+    # tokenizer (image token ids, the processor's files), after `hf_export_fixup`
+    hf_export_vision: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
     hf_export_weights: Callable[[Any], dict[str, Any]] | None = None  # replaces keras-hub's weight map
     hf_chat_template: str | None = None  # defaults to `chat.hf_template()`
     tiny_hf: dict[str, dict[str, Any]] = field(default_factory=dict)

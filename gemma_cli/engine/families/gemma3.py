@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gemma_cli.engine.families import GEMMA_DIM_NAMES, Family, Preset, named_rules
+import dataclasses
+
+from gemma_cli.engine.families import GEMMA_CHAT, GEMMA_DIM_NAMES, Family, Preset, named_rules
 from gemma_cli.engine.families.gemma import dims
 
 BASE: dict[str, Any] = {
@@ -78,8 +80,42 @@ def hf_kwargs_fixup(cfg: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, An
     return {**kwargs, "vision_encoder": Gemma3VisionEncoder(**{**conf, "pool_size": pool})}
 
 
+# Gemma 3's turns; an image part of a message is `<start_of_image>` in the exported template,
+# which transformers' Gemma3Processor expands to `\n\n<start_of_image>` + soft tokens +
+# `<end_of_image>\n\n`, what our renderer writes (engine/data/tokenize.py)
+CHAT = dataclasses.replace(GEMMA_CHAT, image_token="<start_of_image>")
+
+
+def export_vision(causal_lm: Any, config: dict[str, Any], tok_cfg: dict[str, Any]) -> None:
+    """The image settings of an exported vision+text config.json where transformers reads them.
+
+    keras-hub 0.32 writes `mm_tokens_per_image` and the image token ids inside `vision_config`
+    (transformers reads them at the top level, so an export of a tower with other than 256
+    tokens per image fails in transformers' pooling) and names `<image_soft_token>` (id 262144)
+    whatever the tokenizer holds. Here: the tower's tokens per image, and the ids and text of
+    the tokenizer's own `<start_of_image>`, `<img>` and `<end_of_image>`.
+    """
+    enc = getattr(causal_lm.backbone, "vision_encoder", None)
+    pre = getattr(causal_lm, "preprocessor", None)
+    tok = getattr(pre, "tokenizer", None) or getattr(causal_lm, "_gemma_tokenizer", None)
+    if enc is None or tok is None or not getattr(tok, "has_vision_tokens", False):
+        return
+    vc = config.setdefault("vision_config", {})
+    for k in ("boi_token_index", "eoi_token_index", "image_token_index", "mm_tokens_per_image"):
+        vc.pop(k, None)
+    config["mm_tokens_per_image"] = int(enc.num_vision_tokens_per_image)
+    config["boi_token_index"] = int(tok.start_of_image_token_id)
+    config["eoi_token_index"] = int(tok.end_of_image_token_id)
+    config["image_token_index"] = int(tok.image_placeholder_id)
+    names = {"boi_token": tok.start_of_image_token, "eoi_token": tok.end_of_image_token, "image_token": tok.image_placeholder}
+    tok_cfg.update(names)
+    tok_cfg["extra_special_tokens"] = dict(names)
+
+
 FAMILY = Family(
     peft_export=True,
+    chat=CHAT,
+    hf_export_vision=export_vision,
     name="gemma3",
     backbone_classes=("Gemma3Backbone",),
     module="keras_hub.src.models.gemma3.gemma3_backbone",
