@@ -82,8 +82,8 @@ def make_hf_checkpoint(out_dir: str | Path, name: str, seed: int = 0) -> Path:
         (out / "tokenizer.model").write_bytes(tiny_proto(kwargs["vocab_size"], GEMMA4_SPECIAL, byte_fallback=True))
         transformers.GemmaTokenizer.from_pretrained(str(out)).save_pretrained(str(out))
         (out / "tokenizer.model").unlink()
-    else:
-        (out / "tokenizer.model").write_bytes(tiny_proto(kwargs["vocab_size"]))
+    else:  # `tokenizer_vocab`: fewer pieces than the model's (padded) vocabulary, as PaliGemma's
+        (out / "tokenizer.model").write_bytes(tiny_proto(spec.get("tokenizer_vocab", kwargs["vocab_size"])))
         transformers.GemmaTokenizer.from_pretrained(str(out)).save_pretrained(str(out))
     config = getattr(transformers, spec["config"])(**kwargs)
     torch.manual_seed(seed)

@@ -177,6 +177,9 @@ class Family:
     # towers of a multimodal HF checkpoint this family loads, plans and exports (the rest are
     # planned and loaded as the text backbone): `("vision_encoder",)`
     hf_towers: tuple[str, ...] = ()
+    # module of this package that replaces keras-hub's HF converter for this family (its
+    # `convert_backbone_config` / `convert_weights` / `convert_tokenizer`): `paligemma_hf`
+    hf_converter: str | None = None
     hf_kwargs_fixup: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
     hf_export_fixup: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
     # (causal_lm, config, tok_cfg): what a multimodal export writes from the live model and its
@@ -269,9 +272,9 @@ GEMMA_DIM_NAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 # ------------------------------------------------------------------------- registry ---
 def _families() -> list[Family]:
-    from gemma_cli.engine.families import gemma, gemma3, gemma4, llama3
+    from gemma_cli.engine.families import gemma, gemma3, gemma4, llama3, paligemma
 
-    return [gemma.FAMILY, gemma3.FAMILY, gemma4.FAMILY, llama3.FAMILY]
+    return [gemma.FAMILY, gemma3.FAMILY, gemma4.FAMILY, llama3.FAMILY, paligemma.FAMILY]
 
 
 FAMILIES: list[Family] = []

@@ -147,10 +147,15 @@ def check_files(path: str | Path, fam: Any) -> None:
         )
 
 
-def _converter(path: str | Path, cfg: dict[str, Any]) -> Any:
+def _converter(path: str | Path, cfg: dict[str, Any], fam: Any = None) -> Any:
+    """keras-hub's converter module for the checkpoint, or the family's own (`Family.hf_converter`)."""
     from gemma_cli.engine.core import runtime
 
     runtime.setup()
+    if fam is not None and fam.hf_converter:
+        import importlib
+
+        return importlib.import_module(f"gemma_cli.engine.families.{fam.hf_converter}")
     from keras_hub.src.utils.transformers.preset_loader import TransformersPresetLoader
 
     return TransformersPresetLoader(str(path), cfg).converter
@@ -175,7 +180,7 @@ def backbone_config(path: str | Path, dtype: str = "bfloat16", hf_config: dict[s
         raise UsageError(f"model.preset: {path}: not a Hugging Face checkpoint (config.json has no model_type)")
     fam = family_of(path, cfg)
     text = model_config(cfg, fam)
-    kwargs = convert_kwargs(_converter(path, text), text, fam)
+    kwargs = convert_kwargs(_converter(path, text, fam), text, fam)
     return fam.serialized(_towers(kwargs, fam), dtype)
 
 
@@ -209,7 +214,12 @@ def load_causal_lm(path: str | Path, dtype: str) -> Any:
                 return super().get_tensor(alt)
 
     class Loader(TransformersPresetLoader):
-        """keras-hub's HF loader with the family's kwargs fix-up; processor_config.json optional."""
+        """keras-hub's HF loader with the family's kwargs fix-up (and converter, if it has its
+        own); processor_config.json optional."""
+
+        def __init__(self, preset: str, config: dict[str, Any]):
+            super().__init__(preset, config)
+            self.converter = _converter(preset, config, fam)
 
         def load_backbone(self, cls: Any, load_weights: bool, **kwargs: Any) -> Any:
             backbone = cls(**{**convert_kwargs(self.converter, self.config, fam), **kwargs})
