@@ -28,6 +28,7 @@ from tiny import CORPUS, tiny_proto
 
 LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 GEMMA4_SPECIAL = ["<|turn>", "<turn|>"]
+GEMMA4_VISION_SPECIAL = ["<|image>", "<|image|>", "<image|>", "<|video>", "<|video|>", "<video|>"]
 
 # ids every test feeds (all below each tiny vocabulary; longer than the local windows)
 IDS = [2, 17, 33, 40, 5, 9, 60, 70, 11, 12, 13, 14, 99, 100, 21, 22]
@@ -79,9 +80,25 @@ def make_hf_checkpoint(out_dir: str | Path, name: str, seed: int = 0) -> Path:
     if fam.name == "llama3":
         kwargs["bos_token_id"], kwargs["eos_token_id"] = _llama3_tokenizer(out, kwargs["vocab_size"])
     elif fam.name == "gemma4":
-        (out / "tokenizer.model").write_bytes(tiny_proto(kwargs["vocab_size"], GEMMA4_SPECIAL, byte_fallback=True))
-        transformers.GemmaTokenizer.from_pretrained(str(out)).save_pretrained(str(out))
+        vision = "vision_config" in kwargs  # the image/video markers, and the config's ids of them
+        special = GEMMA4_SPECIAL + (GEMMA4_VISION_SPECIAL if vision else [])
+        vocab = spec.get("tokenizer_vocab", kwargs["vocab_size"])
+        (out / "tokenizer.model").write_bytes(tiny_proto(vocab, special, byte_fallback=True))
+        tok = transformers.GemmaTokenizer.from_pretrained(str(out))
+        tok.save_pretrained(str(out))
         (out / "tokenizer.model").unlink()
+        if vision:
+            ids = dict(zip(GEMMA4_VISION_SPECIAL, tok.convert_tokens_to_ids(GEMMA4_VISION_SPECIAL), strict=True))
+            kwargs.update(boi_token_id=ids["<|image>"], image_token_id=ids["<|image|>"], eoi_token_id=ids["<image|>"],
+                          video_token_id=ids["<|video|>"])
+            vc = kwargs["vision_config"]  # what transformers' Gemma4Processor saves, image part only
+            proc = {"image_processor": {"image_processor_type": "Gemma4ImageProcessor", "do_resize": True,
+                                        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": False,
+                                        "image_mean": [0.0] * 3, "image_std": [1.0] * 3, "patch_size": vc["patch_size"],
+                                        "pooling_kernel_size": vc["pooling_kernel_size"],
+                                        "max_soft_tokens": spec["max_soft_tokens"]},
+                    "image_seq_length": spec["max_soft_tokens"], "processor_class": "Gemma4Processor"}
+            (out / "processor_config.json").write_text(json.dumps(proc, indent=1))
     else:  # `tokenizer_vocab`: fewer pieces than the model's (padded) vocabulary, as PaliGemma's
         (out / "tokenizer.model").write_bytes(tiny_proto(spec.get("tokenizer_vocab", kwargs["vocab_size"])))
         transformers.GemmaTokenizer.from_pretrained(str(out)).save_pretrained(str(out))

@@ -191,6 +191,7 @@ FAMILY = Family(
     hf_model_types=("gemma4", "gemma4_text"),
     hf_tokenizer_files=("tokenizer.json",),
     hf_kwargs_fixup=fix_hf_kwargs,
+    hf_towers=("vision_encoder",),
     hf_export_fixup=fix_export,
     presets={
         # E2B: 35 layers, pattern 4 local : 1 global, 20 KV-shared layers with a double-wide MLP
@@ -246,6 +247,22 @@ FAMILY = Family(
         }
     ),
     tiny_hf={
+        # vision+text: the tiny dense text model below and a 2-layer vision tower (patches of 4,
+        # pooled 2 x 2), the image placeholder ids inside the tiny vocabulary
+        "gemma4_vision": {
+            "config": "Gemma4Config",
+            "model": "Gemma4ForConditionalGeneration",
+            "max_soft_tokens": 16,  # a 32 px square: 8 x 8 patches of 4, pooled to 4 x 4
+            "kwargs": {
+                "text_config": {**_TINY_HF_BASE, "vocab_size": 352, "vocab_size_per_layer_input": 352,
+                                "hidden_size_per_layer_input": 8, "num_kv_shared_layers": 2, "use_double_wide_mlp": True},
+                "vision_config": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      num_key_value_heads=2, head_dim=8, pooling_kernel_size=2, patch_size=4,
+                                      position_embedding_size=64),
+                "audio_config": None,
+                "vocab_size": 352,  # for the tokenizer (256 bytes, the markers); ids from it (tests/hf_tiny.py)
+            },
+        },
         # dense: the on-device features (per-layer inputs, KV-shared layers with a double-wide
         # MLP) together with the 31B's K = V global layers and 16-wide global heads
         "gemma4": {
