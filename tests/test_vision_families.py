@@ -126,3 +126,157 @@ def test_gemma4_vision_checkpoint_logits_equal_transformers(gemma4_ckpt: Path) -
     assert err < 1e-4
     other = gemma4_keras_logits(lm, gemma4_inputs(config(gemma4_ckpt), seed=1))
     assert float(np.abs(other - ours).max()) > 1e-3  # the image matters
+
+
+# --------------------------------------------------------------------- data and fine-tune ---
+COLOURS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 220)}
+
+
+def gemma(*args: Any) -> Any:
+    from typer.testing import CliRunner
+
+    from gemma_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def colour_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """24 plain-colour squares with a grey border, and their colours (relative paths)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("colours")
+    (root / "img").mkdir()
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(24):
+        c = list(COLOURS)[i % 3]
+        img = np.full((40, 40, 3), 128, np.uint8)
+        img[6:34, 6:34] = np.clip(np.array(COLOURS[c]) + rng.integers(-20, 21, 3), 0, 255)
+        Image.fromarray(img).save(root / "img" / f"{i}.png")
+        out.append((f"img/{i}.png", c))
+    return {"root": root, "items": out}
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run_config(tmp: Path, preset: Path, data: Path, vision: str = "frozen", steps: int = 8, **over: Any) -> Path:
+    import yaml
+
+    d: dict[str, Any] = {
+        "model": {"preset": str(preset), "precision": "float32", "lora": {"rank": 4}, "vision": vision},
+        "mesh": {"shape": [2, 4], "axes": ["batch", "model"]},
+        "data": {"paths": [str(data)], "format": "chat", "sequence_length": 32, "batch_size": 8},
+        "optimizer": {"name": "adamw", "learning_rate": 2e-2},
+        "train": {"max_steps": steps, "output_dir": str(tmp / "out"), "log_every": 1},
+    }
+    for k, v in over.items():
+        d[k] = {**d.get(k, {}), **v}
+    p = tmp / f"run_{vision}.yaml"
+    p.write_text(yaml.safe_dump(d, sort_keys=False))
+    return p
+
+
+def paligemma_records(items: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Both forms: big_vision's prefix/suffix, and a one-turn chat with an image part."""
+    out: list[dict[str, Any]] = []
+    for i, (path, c) in enumerate(items):
+        if i % 2:
+            out.append({"image": path, "prefix": "what colour?", "suffix": c})
+        else:
+            out.append({"messages": [
+                {"role": "user", "content": [{"type": "image", "path": path}, {"type": "text", "text": "what colour?"}]},
+                {"role": "assistant", "content": c}]})
+    return out
+
+
+def test_paligemma_rows_put_the_image_first_and_train_the_suffix(paligemma_ckpt: Path, colour_images: dict[str, Any]) -> None:
+    from gemma_cli.engine.data import Renderer
+    from gemma_cli.engine.data.images import VisionSpec, for_preset
+    from gemma_cli.engine.data.pack import ImageSlots, RowBuilder
+    from gemma_cli.engine.data.tokenize import Encoder
+    from gemma_cli.engine.model import hf as hf_checkpoint
+
+    spec, _ = for_preset(str(paligemma_ckpt))
+    assert spec == VisionSpec(28, 4, max_images=1, layout="prefix")
+    lm = hf_checkpoint.load_causal_lm(paligemma_ckpt, "float32")
+    assert VisionSpec.of_model(lm) == spec
+    data = write_jsonl(colour_images["root"] / "pg.jsonl", paligemma_records([colour_images["items"][0], colour_images["items"][3]]))  # both red
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(template=None, format="chat", messages_field=None, loss_on="assistant", field="text",
+                          response_field=None, packing=False)
+    r = Renderer(cfg, vision=spec)
+    enc = Encoder(lm.preprocessor.tokenizer, spec)
+    import json
+
+    rows = []
+    for i, line in enumerate(data.read_text().splitlines(), 1):
+        doc = enc.doc(r(f"{data}:{i}", json.loads(line)), 33)
+        b = RowBuilder(32, enc.pad_id, ImageSlots(28, 4, 1, -1, "prefix"))
+        b.add(doc)
+        rows.append(b.take(0).arrays)
+    for row in rows:  # <bos> prefix \n | suffix <eos>: the response mask on the suffix, loss on it only
+        ids, w, resp = row["token_ids"], row["weights"], row["response_mask"]
+        n = int((row["segment_ids"] > 0).sum())
+        assert ids[0] == 2 and row["images"].shape == (28, 28, 3)
+        suffix = np.nonzero(resp)[0]
+        assert len(suffix) and resp[: suffix[0]].sum() == 0 and resp[suffix[0] : n].all() and not resp[n:].any()
+        assert np.array_equal(np.nonzero(w)[0], np.arange(suffix[0] - 1, n))  # predicting the suffix and <eos>
+    assert np.array_equal(rows[0]["token_ids"], rows[1]["token_ids"])  # the two forms render the same
+    assert not np.array_equal(rows[0]["images"], rows[1]["images"])
+
+
+@pytest.fixture(scope="module")
+def paligemma_runs(paligemma_ckpt: Path, colour_images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import json
+
+    data = write_jsonl(colour_images["root"] / "train_pg.jsonl", paligemma_records(colour_images["items"]))
+    out = {}
+    for vision in ("frozen", "lora"):
+        tmp = tmp_path_factory.mktemp(f"pg_{vision}")
+        cfg = run_config(tmp, paligemma_ckpt, data, vision)
+        r = gemma("finetune", cfg, "--json")
+        assert r.exit_code == 0, r.stderr[-3000:] + r.stdout[-2000:]
+        out[vision] = {"cfg": cfg, "summary": json.loads(r.stdout)}
+    return out
+
+
+@pytest.mark.parametrize("vision", ["frozen", "lora"])
+def test_paligemma_finetunes_with_tower(paligemma_runs: dict[str, Any], vision: str) -> None:
+    s = paligemma_runs[vision]["summary"]
+    print(vision, s["first_loss"], s["final_loss"])
+    assert s["final_loss"] < s["first_loss"]
+
+
+@pytest.mark.parametrize("vision", ["frozen", "lora"])
+def test_paligemma_tower_plan_equals_live_at_2x4(paligemma_runs: dict[str, Any], vision: str) -> None:
+    """The tower's default layout planned without weights equals the live variables' shardings
+    under the run's distribution; `frozen`: no adapters in the tower, `lora`: on its q/v."""
+    from gemma_cli.config import load_config
+    from gemma_cli.engine.model import runs
+    from gemma_cli.engine.plan import layout as layoutlib
+
+    cfg = load_config(str(paligemma_runs[vision]["cfg"]))
+    lay = layoutlib.layout_for(cfg)
+    planned = {v.path: tuple(v.spec) for v in lay.plan.variables}
+    assert planned["image_encoder/encoder_block_0/multi_head_attention/query_proj/kernel"] == ("batch", "model")
+    assert planned["image_encoder/encoder_block_0/mlp_dense_2/kernel"] == ("model", "batch")
+    assert planned["image_classifier/kernel"] == ("batch", "model")
+    tower_lora = [p for p in planned if p.startswith("image_encoder/") and "lora" in p]
+    assert bool(tower_lora) == (vision == "lora"), tower_lora
+    lm = runs.load(cfg, distribution=lay.distribution, adapters=True)
+    live = {}
+    for v in lm.backbone.weights:
+        spec = tuple(v.value.sharding.spec)
+        live[v.path] = spec + (None,) * (len(v.shape) - len(spec))
+    assert live == planned
+    trainable = {v.path for v in lm.backbone.trainable_weights}
+    # keras' Dense.enable_lora freezes the kernel and leaves the layer's bias trainable
+    biases = {p.rsplit("/", 1)[0] + "/bias" for p in tower_lora}
+    assert {p for p in trainable if p.startswith(("image_encoder/", "image_classifier/"))} == set(tower_lora) | biases

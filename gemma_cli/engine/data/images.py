@@ -34,7 +34,8 @@ from gemma_cli.errors import UsageError
 
 PLACEHOLDER = "<image>"  # LLaMA-Factory's placeholder in text, for the record-level `images` list
 START, SOFT, END = "<start_of_image>", "<img>", "<end_of_image>"
-MULTIMODAL = "gemma3_4b, gemma3_12b, gemma3_27b (and their instruct versions), or a checkpoint with a vision encoder"
+MULTIMODAL = ("gemma3_4b, gemma3_12b, gemma3_27b (and their instruct versions), pali_gemma2_* presets, or a checkpoint "
+              "with a vision encoder (Gemma 3, Gemma 4, PaliGemma)")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ class VisionSpec:
             `max_images_per_prompt`).
         scale: float | tuple. Pixel scale after resizing. Defaults to 1/127.5.
         offset: float | tuple. Pixel offset after scaling. Defaults to -1.
+        layout: str. How the model takes images (engine/data/vision_layouts.py): `interleave`
+            (Gemma 3), `prefix` (PaliGemma), `patches` (Gemma 4). Defaults to `interleave`.
+        markers: tuple. The (start, soft, end) pieces of an image in the text.
+        around: str. Text on both sides of an image's tokens (`\n\n` for Gemma 3).
+        patch_size: int. Patch side (`patches` layout).
+        pool: int. Patches pooled per side into one token (`patches` layout).
     """
 
     image_size: int
@@ -55,11 +62,21 @@ class VisionSpec:
     max_images: int = 2
     scale: Any = 1 / 127.5
     offset: Any = -1.0
+    layout: str = "interleave"
+    markers: tuple[str, str, str] = (START, SOFT, END)
+    around: str = "\n\n"
+    patch_size: int = 0
+    pool: int = 0
 
     @classmethod
     def from_config(cls, bb_config: dict[str, Any], preprocessor: dict[str, Any] | None = None) -> VisionSpec | None:
         """The spec of a serialized backbone config (None for a text-only model) and, when
         given, the preset's `preprocessor.json` (max images, the image converter's scale/offset)."""
+        from gemma_cli.engine.data import vision_layouts
+
+        own = vision_layouts.spec_of_config(bb_config, cls)
+        if own is not None:
+            return own
         inner = bb_config.get("config", bb_config)
         enc = inner.get("vision_encoder")
         if not enc:
@@ -92,6 +109,11 @@ class VisionSpec:
     @classmethod
     def of_model(cls, causal_lm: Any) -> VisionSpec | None:
         """From a live CausalLM (its backbone's vision encoder and its preprocessor, if any)."""
+        from gemma_cli.engine.data import vision_layouts
+
+        own = vision_layouts.spec_of_model(causal_lm, cls)
+        if own is not None:
+            return own
         bb = causal_lm.backbone
         enc = getattr(bb, "vision_encoder", None)
         if enc is None:
@@ -243,7 +265,15 @@ def for_preset(preset: str) -> tuple[VisionSpec | None, str]:
             return None, preset
         if isinstance(cfg, dict) and "model_type" not in cfg:
             return VisionSpec.of_preset(preset, cfg), preset
+        from gemma_cli.engine.data import vision_layouts  # PaliGemma and Gemma 4 checkpoints
+
+        own = vision_layouts.spec_of_hf(preset, cfg, VisionSpec) if isinstance(cfg, dict) else None
+        if own is not None:
+            return own, preset
         return None, f"{preset} (a Hugging Face checkpoint, loaded as its text model by gemma today)"
+    spec = VisionSpec.from_config(families.get_preset(preset) or {}) if "://" not in preset else None
+    if spec is not None:  # by name, a model planned with its tower (PaliGemma)
+        return spec, preset
     if families.is_vision(preset):
         return None, (f"{preset} (by name gemma plans it as its text backbone today; save the preset to a local "
                       "directory, vision encoder included, and name that directory)")

@@ -117,11 +117,17 @@ class adapters_off:
 VISION_LORA = ("query_proj", "value_proj")  # keras-hub's LoRA targets in Gemma 3's vision tower
 
 
+def tower(backbone: Any) -> Any:
+    """The vision tower of a backbone: Gemma 3/4's `vision_encoder`, PaliGemma's `vit_encoder`
+    (its ViT and projector); None for a text-only one."""
+    return getattr(backbone, "vision_encoder", None) or getattr(backbone, "vit_encoder", None)
+
+
 def target_names(backbone: Any, names: list[str] | None, vision: str = "frozen") -> list[str] | None:
     """The layer names LoRA goes on: `names` (None: keras-hub's defaults), with the vision
     tower's attention added for `model.vision: lora` and taken out otherwise (keras-hub's
     defaults for a Gemma 3 vision backbone include it; gemma's default is a frozen tower)."""
-    if getattr(backbone, "vision_encoder", None) is None:
+    if tower(backbone) is None:
         return names
     out = list(names) if names is not None else list(backbone.default_lora_layer_names())
     out = [n for n in out if n not in VISION_LORA]
@@ -133,6 +139,6 @@ def target_names(backbone: Any, names: list[str] | None, vision: str = "frozen")
 def apply_vision_mode(backbone: Any, vision: str, lora: bool) -> None:
     """`model.vision` on a full fine-tune: `frozen` leaves the tower (encoder and projector)
     untrainable. With LoRA, `enable_lora` already froze every base weight."""
-    enc = getattr(backbone, "vision_encoder", None)
+    enc = tower(backbone)
     if enc is not None and not lora:
         enc.trainable = vision == "full"
