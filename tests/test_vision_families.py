@@ -165,13 +165,13 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def run_config(tmp: Path, preset: Path, data: Path, vision: str = "frozen", steps: int = 8, **over: Any) -> Path:
+def run_config(tmp: Path, preset: Path, data_path: Path, vision: str = "frozen", steps: int = 8, **over: Any) -> Path:
     import yaml
 
     d: dict[str, Any] = {
         "model": {"preset": str(preset), "precision": "float32", "lora": {"rank": 4}, "vision": vision},
         "mesh": {"shape": [2, 4], "axes": ["batch", "model"]},
-        "data": {"paths": [str(data)], "format": "chat", "sequence_length": 32, "batch_size": 8},
+        "data": {"paths": [str(data_path)], "format": "chat", "sequence_length": 32, "batch_size": 8},
         "optimizer": {"name": "adamw", "learning_rate": 2e-2},
         "train": {"max_steps": steps, "output_dir": str(tmp / "out"), "log_every": 1},
     }
@@ -280,3 +280,106 @@ def test_paligemma_tower_plan_equals_live_at_2x4(paligemma_runs: dict[str, Any],
     # keras' Dense.enable_lora freezes the kernel and leaves the layer's bias trainable
     biases = {p.rsplit("/", 1)[0] + "/bias" for p in tower_lora}
     assert {p for p in trainable if p.startswith(("image_encoder/", "image_classifier/"))} == set(tower_lora) | biases
+
+
+def gemma4_records(items: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Chat records with an image part, and LLaMA-Factory's `images` + `<image>` form."""
+    out: list[dict[str, Any]] = []
+    for i, (path, c) in enumerate(items):
+        if i % 2:
+            out.append({"messages": [{"role": "user", "content": "<image>what colour?"},
+                                     {"role": "assistant", "content": c}], "images": [path]})
+        else:
+            out.append({"messages": [
+                {"role": "user", "content": [{"type": "image", "path": path}, {"type": "text", "text": "what colour?"}]},
+                {"role": "assistant", "content": c}]})
+    return out
+
+
+def test_gemma4_rows_carry_patches_where_the_image_is(gemma4_ckpt: Path, colour_images: dict[str, Any]) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from gemma_cli.engine.data import Renderer
+    from gemma_cli.engine.data.images import VisionSpec, for_preset, ref
+    from gemma_cli.engine.data.pack import ImageSlots, RowBuilder
+    from gemma_cli.engine.data.tokenize import Encoder
+    from gemma_cli.engine.data.vision_layouts import patchify
+    from gemma_cli.engine.families import gemma4
+    from gemma_cli.engine.model import hf as hf_checkpoint
+
+    spec, _ = for_preset(str(gemma4_ckpt))
+    assert (spec.layout, spec.image_size, spec.tokens_per_image, spec.patch_size, spec.max_images) == ("patches", 32, 16, 4, 2)
+    lm = hf_checkpoint.load_causal_lm(gemma4_ckpt, "float32")
+    assert VisionSpec.of_model(lm) == spec
+    items = [colour_images["items"][0], colour_images["items"][3]]  # both red
+    data = write_jsonl(colour_images["root"] / "g4.jsonl", gemma4_records(items))
+    cfg = SimpleNamespace(template=None, format="chat", messages_field=None, loss_on="assistant", field="text",
+                          response_field=None, packing=False)
+    r = Renderer(cfg, "chat", chat=gemma4.CHAT, vision=spec)
+    enc = Encoder(lm.preprocessor.tokenizer, spec)
+    slots = ImageSlots(32, 16, 2, enc.special("<|image|>"), "patches", 4)
+    rows = []
+    for i, line in enumerate(data.read_text().splitlines(), 1):
+        b = RowBuilder(48, enc.pad_id, slots)
+        b.add(enc.doc(r(f"{data}:{i}", json.loads(line)), 49))
+        rows.append(b.take(0).arrays)
+    for row in rows:
+        ids, soft = row["token_ids"], np.nonzero(row["vision_mask"])[0]
+        assert len(soft) == 16 and np.array_equal(row["vision_indices"][:16], soft) and not row["vision_indices"][16:].any()
+        assert ids[soft[0] - 1] == enc.special("<|image>") and ids[soft[-1] + 1] == enc.special("<image|>")
+        turn = int(np.nonzero(ids == enc.special("<|turn>"))[0][0])  # the image opens the user's turn
+        assert enc.decode([int(t) for t in ids[turn + 1 : soft[0] - 1]]) == "user\n"
+        assert not row["weights"][soft[0] - 2 : soft[-1] + 1].any()  # never trained on image tokens
+        assert row["pixel_values"].shape == (2, 64, 48) and (row["pixel_position_ids"][1] == -1).all()
+    assert np.array_equal(rows[0]["token_ids"], rows[1]["token_ids"])  # both forms, same tokens
+    px = ref("t", str(colour_images["root"] / items[0][0]), "image").pixels(spec)
+    values, pos = patchify(px, 4)
+    assert np.allclose(rows[0]["pixel_values"][0], values) and np.array_equal(rows[0]["pixel_position_ids"][0], pos)
+    assert 0.0 <= values.min() and values.max() <= 1.0  # transformers' Gemma 4 rescale, no normalisation
+
+
+@pytest.fixture(scope="module")
+def gemma4_runs(gemma4_ckpt: Path, colour_images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import json
+
+    data = write_jsonl(colour_images["root"] / "train_g4.jsonl", gemma4_records(colour_images["items"]))
+    out = {}
+    for vision in ("frozen", "lora"):
+        tmp = tmp_path_factory.mktemp(f"g4_{vision}")
+        cfg = run_config(tmp, gemma4_ckpt, data, vision, data={"sequence_length": 48})
+        r = gemma("finetune", cfg, "--json")
+        assert r.exit_code == 0, r.stderr[-3000:] + r.stdout[-2000:]
+        out[vision] = {"cfg": cfg, "summary": json.loads(r.stdout)}
+    return out
+
+
+@pytest.mark.parametrize("vision", ["frozen", "lora"])
+def test_gemma4_finetunes_with_tower(gemma4_runs: dict[str, Any], vision: str) -> None:
+    s = gemma4_runs[vision]["summary"]
+    print(vision, s["first_loss"], s["final_loss"])
+    assert s["final_loss"] < s["first_loss"]
+
+
+@pytest.mark.parametrize("vision", ["frozen", "lora"])
+def test_gemma4_tower_plan_equals_live_at_2x4(gemma4_runs: dict[str, Any], vision: str) -> None:
+    from gemma_cli.config import load_config
+    from gemma_cli.engine.model import runs
+    from gemma_cli.engine.plan import layout as layoutlib
+
+    cfg = load_config(str(gemma4_runs[vision]["cfg"]))
+    lay = layoutlib.layout_for(cfg)
+    planned = {v.path: tuple(v.spec) for v in lay.plan.variables}
+    assert planned["image_encoder/encoder_block_0/attention/query/dense/kernel"] == (None, "batch", "model")
+    assert planned["image_encoder/encoder_block_0/ffw_linear/dense/kernel"] == ("model", "batch")
+    assert planned["vision_output_encoder/vision_input_projection/kernel"] == ("batch", "model")
+    tower_lora = [p for p in planned if p.startswith("image_encoder/") and "lora" in p]
+    assert len(tower_lora) == (2 * 7 * 2 if vision == "lora" else 0), tower_lora  # 2 blocks x 7 linears x (a, b)
+    lm = runs.load(cfg, distribution=lay.distribution, adapters=True)
+    live = {}
+    for v in lm.backbone.weights:
+        spec = tuple(v.value.sharding.spec)
+        live[v.path] = spec + (None,) * (len(v.shape) - len(spec))
+    assert live == planned
+    trainable = {v.path for v in lm.backbone.trainable_weights}
+    assert {p for p in trainable if p.startswith(("image_encoder/", "vision_output_encoder/", "patch_embedder/"))} == set(tower_lora)

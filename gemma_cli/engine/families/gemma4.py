@@ -98,6 +98,17 @@ RULES = [
     ("decoder_block.*(ffw_linear|per_layer_up_proj)/kernel", ("model", "batch")),
     ("decoder_block.*moe_expert_bank/(gate_proj|up_proj)", ("model", "batch", None)),
     ("decoder_block.*moe_expert_bank/down_proj", ("model", None, "batch")),
+    # The vision tower (Gemma4VisionEncoder; keras-hub has no layout for it): 12 or 16 heads
+    # of 64, width 768 or 1152, MLP 3072 or 4304. Heads do not divide a model axis of 8, so
+    # q/k/v/o split head_dim over `model` and the width over `batch`; the MLP, the patch input
+    # projection (3·16·16 = 768 → width) and the projector into the text width split (in, out)
+    # over (batch, model) as the text MLP. Norms and the position table are replicated.
+    ("image_encoder/.*attention/(query|key|value)/dense/kernel", (None, "batch", "model")),
+    ("image_encoder/.*attention/attention_output/dense/kernel", (None, "model", "batch")),
+    ("image_encoder/.*(ffw_gating|ffw_gating_2)/dense/kernel", ("batch", "model")),
+    ("image_encoder/.*ffw_linear/dense/kernel", ("model", "batch")),
+    ("image_encoder/patch_embedder/input_proj/kernel", ("batch", "model")),
+    ("vision_output_encoder/vision_input_projection/kernel", ("batch", "model")),
 ]
 
 

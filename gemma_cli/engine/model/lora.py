@@ -130,10 +130,19 @@ def target_names(backbone: Any, names: list[str] | None, vision: str = "frozen")
     if tower(backbone) is None:
         return names
     out = list(names) if names is not None else list(backbone.default_lora_layer_names())
-    out = [n for n in out if n not in VISION_LORA]
+    tower_names = vision_lora_names(backbone)
+    out = [n for n in out if n not in tower_names]
     if vision == "lora":
-        out += list(VISION_LORA)
+        out += list(tower_names)
     return out
+
+
+def vision_lora_names(backbone: Any) -> tuple[str, ...]:
+    """The tower layers `model.vision: lora` adapts: the attention query/value of Gemma 3's and
+    PaliGemma's SigLIP; in Gemma 4's tower every projection (q, k, v, o and the MLP), as
+    keras-hub wraps each in a clipped linear whose inner `EinsumDense` is named `dense` (the
+    wrappers take no LoRA, and `dense` names no layer of the text decoder)."""
+    return ("dense",) if type(backbone).__name__ == "Gemma4Backbone" else VISION_LORA
 
 
 def apply_vision_mode(backbone: Any, vision: str, lora: bool) -> None:
