@@ -383,3 +383,61 @@ def test_gemma4_tower_plan_equals_live_at_2x4(gemma4_runs: dict[str, Any], visio
     assert live == planned
     trainable = {v.path for v in lm.backbone.trainable_weights}
     assert {p for p in trainable if p.startswith(("image_encoder/", "vision_output_encoder/", "patch_embedder/"))} == set(tower_lora)
+
+
+# ---------------------------------------------------------------------------- export ---
+def _export_run(run: dict[str, Any], tmp: Path) -> tuple[Any, Path]:
+    """`gemma export RUN --format hf` of a LoRA-tower run; (our model of that run, the export)."""
+    from gemma_cli.config import load_config
+    from gemma_cli.engine.model import checkpoint as ckptlib
+    from gemma_cli.engine.model import runs
+
+    cfg = load_config(str(run["cfg"]))
+    out = tmp / "hf"
+    r = gemma("export", cfg.train.output_dir, "--format", "hf", "--out", out, "--json")
+    assert r.exit_code == 0, r.stderr[-3000:] + r.stdout[-2000:]
+    lm = runs.load(cfg, ckptlib.latest(Path(cfg.train.output_dir)), adapters=True)
+    return lm, out
+
+
+def test_paligemma_lora_run_exports_to_transformers(paligemma_runs: dict[str, Any], tmp_path: Path) -> None:
+    lm, out = _export_run(paligemma_runs["lora"], tmp_path)
+    assert {"config.json", "model.safetensors", "tokenizer.model", "preprocessor_config.json"} <= {p.name for p in out.iterdir()}
+    px = pixels(lm.backbone.image_size, 2)
+    ours = paligemma_keras_logits(lm, px, PG_TEXT, PG_PREFIX)
+    theirs = paligemma_hf_logits(out, px, PG_TEXT, PG_PREFIX)[..., : ours.shape[-1]]
+    err = float(np.abs(ours - theirs).max())
+    print(f"paligemma2 export max |logit diff| {err:.2e}")
+    assert err < 1e-4
+    assert_tower_trained(paligemma_runs["lora"], out, "vision_tower.encoder.layers.0.self_attn.q_proj.weight")
+    from gemma_cli.engine.model import hf as hf_checkpoint  # and back into gemma
+
+    back = paligemma_keras_logits(hf_checkpoint.load_causal_lm(out, "float32"), px, PG_TEXT, PG_PREFIX)
+    assert float(np.abs(back - ours).max()) < 1e-4
+
+
+def assert_tower_trained(run: dict[str, Any], out: Path, key: str) -> None:
+    """The export carries the run's merged tower LoRA: this tower weight moved off the base's."""
+    from safetensors.numpy import load_file
+
+    from gemma_cli.config import load_config
+
+    base = load_file(str(Path(load_config(str(run["cfg"])).model.preset) / "model.safetensors"))
+    assert float(np.abs(load_file(str(out / "model.safetensors"))[key] - base[key]).max()) > 1e-5
+
+
+def test_gemma4_lora_run_exports_to_transformers(gemma4_runs: dict[str, Any], tmp_path: Path) -> None:
+    from hf_tiny import config
+
+    lm, out = _export_run(gemma4_runs["lora"], tmp_path)
+    assert config(out)["architectures"] == ["Gemma4ForConditionalGeneration"] and "vision_config" in config(out)
+    x = gemma4_inputs(config(out), seed=2)
+    ours = gemma4_keras_logits(lm, x)
+    theirs = gemma4_hf_logits(out, x)
+    err = float(np.abs(ours - theirs).max())
+    print(f"gemma4 vision export max |logit diff| {err:.2e}")
+    assert err < 1e-4
+    assert_tower_trained(gemma4_runs["lora"], out, "model.vision_tower.encoder.layers.0.self_attn.q_proj.linear.weight")
+    from gemma_cli.engine.model import hf as hf_checkpoint  # and back into gemma
+
+    assert float(np.abs(gemma4_keras_logits(hf_checkpoint.load_causal_lm(out, "float32"), x) - ours).max()) < 1e-4

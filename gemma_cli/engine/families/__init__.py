@@ -180,6 +180,12 @@ class Family:
     # module of this package that replaces keras-hub's HF converter for this family (its
     # `convert_backbone_config` / `convert_weights` / `convert_tokenizer`): `paligemma_hf`
     hf_converter: str | None = None
+    # (causal_lm, out_dir): writes the whole `--format hf` export where keras-hub has no
+    # exporter for the family (PaliGemma); `fix_hf_export` then runs as for the others
+    hf_export: Callable[[Any, Any], None] | None = None
+    # causal_lm → {file name: text}: files an HF export needs that keras-hub's exporter does not
+    # write (Gemma 4's processor_config.json)
+    hf_export_files: Callable[[Any], dict[str, str]] | None = None
     hf_kwargs_fixup: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
     hf_export_fixup: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
     # (causal_lm, config, tok_cfg): what a multimodal export writes from the live model and its

@@ -84,6 +84,12 @@ TINY_HF_KWARGS: dict[str, Any] = {
     },
 }
 
+def _export(causal_lm: Any, out: Any) -> None:
+    from gemma_cli.engine.families import paligemma_hf
+
+    paligemma_hf.export(causal_lm, out)
+
+
 FAMILY = Family(
     name="paligemma",
     backbone_classes=("PaliGemmaBackbone",),
@@ -98,6 +104,8 @@ FAMILY = Family(
     hf_model_types=("paligemma",),
     hf_towers=("vision_encoder",),
     hf_converter="paligemma_hf",
+    hf_export=_export,
+    chat=None,  # not a chat model: records are prefix/suffix pairs (engine/data/render.py)
     presets=PRESETS,
     tiny_hf={
         "paligemma2": {

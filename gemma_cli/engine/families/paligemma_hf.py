@@ -230,6 +230,37 @@ def hf_config(backbone: Any, tokens_per_image: int, vocab_size: int, pad_id: int
     }
 
 
+def export(causal_lm: Any, out: Any) -> None:
+    """`gemma export --format hf` of a PaliGemma CausalLM into the directory `out`: config.json,
+    model.safetensors (float32; the vocabulary padded by 64 rows after the image token, as the
+    published checkpoints), tokenizer.model + tokenizer_config.json, and the SigLIP image
+    processor's preprocessor_config.json (resize to the tower's size, `x / 127.5 - 1`)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    bb = causal_lm.backbone
+    vocab = int(bb.vocabulary_size) + 64
+    tok = causal_lm.preprocessor.tokenizer if causal_lm.preprocessor is not None else None
+    ids = {"pad_id": int(getattr(tok, "pad_token_id", 0)), "bos_id": int(getattr(tok, "start_token_id", 2)),
+           "eos_id": int(getattr(tok, "end_token_id", 1))} if tok is not None else {}
+    config = hf_config(bb, int(bb.image_sequence_length), vocab, **ids)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(hf_weights(bb, vocab), str(out / "model.safetensors"), metadata={"format": "pt"})
+    if tok is not None and getattr(tok, "proto", None):
+        (out / "tokenizer.model").write_bytes(tok.proto)
+        (out / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+            "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "model_max_length": 8192,
+            "processor_class": "PaliGemmaProcessor"}, indent=2))
+    size = int(bb.image_size)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "SiglipImageProcessor", "processor_class": "PaliGemmaProcessor",
+        "do_resize": True, "size": {"height": size, "width": size}, "resample": 3, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+        "image_seq_length": int(bb.image_sequence_length)}, indent=2))
+
+
 def __getattr__(name: str) -> Any:  # `backbone_cls`, as keras-hub's converter modules have it
     if name == "backbone_cls":
         import keras_hub

@@ -229,6 +229,16 @@ def load_causal_lm(path: str | Path, dtype: str) -> Any:
                     self.converter.convert_weights(backbone, loader, self.config)
             return backbone
 
+        def load_tokenizer(self, cls: Any, config_name: str = "tokenizer.json", **kwargs: Any) -> Any:
+            # keras-hub's Gemma 4 exporter writes tokenizer.model, its reader wants tokenizer.json
+            if fam.name == "gemma4" and not check_file_exists(self.preset, "tokenizer.json"):
+                from keras_hub.src.utils.preset_utils import get_file
+
+                proto = get_file(self.preset, "tokenizer.model")
+                return cls(proto=proto, has_vision_tokens=self.config.get("vision_config") is not None,
+                           has_audio_tokens=self.config.get("audio_config") is not None, **kwargs)
+            return super().load_tokenizer(cls, config_name, **kwargs)
+
         def _processor_config(self) -> bool:
             return check_file_exists(self.preset, "processor_config.json")
 
