@@ -441,3 +441,25 @@ def test_gemma4_lora_run_exports_to_transformers(gemma4_runs: dict[str, Any], tm
     from gemma_cli.engine.model import hf as hf_checkpoint  # and back into gemma
 
     assert float(np.abs(gemma4_keras_logits(hf_checkpoint.load_causal_lm(out, "float32"), x) - ours).max()) < 1e-4
+
+
+# ------------------------------------------------------------------------- bad input ---
+@pytest.mark.parametrize("family", ["gemma4", "paligemma"])
+def test_audio_part_exits_2_with_file_line(family: str, gemma4_ckpt: Path, paligemma_ckpt: Path,
+                                           colour_images: dict[str, Any], tmp_path: Path) -> None:
+    """Neither model has an audio encoder gemma loads: an audio part is one `Error:` line naming
+    file:line, exit 2, before the model loads."""
+    path, c = colour_images["items"][0]
+    image = str(colour_images["root"] / path)
+    ok = {"messages": [{"role": "user", "content": [{"type": "image", "path": image}, {"type": "text", "text": "hi"}]},
+                       {"role": "assistant", "content": c}]}
+    bad = {"messages": [{"role": "user", "content": [{"type": "image", "path": image},
+                                                     {"type": "audio", "path": "clip.wav"}]},
+                        {"role": "assistant", "content": c}]}
+    data = write_jsonl(tmp_path / "audio.jsonl", [ok, bad])
+    ckpt = gemma4_ckpt if family == "gemma4" else paligemma_ckpt
+    r = gemma("finetune", run_config(tmp_path, ckpt, data, data={"sequence_length": 48}))
+    assert r.exit_code == 2, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{data}:2" in lines[0] and "audio" in lines[0], lines[0]

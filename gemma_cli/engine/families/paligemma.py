@@ -11,7 +11,7 @@ transformers' `token_type_ids`); the loss is on the suffix only (engine/data: re
 Architecture numbers (PaliGemma 2): SigLIP So400m/14 (27 layers, width 1152, MLP 4304, 16
 heads) at 224, 448 or 896 px, in front of Gemma 2 2B / 9B / 27B, keras-hub's vocabulary
 257,152 (`image_token_index`; the 64 rows after it are padding in the Hugging Face files).
-`params` are keras-hub's published counts (tower included).
+`params` are keras-hub's published counts (tower included; two corrected, see `PARAMS`).
 
 Default layout (keras-hub has none for PaliGemma): the decoder as Gemma 3's rules; the tower
 as Gemma 3's tower (each (in, out) matrix split over `batch` and `model`; width 1152, MLP
@@ -40,7 +40,9 @@ TEXT = {
 PARAMS = {  # keras-hub's published counts (pali_gemma_presets.py)
     ("3b", 224): 3_032_094_960, ("3b", 448): 3_032_979_696, ("3b", 896): 3_036_518_640,
     ("10b", 224): 9_662_409_456, ("10b", 448): 9_663_294_192, ("10b", 896): 9_666_833_136,
-    ("28b", 224): 27_650_192_112, ("28b", 448): 27_650_192_112, ("28b", 896): 27_650_192_112,
+    # keras-hub lists 27,650,192,112 for 28b at every size; at 448 and 896 the tower's position
+    # table has 768 and 3,840 more rows of 1152 (as the 3b and 10b counts show): counted here
+    ("28b", 224): 27_650_192_112, ("28b", 448): 27_651_076_848, ("28b", 896): 27_654_615_792,
 }
 
 
