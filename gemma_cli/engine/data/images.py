@@ -90,6 +90,27 @@ class VisionSpec:
         return cls.from_config(bb_config, pre)
 
     @classmethod
+    def of_hf(cls, preset: str, cfg: dict[str, Any]) -> VisionSpec | None:
+        """From a Hugging Face vision+text checkpoint's config.json and preprocessor_config.json,
+        when its family loads the tower (`Family.hf_towers`); max images as keras-hub's
+        preprocessor (2)."""
+        from gemma_cli.engine import families
+
+        fam = families.for_hf_model_type(str(cfg.get("model_type")))
+        vc = cfg.get("vision_config")
+        if fam is None or "vision_encoder" not in fam.hf_towers or not isinstance(vc, dict) or not cfg.get("mm_tokens_per_image"):
+            return None
+        kw: dict[str, Any] = {}
+        try:
+            pc = json.loads((Path(preset).expanduser() / "preprocessor_config.json").read_text())
+            rescale = float(pc.get("rescale_factor", 1 / 255))
+            mean, std = pc.get("image_mean", [0.5] * 3), pc.get("image_std", [0.5] * 3)
+            kw = {"scale": tuple(rescale / x for x in std), "offset": tuple(-m / x for m, x in zip(mean, std, strict=True))}
+        except (OSError, ValueError, TypeError):
+            pass
+        return cls(int(vc.get("image_size", 224)), int(cfg["mm_tokens_per_image"]), **kw)
+
+    @classmethod
     def of_model(cls, causal_lm: Any) -> VisionSpec | None:
         """From a live CausalLM (its backbone's vision encoder and its preprocessor, if any)."""
         bb = causal_lm.backbone
@@ -230,8 +251,9 @@ def _b64(where: str, key: str, body: str) -> bytes:
 
 def for_preset(preset: str) -> tuple[VisionSpec | None, str]:
     """(the vision spec, how to name the model) of `model.preset`, read without keras: a local
-    keras-hub preset's config.json and preprocessor.json. Names and Hugging Face checkpoints are
-    planned as text backbones today, so they take no images (the name says so)."""
+    keras-hub preset's config.json and preprocessor.json, or a Hugging Face checkpoint's
+    config.json and preprocessor_config.json (`VisionSpec.of_hf`). Preset names are planned as
+    text backbones today, so they take no images (the name says so)."""
     from gemma_cli.engine import families
 
     local = "://" not in preset and Path(preset).expanduser().is_dir()
@@ -243,7 +265,12 @@ def for_preset(preset: str) -> tuple[VisionSpec | None, str]:
             return None, preset
         if isinstance(cfg, dict) and "model_type" not in cfg:
             return VisionSpec.of_preset(preset, cfg), preset
-        return None, f"{preset} (a Hugging Face checkpoint, loaded as its text model by gemma today)"
+        spec = VisionSpec.of_hf(preset, cfg) if isinstance(cfg, dict) else None
+        if spec is not None:
+            return spec, preset
+        if isinstance(cfg, dict) and cfg.get("vision_config"):
+            return None, f"{preset} (a Hugging Face '{cfg.get('model_type')}' checkpoint, loaded as its text model by gemma today)"
+        return None, preset
     if families.is_vision(preset):
         return None, (f"{preset} (by name gemma plans it as its text backbone today; save the preset to a local "
                       "directory, vision encoder included, and name that directory)")
