@@ -100,15 +100,16 @@ class VisionSpec:
         vc = cfg.get("vision_config")
         if fam is None or "vision_encoder" not in fam.hf_towers or not isinstance(vc, dict) or not cfg.get("mm_tokens_per_image"):
             return None
-        kw: dict[str, Any] = {}
-        try:
-            pc = json.loads((Path(preset).expanduser() / "preprocessor_config.json").read_text())
-            rescale = float(pc.get("rescale_factor", 1 / 255))
-            mean, std = pc.get("image_mean", [0.5] * 3), pc.get("image_std", [0.5] * 3)
-            kw = {"scale": tuple(rescale / x for x in std), "offset": tuple(-m / x for m, x in zip(mean, std, strict=True))}
-        except (OSError, ValueError, TypeError):
-            pass
-        return cls(int(vc.get("image_size", 224)), int(cfg["mm_tokens_per_image"]), **kw)
+        from gemma_cli.engine.model import hf
+
+        def read(name: str) -> dict[str, Any] | None:
+            try:
+                return json.loads((Path(preset).expanduser() / name).read_text())
+            except (OSError, ValueError):
+                return None
+
+        scale, offset = hf.normalisation(hf.image_processor(read))
+        return cls(int(vc.get("image_size", 224)), int(cfg["mm_tokens_per_image"]), scale=tuple(scale), offset=tuple(offset))
 
     @classmethod
     def of_model(cls, causal_lm: Any) -> VisionSpec | None:

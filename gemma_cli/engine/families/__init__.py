@@ -185,6 +185,7 @@ class Family:
     hf_export_weights: Callable[[Any], dict[str, Any]] | None = None  # replaces keras-hub's weight map
     hf_chat_template: str | None = None  # defaults to `chat.hf_template()`
     tiny_hf: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tiny_hf_vision: dict[str, dict[str, Any]] = field(default_factory=dict)  # image+text test models
 
     def chat_template(self) -> str | None:
         """The `transformers` chat template of this family (None if it has no chat format)."""
@@ -413,6 +414,15 @@ def tiny_hf_config(name: str) -> tuple[Family, dict[str, Any]]:
         if name in f.tiny_hf:
             return f, copy.deepcopy(f.tiny_hf[name])
     raise KeyError(f"no tiny Hugging Face config {name!r}")
+
+
+def tiny_hf_vision_config(name: str) -> tuple[Family, dict[str, Any]]:
+    """(family, {"config", "model", "processor", "kwargs", ...}) of a tiny image+text
+    Hugging Face test model (`Family.tiny_hf_vision`)."""
+    for f in all_families():
+        if name in f.tiny_hf_vision:
+            return f, copy.deepcopy(f.tiny_hf_vision[name])
+    raise KeyError(f"no tiny Hugging Face vision config {name!r}")
 
 
 def tiny_config(name: str) -> tuple[Family, dict[str, Any]]:

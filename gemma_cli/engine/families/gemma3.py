@@ -179,6 +179,33 @@ FAMILY = Family(
             ),
         },
     },
+    tiny_hf_vision={
+        # a Gemma3ForConditionalGeneration: the text model above (6 layers, global RoPE scaling)
+        # and a SigLIP tower of 16×16 images in 4×4 patches, pooled to 4 image tokens; the image
+        # token ids are the tiny vocabulary's `<img>`, `<start_of_image>`, `<end_of_image>`
+        "gemma3_vision": {
+            "config": "Gemma3Config",
+            "model": "Gemma3ForConditionalGeneration",
+            "processor": "Gemma3Processor",
+            "image_processor": "Gemma3ImageProcessorPil",
+            "image_tokens": {"image_token_index": "<img>", "boi_token_index": "<start_of_image>",
+                             "eoi_token_index": "<end_of_image>"},
+            "tokenizer_tokens": {"image_token": "<img>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"},
+            "kwargs": dict(
+                text_config=dict(
+                    vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
+                    rope_parameters={
+                        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                    },
+                ),
+                vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   image_size=16, patch_size=4, layer_norm_eps=1e-6, vision_use_head=False),
+                mm_tokens_per_image=4,
+            ),
+        },
+    },
     tiny={
         "gemma3": dict(
             num_layers=2,
