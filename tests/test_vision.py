@@ -168,31 +168,34 @@ def test_lora_learns_colours_from_images(vision_run: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------ the tower plan ---
-def test_tower_plan_equals_live_at_2x4(vision_preset: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("shape", "vision"), [((1, 8), "lora"), ((2, 4), "frozen"), ((8, 1), "lora")])
+def test_tower_plan_equals_live(vision_preset: Path, shapes: dict[str, Any], tmp_path: Path, shape: tuple[int, int],
+                                vision: str) -> None:
     """The vision tower's default layout: planned without weights, then the live variables
-    under the distribution carry exactly the planned specs (LoRA on text, tower frozen)."""
+    under the distribution carry exactly the planned specs, on (1, 8), (2, 4) and (8, 1)
+    (LoRA on text; the tower frozen, or with its own adapters for `model.vision: lora`)."""
     from gemma_cli.config import load_config
     from gemma_cli.engine.model import runs
     from gemma_cli.engine.plan import layout as layoutlib
 
-    cfg = load_config(str(run_config(tmp_path, vision_preset, shapes["train"])))
+    path = run_config(tmp_path, vision_preset, shapes["train"], mesh={"shape": list(shape)}, model={"vision": vision})
+    cfg = load_config(str(path))
     lay = layoutlib.layout_for(cfg)
     planned = {v.path: tuple(v.spec) for v in lay.plan.variables}
     assert planned["image_encoder/encoder_block_0/multi_head_attention/query_proj/kernel"] == ("batch", "model")
     assert planned["image_encoder/encoder_block_0/multi_head_attention/out_proj/kernel"] == ("model", "batch")
     assert planned["image_encoder/encoder_block_0/mlp_dense_2/kernel"] == ("model", "batch")
     assert planned["vision_output_encoder/vision_input_projection/kernel"] == ("batch", "model")
-    assert not any("query_proj/lora" in p for p in planned)  # frozen tower: no adapters there
+    assert any("query_proj/lora" in p for p in planned) == (vision == "lora")
     lm = runs.load(cfg, distribution=lay.distribution, adapters=True)
     live = {}
     for v in lm.backbone.weights:
         spec = tuple(v.value.sharding.spec)
         live[v.path] = spec + (None,) * (len(v.shape) - len(spec))
     assert set(live) == set(planned)
-    assert {p: s for p, s in live.items() if "image" in p or "vision" in p} == {
-        p: s for p, s in planned.items() if "image" in p or "vision" in p}
-    tower = [v for v in lm.backbone.vision_encoder.weights]
-    assert tower and not any(v.trainable for v in tower)
+    assert live == planned
+    trainable = {v.path for v in lm.backbone.vision_encoder.weights if v.trainable}
+    assert all("lora_kernel" in p for p in trainable) and bool(trainable) == (vision == "lora")
 
 
 # -------------------------------------------------------------------------- bad input ---
