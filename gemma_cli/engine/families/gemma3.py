@@ -13,9 +13,8 @@ axis (FSDP-style); norms replicated.
 
 from __future__ import annotations
 
-from typing import Any
-
 import dataclasses
+from typing import Any
 
 from gemma_cli.engine.families import GEMMA_CHAT, GEMMA_DIM_NAMES, Family, Preset, named_rules
 from gemma_cli.engine.families.gemma import dims
