@@ -321,3 +321,36 @@ def test_generate_image_on_text_only_model_refused(tiny_gemma3: Path, shapes: di
     r = gemma("generate", tiny_gemma3, "--chat", "--image", shapes["held"][0][0], "-p", "hi")
     assert r.exit_code == 2
     assert "text-only" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generate_jsonl_prompts_with_image_parts(vision_run: dict[str, Any], shapes: dict[str, Any]) -> None:
+    """`gemma generate RUN --chat --prompt-file prompts.jsonl`: chat records whose image parts
+    (paths relative to the file) and `images` lists differ per prompt, in one batch."""
+    held = shapes["held"][3:7]
+    rows = [record(Path(p).name, c) for p, c in held[:3]]
+    rows.append({"prompt": f"<image>{QUESTION}", "images": [Path(held[3][0]).name]})
+    prompts = write_jsonl(Path(held[0][0]).parent / "prompts.jsonl", rows)
+    r = gemma("generate", vision_run["tmp"] / "out", "--chat", "--prompt-file", prompts, "--max-new-tokens", "8",
+              "--jsonl")
+    assert r.exit_code == 0, r.stderr[-2000:]
+    said = [json.loads(line)["completion"].strip() for line in r.stdout.strip().splitlines()]
+    assert said == [c for _, c in held], said
+
+
+def test_eval_scores_image_records(vision_run: dict[str, Any], shapes: dict[str, Any], tmp_path: Path) -> None:
+    """`gemma eval RUN --data held.jsonl`: chat records with images, generated and scored by
+    likelihood with their images."""
+    data = write_jsonl(tmp_path / "held.jsonl", [record(str(p), c) for p, c in shapes["held"][:6]])
+    r = gemma("eval", vision_run["tmp"] / "out", "--data", data, "--reward", "contains", "--json")
+    assert r.exit_code == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    metrics = doc["targets"][0]["metrics"]
+    names = list(COLOURS)
+    wrong = [record(str(p), names[(names.index(c) + 1) % 3]) for p, c in shapes["held"][:6]]
+    r = gemma("eval", vision_run["tmp"] / "out", "--data", write_jsonl(tmp_path / "wrong.jsonl", wrong), "--json",
+              "--no-generate")
+    assert r.exit_code == 0, r.stderr[-2000:]
+    worse = json.loads(r.stdout)["targets"][0]["metrics"]["loss"]
+    print(f"eval on images: contains {metrics['reward contains']}, reference loss {metrics['loss']:.3f} "
+          f"(a wrong colour: {worse:.3f})")
+    assert metrics["reward contains"] >= 0.8 and metrics["loss"] < worse - 0.5

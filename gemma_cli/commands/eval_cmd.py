@@ -106,12 +106,17 @@ def eval_(
                 if r.name in seen:
                     r.name = r.spec  # two functions of one name: show their specs
                 seen[r.name] = r.spec
-            kind, records = recordlib.read(str(data), chat=chat, limit=limit)
+            from gemma_cli.engine.data import images as imagelib
+
+            resolved = [targetlib.resolve(n, items, verb="eval", log=out) for n in (names or [None])]
+            spec, model_name = imagelib.for_preset(resolved[0].config.model.preset)
+            kind, records = recordlib.read(str(data), chat=chat, limit=limit, vision=spec, model_name=model_name)
             if kind == "preference" and rewards:
                 raise UsageError(f"--data {data}: preference records (prompt/chosen/rejected) are scored by "
                                  "likelihood; --reward needs prompt records")
             recordlib.check_rewards(records, rewards)
-        resolved = [targetlib.resolve(n, items, verb="eval", log=out) for n in (names or [None])]
+        if run_tasks is not None:
+            resolved = [targetlib.resolve(n, items, verb="eval", log=out) for n in (names or [None])]
         from gemma_cli import preflight
 
         for t in resolved:
