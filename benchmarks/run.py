@@ -871,9 +871,27 @@ def main() -> int:
         report = json.loads((HERE / "report.json").read_text())
         report["summary"] = [r for r in report.get("summary", []) if not str(r[0]).startswith("image pipeline")]
         {"images": sec_images}[name](report)
-        report.setdefault("raw", {}).update(RAW)
+        report.setdefault("raw", {})[name] = RAW.get(name)
         (HERE / "report.json").write_text(json.dumps(report, indent=2, default=str))
-        (HERE / "report.md").write_text(bl.render(report))
+        # report.md: this section and its summary row replaced or added, the rest left as it is
+        md = (HERE / "report.md").read_text()
+        title = {"images": IMAGES_TITLE}[name]
+        sec = next(x for x in report["sections"] if x.get("title") == title)
+        text = bl.render_section(sec) + "\n\n"
+        start = md.find(f"## {title}\n")
+        if start >= 0:
+            end = md.find("\n## ", start + 1) + 1
+            md = md[:start] + text + md[end:]
+        else:
+            at = md.find("## Failures")
+            md = md[:at] + text + md[at:]
+        row = next((r for r in report["summary"] if str(r[0]).startswith("image pipeline")), None)
+        if row is not None:
+            line = "| " + " | ".join(str(c) for c in row) + " |"
+            lines = [ln for ln in md.split("\n") if not ln.startswith("| image pipeline")]
+            at = max(i for i, ln in enumerate(lines) if ln.startswith("| input pipeline tokens/s"))
+            md = "\n".join([*lines[: at + 1], line, *lines[at + 1 :]])
+        (HERE / "report.md").write_text(md)
         log(f"section {name} merged into benchmarks/report.md and report.json")
         return 0
     log(f"{'QUICK ' if QUICK else ''}bench, budget {BUDGET:.0f} s")
