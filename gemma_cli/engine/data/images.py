@@ -253,8 +253,8 @@ def _b64(where: str, key: str, body: str) -> bytes:
 def for_preset(preset: str) -> tuple[VisionSpec | None, str]:
     """(the vision spec, how to name the model) of `model.preset`, read without keras: a local
     keras-hub preset's config.json and preprocessor.json, or a Hugging Face checkpoint's
-    config.json and preprocessor_config.json (`VisionSpec.of_hf`). Preset names are planned as
-    text backbones today, so they take no images (the name says so)."""
+    config.json and preprocessor_config.json (`VisionSpec.of_hf`), or a known preset name's
+    architecture (families: Gemma 3 4B, 12B, 27B carry their tower)."""
     from gemma_cli.engine import families
 
     local = "://" not in preset and Path(preset).expanduser().is_dir()
@@ -272,7 +272,7 @@ def for_preset(preset: str) -> tuple[VisionSpec | None, str]:
         if isinstance(cfg, dict) and cfg.get("vision_config"):
             return None, f"{preset} (a Hugging Face '{cfg.get('model_type')}' checkpoint, loaded as its text model by gemma today)"
         return None, preset
-    if families.is_vision(preset):
-        return None, (f"{preset} (by name gemma plans it as its text backbone today; save the preset to a local "
-                      "directory, vision encoder included, and name that directory)")
+    known = families.get_preset(preset)
+    if known is not None and families.is_vision(preset):
+        return VisionSpec.from_config(known), preset  # keras-hub's preprocessor: 2 images per prompt
     return None, preset

@@ -169,7 +169,7 @@ class Family:
     gguf_module: str | None = None  # module of this package with the GGUF mapping
     presets: dict[str, Preset] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
-    vision_presets: frozenset[str] = frozenset()  # names whose vision tower the plan leaves out
+    vision_presets: frozenset[str] = frozenset()  # names of vision+text presets
     tiny: dict[str, dict[str, Any]] = field(default_factory=dict)
     block_name: str = "decoder_block_{i}"
     dim_names: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -398,7 +398,8 @@ def published_params(preset: str) -> int | None:
 
 
 def is_vision(preset: str) -> bool:
-    """Whether the real preset carries a vision tower (planned as its text backbone)."""
+    """Whether the real preset carries a vision tower (planned and loaded with it, for a family
+    whose table has it; else planned as its text backbone)."""
     hit = _lookup(preset)
     return bool(hit and hit[1] in hit[0].vision_presets)
 
