@@ -47,8 +47,9 @@ class ChatPrompt:
 
 
 def read_prompts(prompts: list[str], prompt_file: str | None, stdin_text: str | None) -> list[Any]:
-    """Prompts from -p, a file or stdin: one per line, or JSONL objects with a `prompt` field,
-    or chat records (`messages`, image parts allowed: `ChatPrompt`)."""
+    """Prompts from -p, a file or stdin: one per line, or JSONL objects with a `prompt` field
+    (which wins over `messages`), or chat records (`messages` without `prompt`, image parts
+    allowed; or `prompt` with an `images` list: `ChatPrompt`)."""
     out = list(prompts)
     sources: list[tuple[str, str]] = []
     if prompt_file:
@@ -67,7 +68,7 @@ def read_prompts(prompts: list[str], prompt_file: str | None, stdin_text: str | 
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UsageError(f"{where}:{n}: not valid JSON: {e.msg}") from None
-                if isinstance(rec, dict) and ("messages" in rec or "images" in rec):
+                if isinstance(rec, dict) and ("images" in rec or ("messages" in rec and "prompt" not in rec)):
                     out.append(ChatPrompt(f"{where}:{n}", rec))  # a chat record, maybe with images
                     continue
                 if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
