@@ -354,3 +354,11 @@ def test_eval_scores_image_records(vision_run: dict[str, Any], shapes: dict[str,
     print(f"eval on images: contains {metrics['reward contains']}, reference loss {metrics['loss']:.3f} "
           f"(a wrong colour: {worse:.3f})")
     assert metrics["reward contains"] >= 0.8 and metrics["loss"] < worse - 0.5
+
+
+def test_eval_image_records_on_text_only_model_refused(tiny_gemma3: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "held.jsonl", [record(str(p), c) for p, c in shapes["held"][:2]])
+    r = gemma("eval", tiny_gemma3, "--data", data, "--reward", "contains")
+    assert r.exit_code == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and "held.jsonl:1" in lines[0] and "text-only" in lines[0], r.stderr

@@ -27,6 +27,32 @@ from gemma_cli.errors import UsageError
 KINDS = ("preference", "chat", "pair", "prompt")
 
 
+class _AnyImages:
+    """Read images before the model is known: each is checked (exists, decodes) and counted;
+    `check_images` then holds them against the model's image input."""
+
+    max_images = 1 << 30
+
+
+ANY_IMAGES = _AnyImages()
+
+
+def check_images(records: list[EvalRecord], spec: Any, model_name: str) -> None:
+    """Exit 2 naming `file:line` when a record shows images the model cannot take: a text-only
+    model, or more than its `max_images_per_prompt`."""
+    from gemma_cli.engine.data import images
+
+    for r in records:
+        if not r.images:
+            continue
+        if spec is None:
+            raise UsageError(f"{r.where}: an image part, but {model_name} is a text-only model; images need a "
+                             f"multimodal one: {images.MULTIMODAL}")
+        if len(r.images) > spec.max_images:
+            raise UsageError(f"{r.where}: {len(r.images)} images in one record; the model takes at most "
+                             f"{spec.max_images} (max_images_per_prompt)")
+
+
 @dataclass
 class EvalRecord:
     """One record to evaluate.
