@@ -168,31 +168,34 @@ def test_lora_learns_colours_from_images(vision_run: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------ the tower plan ---
-def test_tower_plan_equals_live_at_2x4(vision_preset: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("shape", "vision"), [((1, 8), "lora"), ((2, 4), "frozen"), ((8, 1), "lora")])
+def test_tower_plan_equals_live(vision_preset: Path, shapes: dict[str, Any], tmp_path: Path, shape: tuple[int, int],
+                                vision: str) -> None:
     """The vision tower's default layout: planned without weights, then the live variables
-    under the distribution carry exactly the planned specs (LoRA on text, tower frozen)."""
+    under the distribution carry exactly the planned specs, on (1, 8), (2, 4) and (8, 1)
+    (LoRA on text; the tower frozen, or with its own adapters for `model.vision: lora`)."""
     from gemma_cli.config import load_config
     from gemma_cli.engine.model import runs
     from gemma_cli.engine.plan import layout as layoutlib
 
-    cfg = load_config(str(run_config(tmp_path, vision_preset, shapes["train"])))
+    path = run_config(tmp_path, vision_preset, shapes["train"], mesh={"shape": list(shape)}, model={"vision": vision})
+    cfg = load_config(str(path))
     lay = layoutlib.layout_for(cfg)
     planned = {v.path: tuple(v.spec) for v in lay.plan.variables}
     assert planned["image_encoder/encoder_block_0/multi_head_attention/query_proj/kernel"] == ("batch", "model")
     assert planned["image_encoder/encoder_block_0/multi_head_attention/out_proj/kernel"] == ("model", "batch")
     assert planned["image_encoder/encoder_block_0/mlp_dense_2/kernel"] == ("model", "batch")
     assert planned["vision_output_encoder/vision_input_projection/kernel"] == ("batch", "model")
-    assert not any("query_proj/lora" in p for p in planned)  # frozen tower: no adapters there
+    assert any("query_proj/lora" in p for p in planned) == (vision == "lora")
     lm = runs.load(cfg, distribution=lay.distribution, adapters=True)
     live = {}
     for v in lm.backbone.weights:
         spec = tuple(v.value.sharding.spec)
         live[v.path] = spec + (None,) * (len(v.shape) - len(spec))
     assert set(live) == set(planned)
-    assert {p: s for p, s in live.items() if "image" in p or "vision" in p} == {
-        p: s for p, s in planned.items() if "image" in p or "vision" in p}
-    tower = [v for v in lm.backbone.vision_encoder.weights]
-    assert tower and not any(v.trainable for v in tower)
+    assert live == planned
+    trainable = {v.path for v in lm.backbone.vision_encoder.weights if v.trainable}
+    assert all("lora_kernel" in p for p in trainable) and bool(trainable) == (vision == "lora")
 
 
 # -------------------------------------------------------------------------- bad input ---
@@ -318,3 +321,44 @@ def test_generate_image_on_text_only_model_refused(tiny_gemma3: Path, shapes: di
     r = gemma("generate", tiny_gemma3, "--chat", "--image", shapes["held"][0][0], "-p", "hi")
     assert r.exit_code == 2
     assert "text-only" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generate_jsonl_prompts_with_image_parts(vision_run: dict[str, Any], shapes: dict[str, Any]) -> None:
+    """`gemma generate RUN --chat --prompt-file prompts.jsonl`: chat records whose image parts
+    (paths relative to the file) and `images` lists differ per prompt, in one batch."""
+    held = shapes["held"][3:7]
+    rows = [record(Path(p).name, c) for p, c in held[:3]]
+    rows.append({"prompt": f"<image>{QUESTION}", "images": [Path(held[3][0]).name]})
+    prompts = write_jsonl(Path(held[0][0]).parent / "prompts.jsonl", rows)
+    r = gemma("generate", vision_run["tmp"] / "out", "--chat", "--prompt-file", prompts, "--max-new-tokens", "8",
+              "--jsonl")
+    assert r.exit_code == 0, r.stderr[-2000:]
+    said = [json.loads(line)["completion"].strip() for line in r.stdout.strip().splitlines()]
+    assert said == [c for _, c in held], said
+
+
+def test_eval_scores_image_records(vision_run: dict[str, Any], shapes: dict[str, Any], tmp_path: Path) -> None:
+    """`gemma eval RUN --data held.jsonl`: chat records with images, generated and scored by
+    likelihood with their images."""
+    data = write_jsonl(tmp_path / "held.jsonl", [record(str(p), c) for p, c in shapes["held"][:6]])
+    r = gemma("eval", vision_run["tmp"] / "out", "--data", data, "--reward", "contains", "--json")
+    assert r.exit_code == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    metrics = doc["targets"][0]["metrics"]
+    names = list(COLOURS)
+    wrong = [record(str(p), names[(names.index(c) + 1) % 3]) for p, c in shapes["held"][:6]]
+    r = gemma("eval", vision_run["tmp"] / "out", "--data", write_jsonl(tmp_path / "wrong.jsonl", wrong), "--json",
+              "--no-generate")
+    assert r.exit_code == 0, r.stderr[-2000:]
+    worse = json.loads(r.stdout)["targets"][0]["metrics"]["loss"]
+    print(f"eval on images: contains {metrics['reward contains']}, reference loss {metrics['loss']:.3f} "
+          f"(a wrong colour: {worse:.3f})")
+    assert metrics["reward contains"] >= 0.8 and metrics["loss"] < worse - 0.5
+
+
+def test_eval_image_records_on_text_only_model_refused(tiny_gemma3: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "held.jsonl", [record(str(p), c) for p, c in shapes["held"][:2]])
+    r = gemma("eval", tiny_gemma3, "--data", data, "--reward", "contains")
+    assert r.exit_code == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and "held.jsonl:1" in lines[0] and "text-only" in lines[0], r.stderr

@@ -169,7 +169,7 @@ class Family:
     gguf_module: str | None = None  # module of this package with the GGUF mapping
     presets: dict[str, Preset] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
-    vision_presets: frozenset[str] = frozenset()  # names whose vision tower the plan leaves out
+    vision_presets: frozenset[str] = frozenset()  # names of vision+text presets
     tiny: dict[str, dict[str, Any]] = field(default_factory=dict)
     block_name: str = "decoder_block_{i}"
     dim_names: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -194,6 +194,7 @@ class Family:
     hf_export_weights: Callable[[Any], dict[str, Any]] | None = None  # replaces keras-hub's weight map
     hf_chat_template: str | None = None  # defaults to `chat.hf_template()`
     tiny_hf: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tiny_hf_vision: dict[str, dict[str, Any]] = field(default_factory=dict)  # image+text test models
 
     def chat_template(self) -> str | None:
         """The `transformers` chat template of this family (None if it has no chat format)."""
@@ -406,7 +407,8 @@ def published_params(preset: str) -> int | None:
 
 
 def is_vision(preset: str) -> bool:
-    """Whether the real preset carries a vision tower (planned as its text backbone)."""
+    """Whether the real preset carries a vision tower (planned and loaded with it, for a family
+    whose table has it; else planned as its text backbone)."""
     hit = _lookup(preset)
     return bool(hit and hit[1] in hit[0].vision_presets)
 
@@ -422,6 +424,15 @@ def tiny_hf_config(name: str) -> tuple[Family, dict[str, Any]]:
         if name in f.tiny_hf:
             return f, copy.deepcopy(f.tiny_hf[name])
     raise KeyError(f"no tiny Hugging Face config {name!r}")
+
+
+def tiny_hf_vision_config(name: str) -> tuple[Family, dict[str, Any]]:
+    """(family, {"config", "model", "processor", "kwargs", ...}) of a tiny image+text
+    Hugging Face test model (`Family.tiny_hf_vision`)."""
+    for f in all_families():
+        if name in f.tiny_hf_vision:
+            return f, copy.deepcopy(f.tiny_hf_vision[name])
+    raise KeyError(f"no tiny Hugging Face vision config {name!r}")
 
 
 def tiny_config(name: str) -> tuple[Family, dict[str, Any]]:

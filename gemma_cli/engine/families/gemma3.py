@@ -2,9 +2,10 @@
 
 `intermediate_dim` is HF's `intermediate_size` as is; 270m and 1b use a 512-token window and
 no RoPE scaling, 4b and up scale global RoPE by 8. The 4b/12b/27b presets are vision+text
-models; by name they are planned as their text backbone (`vision_encoder: None`, as the `*_text`
-presets); a local preset or checkpoint that carries its vision encoder is planned, loaded and
-trained whole, the tower laid out by the rules below (`model.vision` says what of it trains).
+models: planned with their tower (`tower()`, parameter counts equal to keras-hub's published
+ones), as are local presets and Hugging Face checkpoints that carry it; the `*_text` presets
+are the text backbones alone. The tower is laid out by the rules below (`model.vision` says
+what of it trains).
 
 keras-hub ships no `get_layout_map` for Gemma 3; the default rules below have the shape
 keras-hub uses for Gemma 1/2: the big matrices split over the model axis and over the batch
@@ -41,6 +42,22 @@ BASE: dict[str, Any] = {
     "embedding_dim": None,
 }
 _SMALL = {"sliding_window_size": 512, "global_rope_scaling_factor": 1.0}
+
+
+def tower(output_dim: int) -> dict[str, Any]:
+    """The serialized vision tower of the Gemma 3 vision presets (4B, 12B, 27B): SigLIP So400m
+    at 896 pixels in 14-pixel patches (4096), pooled 4×4 to 256 image tokens, projected to the
+    text width. (keras-hub's presets keep the 262,144-token vocabulary: the counts match its
+    published ones exactly.)"""
+    return {
+        "module": "keras_hub.src.models.gemma3.gemma3_vision_encoder",
+        "class_name": "Gemma3VisionEncoder",
+        "config": {"name": "vision_encoder", "trainable": True, "image_size": 896, "patch_size": 14, "num_heads": 16,
+                   "hidden_dim": 1152, "num_layers": 27, "intermediate_dim": 4304, "output_dim": output_dim,
+                   "pool_size": 4, "layer_norm_epsilon": 1e-6},
+        "registered_name": "keras_hub>Gemma3VisionEncoder",
+    }
+
 
 RULES = [
     ("token_embedding/embeddings", ("model", "batch")),
@@ -136,6 +153,15 @@ FAMILY = Family(
         "gemma3_27b_text": Preset(
             {**BASE, **dims(62, 32, 16, 5376, 21504, 128), "query_head_dim_normalize": False}, 27_009_002_240
         ),
+        # the vision+text presets: the text backbones above with the tower (keras-hub's published counts)
+        "gemma3_4b": Preset({**BASE, **dims(34, 8, 4, 2560, 10240, 256), "vision_encoder": tower(2560)},
+                            4_299_915_632),
+        "gemma3_12b": Preset({**BASE, **dims(48, 16, 8, 3840, 15360, 256), "vision_encoder": tower(3840)},
+                             12_187_079_280),
+        "gemma3_27b": Preset(
+            {**BASE, **dims(62, 32, 16, 5376, 21504, 128), "query_head_dim_normalize": False,
+             "vision_encoder": tower(5376)}, 27_432_062_576
+        ),
     },
     aliases={
         "gemma3_instruct_270m": "gemma3_270m",
@@ -144,12 +170,9 @@ FAMILY = Family(
         "gemma3_instruct_4b_text": "gemma3_4b_text",
         "gemma3_instruct_12b_text": "gemma3_12b_text",
         "gemma3_instruct_27b_text": "gemma3_27b_text",
-        "gemma3_4b": "gemma3_4b_text",
-        "gemma3_instruct_4b": "gemma3_4b_text",
-        "gemma3_12b": "gemma3_12b_text",
-        "gemma3_instruct_12b": "gemma3_12b_text",
-        "gemma3_27b": "gemma3_27b_text",
-        "gemma3_instruct_27b": "gemma3_27b_text",
+        "gemma3_instruct_4b": "gemma3_4b",
+        "gemma3_instruct_12b": "gemma3_12b",
+        "gemma3_instruct_27b": "gemma3_27b",
     },
     vision_presets=frozenset(
         {"gemma3_4b", "gemma3_instruct_4b", "gemma3_12b", "gemma3_instruct_12b", "gemma3_27b", "gemma3_instruct_27b"}
@@ -175,6 +198,33 @@ FAMILY = Family(
                     "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
                     "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
                 },
+            ),
+        },
+    },
+    tiny_hf_vision={
+        # a Gemma3ForConditionalGeneration: the text model above (6 layers, global RoPE scaling)
+        # and a SigLIP tower of 16×16 images in 4×4 patches, pooled to 4 image tokens; the image
+        # token ids are the tiny vocabulary's `<img>`, `<start_of_image>`, `<end_of_image>`
+        "gemma3_vision": {
+            "config": "Gemma3Config",
+            "model": "Gemma3ForConditionalGeneration",
+            "processor": "Gemma3Processor",
+            "image_processor": "Gemma3ImageProcessorPil",
+            "image_tokens": {"image_token_index": "<img>", "boi_token_index": "<start_of_image>",
+                             "eoi_token_index": "<end_of_image>"},
+            "tokenizer_tokens": {"image_token": "<img>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"},
+            "kwargs": dict(
+                text_config=dict(
+                    vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
+                    rope_parameters={
+                        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                    },
+                ),
+                vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   image_size=16, patch_size=4, layer_norm_eps=1e-6, vision_use_head=False),
+                mm_tokens_per_image=4,
             ),
         },
     },

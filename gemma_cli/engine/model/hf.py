@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,20 +113,37 @@ def _towers(kwargs: dict[str, Any], fam: Any) -> dict[str, Any]:
     return out
 
 
+def image_processor(read: Callable[[str], dict[str, Any] | None]) -> dict[str, Any] | None:
+    """A checkpoint's image processor settings: preprocessor_config.json (what Hub repositories
+    of Gemma 3 hold), or the `image_processor` section of processor_config.json (what
+    transformers 5 writes). `read(name)`: the parsed file, None if absent."""
+    pc = read("preprocessor_config.json")
+    if pc is None:
+        proc = read("processor_config.json") or {}
+        pc = proc.get("image_processor") if isinstance(proc.get("image_processor"), dict) else None
+    return pc
+
+
+def normalisation(pc: dict[str, Any] | None) -> tuple[list[float], list[float]]:
+    """(scale, offset) per channel of transformers' `pixel * rescale_factor` then
+    `(x - mean) / std` (keras-hub 0.32's own reader multiplies by std instead of dividing)."""
+    pc = pc or {}
+    mean, std = pc.get("image_mean", [0.5] * 3), pc.get("image_std", [0.5] * 3)
+    rescale = float(pc.get("rescale_factor", 1 / 255))
+    return [rescale / s for s in std], [-m / s for m, s in zip(mean, std, strict=True)]
+
+
 def image_converter_config(preset: str, cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """The keras-hub image converter of a checkpoint's preprocessor_config.json: resize to the
-    tower's size, then `pixel * rescale / std - mean / std` (transformers' normalisation;
-    keras-hub 0.32's own reader multiplies by std instead of dividing)."""
+    """The keras-hub image converter of a checkpoint: resize to the tower's size, then
+    `normalisation` of its image processor settings."""
     from keras_hub.src.utils.preset_utils import check_file_exists, load_json
 
     vc = cfg.get("vision_config")
-    if not isinstance(vc, dict) or not check_file_exists(preset, "preprocessor_config.json"):
+    if not isinstance(vc, dict):
         return None
-    pc = load_json(preset, "preprocessor_config.json")
-    mean, std = pc.get("image_mean", [0.5] * 3), pc.get("image_std", [0.5] * 3)
-    rescale = float(pc.get("rescale_factor", 1 / 255))
+    scale, offset = normalisation(image_processor(lambda n: load_json(preset, n) if check_file_exists(preset, n) else None))
     size = int(vc.get("image_size", 224))
-    return {"image_size": (size, size), "scale": [rescale / s for s in std], "offset": [-m / s for m, s in zip(mean, std, strict=True)]}
+    return {"image_size": (size, size), "scale": scale, "offset": offset}
 
 
 def has_vision(path: str | Path) -> bool:
