@@ -271,7 +271,7 @@ def load_causal_lm(path: str | Path, dtype: str) -> Any:
             return super().load_preprocessor(cls, config_file, **kwargs)
 
         def load_image_converter(self, cls: Any, **kwargs: Any) -> Any:
-            own = hasattr(self.converter, "load_image_converter_config")  # keras-hub reads it (Gemma 4's patches)
+            own = fam.name == "gemma4"  # keras-hub reads Gemma 4's processor_config.json (patches, soft tokens)
             conf = image_converter_config(self.preset, self.config) if fam.hf_towers and not own else None
             return cls(**{**conf, **kwargs}) if conf is not None else super().load_image_converter(cls, **kwargs)
 
