@@ -31,13 +31,16 @@ def pixels(size: int, seed: int = 0) -> Any:
     return np.random.default_rng(seed).uniform(-1, 1, (1, size, size, 3)).astype("float32")
 
 
-def paligemma_hf_logits(path: Path, px: Any, ids: list[int], prefix: int) -> Any:
+def paligemma_hf_logits(path: Any, px: Any, ids: list[int], prefix: int) -> Any:
     import torch
     import transformers
 
-    cfg = transformers.AutoConfig.from_pretrained(str(path))
+    if isinstance(path, Path):
+        model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).eval()
+    else:  # a model (PEFT's)
+        model = path
+    cfg = model.config
     n_img = cfg.text_config.num_image_tokens
-    model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).eval()
     input_ids = torch.tensor([[cfg.image_token_index] * n_img + ids])
     types = torch.tensor([[0] * (n_img + prefix) + [1] * (len(ids) - prefix)])
     with torch.no_grad():
@@ -415,6 +418,36 @@ def test_paligemma_lora_run_exports_to_transformers(paligemma_runs: dict[str, An
 
     back = paligemma_keras_logits(hf_checkpoint.load_causal_lm(out, "float32"), px, PG_TEXT, PG_PREFIX)
     assert float(np.abs(back - ours).max()) < 1e-4
+
+
+
+def test_paligemma_tower_lora_exports_to_peft(paligemma_runs: dict[str, Any], paligemma_ckpt: Path, tmp_path: Path) -> None:
+    """`--format peft` of the run with LoRA on the tower (and on the text query/value): PEFT
+    over the base checkpoint gives the run's logits."""
+    import json
+
+    import peft
+    import torch
+    import transformers
+
+    from gemma_cli.config import load_config
+    from gemma_cli.engine.model import checkpoint as ckptlib
+    from gemma_cli.engine.model import runs
+
+    cfg = load_config(str(paligemma_runs["lora"]["cfg"]))
+    r = gemma("export", cfg.train.output_dir, "--format", "peft", "--out", tmp_path / "peft", "--json")
+    assert r.exit_code == 0, r.stderr[-3000:] + r.stdout[-2000:]
+    targets = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["target_modules"]
+    assert "vision_tower" in targets and "language_model" in targets
+    lm = runs.load(cfg, ckptlib.latest(Path(cfg.train.output_dir)), adapters=True)
+    px = pixels(lm.backbone.image_size, 3)
+    ours = paligemma_keras_logits(lm, px, PG_TEXT, PG_PREFIX)
+    base = transformers.PaliGemmaForConditionalGeneration.from_pretrained(str(paligemma_ckpt), dtype=torch.float32)
+    with_lora = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    theirs = paligemma_hf_logits(with_lora, px, PG_TEXT, PG_PREFIX)[..., : ours.shape[-1]]
+    err = float(np.abs(ours - theirs).max())
+    print(f"paligemma2 PEFT max |logit diff| {err:.2e}")
+    assert err < 1e-4
 
 
 def assert_tower_trained(run: dict[str, Any], out: Path, key: str) -> None:

@@ -107,6 +107,7 @@ FAMILY = Family(
     hf_towers=("vision_encoder",),
     hf_converter="paligemma_hf",
     hf_export=_export,
+    peft_export=True,
     chat=None,  # not a chat model: records are prefix/suffix pairs (engine/data/render.py)
     presets=PRESETS,
     tiny_hf={

@@ -33,6 +33,7 @@ from typing import Any
 from gemma_cli.engine import families
 from gemma_cli.engine.core.files import atomic_dir
 from gemma_cli.engine.core.report import NullReporter
+from gemma_cli.engine.model.lora import tower
 from gemma_cli.errors import UsageError
 
 # keras-hub Gemma layer name → Hugging Face module path inside a decoder layer (families/).
@@ -62,7 +63,8 @@ def peft_factors(kind: str, a: Any, b: Any) -> tuple[Any, Any]:
     return a.T, b.T  # Dense (in, out): W = kernel.T
 
 
-# Gemma 3's vision tower (SigLIP, keras-hub `Gemma3VisionEncoder`) → transformers' modules
+# Gemma 3's and PaliGemma's vision tower (SigLIP: keras-hub `Gemma3VisionEncoder`, PaliGemma's
+# `vit_encoder`) → transformers' modules (the same names in both, transformers 5)
 VISION_MODULES = {"query_proj": "self_attn.q_proj", "key_proj": "self_attn.k_proj", "value_proj": "self_attn.v_proj",
                   "out_proj": "self_attn.out_proj", "mlp_dense_1": "mlp.fc1", "mlp_dense_2": "mlp.fc2"}
 
@@ -73,7 +75,7 @@ def _vision_path(backbone: Any, layer: Any) -> tuple[str, str] | None:
     transformers 5 names the tower's modules `model.vision_tower.encoder.layers.N...` in a
     `Gemma3ForConditionalGeneration`; its Dense kernels are `(in, out)`, so the factors are
     plain transposes (`peft_factors` of a Dense)."""
-    enc = getattr(backbone, "vision_encoder", None)
+    enc = tower(backbone)
     if enc is None:
         return None
     blocks = enc.get_layer("image_encoder").resblocks
@@ -92,7 +94,7 @@ def _module_path(backbone: Any, layer: Any) -> tuple[str, str]:
     hit = _vision_path(backbone, layer)
     if hit is not None:
         return hit
-    text = "model.language_model.layers" if getattr(backbone, "vision_encoder", None) is not None else "model.layers"
+    text = "model.language_model.layers" if tower(backbone) is not None else "model.layers"
     for i in range(int(backbone.num_layers)):
         blk = backbone.get_layer(f"decoder_block_{i}")
         att = blk.attention
@@ -175,7 +177,7 @@ def export_peft(causal_lm: Any, out: str | Path, *, base: str | None = None, log
     alpha = Counter(alphas.values()).most_common(1)[0][0]
     targets: Any = sorted({p.rsplit(".", 1)[-1] for p in ranks})
     names = targets
-    if getattr(backbone, "vision_encoder", None) is not None:
+    if tower(backbone) is not None:
         # the tower and the text model share module names (q_proj): name the adapted modules
         # exactly, as a regex PEFT matches against the whole module path
         targets = "^(" + "|".join(sorted(p.replace(".", r"\.") for p in ranks)) + ")$"
