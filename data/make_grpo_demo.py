@@ -2,8 +2,9 @@
 
     python data/make_grpo_demo.py   # → data/grpo_arith_train.jsonl (200), data/grpo_arith_heldout.jsonl (40)
 
-Training pairs are a + b with a, b in 0..19; held-out prompts use a different wording and pairs
-whose sum is not among the training sums' pairs (no pair appears in both files).
+Prompts are `a + b =` with a, b in 0..19, the form the pretrained 270M already half answers
+(greedy: about a third right), so sampled groups disagree and GRPO has a signal. The held-out
+pairs are not in the training file (no pair appears in both).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ def main() -> None:
     train, held = pairs[:200], pairs[200:240]
     with (HERE / "grpo_arith_train.jsonl").open("w") as f:
         for a, b in train:
-            f.write(json.dumps({"prompt": f"Question: What is {a} + {b}?\nAnswer:", "answer": str(a + b)}) + "\n")
+            f.write(json.dumps({"prompt": f"{a} + {b} =", "answer": str(a + b)}) + "\n")
     with (HERE / "grpo_arith_heldout.jsonl").open("w") as f:
         for a, b in held:
-            f.write(json.dumps({"prompt": f"Question: How much is {a} plus {b}?\nAnswer:", "answer": str(a + b)}) + "\n")
+            f.write(json.dumps({"prompt": f"{a} + {b} =", "answer": str(a + b)}) + "\n")
 
 
 if __name__ == "__main__":

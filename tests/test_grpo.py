@@ -184,6 +184,9 @@ def test_reward_rises_and_metrics_are_written(grpo_run) -> None:
                 "clip_region", "kl"):
         assert key in train[-1], key
     assert train[-1]["reward_vowels"] == pytest.approx(train[-1]["reward"], abs=1e-6)  # one reward, weight 1
+    for x in train:  # per-window means of per-step values (keras' metrics are reset by each update)
+        assert x["entropy"] > 0 and x["kl"] == 0, x
+        assert all(0 <= x[k] <= 1 for k in ("clip_low", "clip_high", "clip_region", "truncated", "zero_std_groups")), x
     assert 0 < train[-1]["completion_length"] <= 8
     s = grpo_run["summary"]
     assert s["final_metrics"]["reward"] == pytest.approx(rewards[-1], abs=1e-6)

@@ -80,8 +80,10 @@ class PromptBundle:
 
 
 class Running:
-    """Running means of the loop's metrics since the last reset (keras' own metrics are running
-    means too, reset by each evaluation: the step tracker turns both into per-window means)."""
+    """Running means since the last reset of every metric the loop reports: the loop's own and
+    keras' (`train_on_batch` resets keras' metrics on every call, so its logs are one step's
+    values and are averaged here, like the loop's). The step tracker turns running means into
+    per-window means."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
@@ -318,8 +320,11 @@ class GRPORecipe(Recipe):
             x, y, w = self._batch(tokens, lens, comp, cut, adv)
             if g.iterations > 1:
                 x["old_logps"] = self._logps(x, y)
-            for _ in range(g.iterations):
+            step_logs: dict[str, float] = {}
+            for _ in range(g.iterations):  # keras' logs of one call are that update's values
                 logs = lm.train_on_batch(x, y, sample_weight=w, return_dict=True)
+                for k, v in logs.items():
+                    step_logs[k] = step_logs.get(k, 0.0) + float(v) / g.iterations
             t3 = time.perf_counter()
             self.data.bundle.steps += 1
             self.data.bundle.tokens_trained += int(w.sum())
@@ -334,8 +339,8 @@ class GRPORecipe(Recipe):
                 **{name: float(np.nanmean(per[:, j])) if not np.isnan(per[:, j]).all() else 0.0
                    for j, name in enumerate(self.reward_names)},
             }
-            self.running.add(loop)
-            callbacks.on_train_batch_end(i, {**logs, **self.running.means()})
+            self.running.add({**step_logs, **loop})
+            callbacks.on_train_batch_end(i, self.running.means())
             if lm.stop_training:
                 break
         callbacks.on_train_end()
