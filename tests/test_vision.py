@@ -237,6 +237,15 @@ def test_too_many_images(vision_preset: Path, shapes: dict[str, Any], tmp_path: 
     assert "bad.jsonl:1" in line and "3 images" in line and "at most 2" in line
 
 
+def test_audio_part_refused(vision_preset: Path, tmp_path: Path) -> None:
+    rec = {"messages": [
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "UklGR...", "format": "wav"}},
+                                     {"type": "text", "text": "what is said?"}]},
+        {"role": "assistant", "content": "hello"}]}
+    line = _bad(tmp_path, vision_preset, [rec])
+    assert "bad.jsonl:1" in line and "audio" in line and "audio encoder" in line
+
+
 def test_image_for_text_only_preset(tiny_gemma3: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
     line = _bad(tmp_path, tiny_gemma3, [record(str(shapes["root"] / "img" / "t0.png"), "red")])
     assert "bad.jsonl:1" in line and "text-only" in line and str(tiny_gemma3) in line and "gemma3_4b" in line
