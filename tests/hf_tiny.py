@@ -107,3 +107,54 @@ def logits(path: str | Path, ids: list[int] | None = None) -> Any:
 
 def config(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / "config.json").read_text())
+
+
+def make_hf_vision_checkpoint(out_dir: str | Path, name: str = "gemma3_vision", seed: int = 0) -> Path:
+    """Write the tiny image+text Hugging Face checkpoint `name` (`Family.tiny_hf_vision`):
+    config.json, model.safetensors, the tiny SentencePiece tokenizer naming its image tokens,
+    and the processor (preprocessor_config.json, processor_config.json), as a Hub repository of
+    a vision+text Gemma holds them. Weights as `_init` sets them."""
+    import torch
+    import transformers
+
+    from gemma_cli.engine import families
+
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    _, spec = families.tiny_hf_vision_config(name)
+    kwargs = dict(spec["kwargs"])
+    (out / "tokenizer.model").write_bytes(tiny_proto(kwargs["text_config"]["vocab_size"]))
+    tok = transformers.GemmaTokenizer.from_pretrained(str(out), extra_special_tokens=spec["tokenizer_tokens"])
+    kwargs.update({k: tok.convert_tokens_to_ids(t) for k, t in spec["image_tokens"].items()})
+    size = kwargs["vision_config"]["image_size"]
+    images = getattr(transformers, spec["image_processor"])(size={"height": size, "width": size})
+    processor = getattr(transformers, spec["processor"])(image_processor=images, tokenizer=tok,
+                                                          image_seq_length=kwargs["mm_tokens_per_image"])
+    processor.save_pretrained(str(out))
+    config = getattr(transformers, spec["config"])(**kwargs)
+    torch.manual_seed(seed)
+    model = getattr(transformers, spec["model"])(config).eval()
+    _init(model, seed)
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+def vision_logits(path: Any, ids: list[int], pixels: Any, image_token: int) -> Any:
+    """float32 logits of an image+text checkpoint (a directory, or a loaded torch model such as
+    a PeftModel) run by transformers: `pixels` [N, S, S, 3]
+    float32 as gemma feeds the keras model (decoded, resized, scaled), given as transformers'
+    `pixel_values` [N, 3, S, S]; `token_type_ids` mark the image tokens (their attention is
+    bidirectional within an image, as keras-hub's `vision_mask` makes it)."""
+    import numpy as np
+    import torch
+    import transformers
+
+    model = path if isinstance(path, torch.nn.Module) else (
+        transformers.AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32).eval())
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        out = model(input_ids=x, pixel_values=torch.tensor(np.asarray(pixels).transpose(0, 3, 1, 2)),
+                    token_type_ids=(x == image_token).long(), attention_mask=torch.ones_like(x)).logits
+    return np.asarray(out.float().numpy())

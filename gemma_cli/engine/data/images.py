@@ -90,6 +90,28 @@ class VisionSpec:
         return cls.from_config(bb_config, pre)
 
     @classmethod
+    def of_hf(cls, preset: str, cfg: dict[str, Any]) -> VisionSpec | None:
+        """From a Hugging Face vision+text checkpoint's config.json and preprocessor_config.json,
+        when its family loads the tower (`Family.hf_towers`); max images as keras-hub's
+        preprocessor (2)."""
+        from gemma_cli.engine import families
+
+        fam = families.for_hf_model_type(str(cfg.get("model_type")))
+        vc = cfg.get("vision_config")
+        if fam is None or "vision_encoder" not in fam.hf_towers or not isinstance(vc, dict) or not cfg.get("mm_tokens_per_image"):
+            return None
+        from gemma_cli.engine.model import hf
+
+        def read(name: str) -> dict[str, Any] | None:
+            try:
+                return json.loads((Path(preset).expanduser() / name).read_text())
+            except (OSError, ValueError):
+                return None
+
+        scale, offset = hf.normalisation(hf.image_processor(read))
+        return cls(int(vc.get("image_size", 224)), int(cfg["mm_tokens_per_image"]), scale=tuple(scale), offset=tuple(offset))
+
+    @classmethod
     def of_model(cls, causal_lm: Any) -> VisionSpec | None:
         """From a live CausalLM (its backbone's vision encoder and its preprocessor, if any)."""
         bb = causal_lm.backbone
@@ -230,8 +252,9 @@ def _b64(where: str, key: str, body: str) -> bytes:
 
 def for_preset(preset: str) -> tuple[VisionSpec | None, str]:
     """(the vision spec, how to name the model) of `model.preset`, read without keras: a local
-    keras-hub preset's config.json and preprocessor.json. Names and Hugging Face checkpoints are
-    planned as text backbones today, so they take no images (the name says so)."""
+    keras-hub preset's config.json and preprocessor.json, or a Hugging Face checkpoint's
+    config.json and preprocessor_config.json (`VisionSpec.of_hf`), or a known preset name's
+    architecture (families: Gemma 3 4B, 12B, 27B carry their tower)."""
     from gemma_cli.engine import families
 
     local = "://" not in preset and Path(preset).expanduser().is_dir()
@@ -243,8 +266,13 @@ def for_preset(preset: str) -> tuple[VisionSpec | None, str]:
             return None, preset
         if isinstance(cfg, dict) and "model_type" not in cfg:
             return VisionSpec.of_preset(preset, cfg), preset
-        return None, f"{preset} (a Hugging Face checkpoint, loaded as its text model by gemma today)"
-    if families.is_vision(preset):
-        return None, (f"{preset} (by name gemma plans it as its text backbone today; save the preset to a local "
-                      "directory, vision encoder included, and name that directory)")
+        spec = VisionSpec.of_hf(preset, cfg) if isinstance(cfg, dict) else None
+        if spec is not None:
+            return spec, preset
+        if isinstance(cfg, dict) and cfg.get("vision_config"):
+            return None, f"{preset} (a Hugging Face '{cfg.get('model_type')}' checkpoint, loaded as its text model by gemma today)"
+        return None, preset
+    known = families.get_preset(preset)
+    if known is not None and families.is_vision(preset):
+        return VisionSpec.from_config(known), preset  # keras-hub's preprocessor: 2 images per prompt
     return None, preset

@@ -236,10 +236,28 @@ class Renderer:
         self._format = chat  # families.ChatFormat; Gemma's when None (looked up when first needed)
 
     @classmethod
-    def for_chat(cls, chat: Any = None) -> Renderer:
-        """A chat renderer with the default data settings (for `generate --chat`)."""
+    def for_chat(cls, chat: Any = None, vision: Any = None, model_name: str | None = None) -> Renderer:
+        """A chat renderer with the default data settings (for `generate --chat`, `eval`);
+        `vision`: the model's images.VisionSpec (None: image parts are refused)."""
         cfg = SimpleNamespace(template=None, format="chat", messages_field=None, loss_on=None, field="text", response_field=None)
-        return cls(cfg, "chat", chat)
+        return cls(cfg, "chat", chat, vision=vision, model_name=model_name)
+
+    def prompt_turns(self, where: str, record: dict[str, Any]) -> tuple[list[tuple[str, str]], list[Any], str | None]:
+        """A chat record as a prompt: (the turns up to the last user turn, the images they show
+        in order (checked: they exist and decode, no more than the model takes), the reference
+        answer of a final assistant turn or None). For `generate` and `eval` prompt files."""
+        sink = self._sink(where)
+        turns = self.turns(where, record, sink)
+        refs = sink.done(where) if isinstance(sink, _Images) else []
+        reference = None
+        if turns and turns[-1][0] == "model":
+            reference, turns = turns[-1][1], turns[:-1]
+            if IMAGE_MARK in reference:
+                raise UsageError(f"{where}: an image in the reference answer; images go in the prompt's turns")
+        if not turns or turns[-1][0] != "user":
+            raise UsageError(f"{where}: the conversation must end with a user turn (or a user turn, then "
+                             "the reference assistant answer)")
+        return turns, refs, reference
 
     @property
     def chat_format(self) -> Any:

@@ -76,6 +76,11 @@ def fix_hf_export(causal_lm: Any, out: Path) -> list[str]:
             tok_cfg["chat_template"] = template
         if fam.hf_export_fixup is not None:
             fam.hf_export_fixup(backbone, config, tok_cfg)
+        if fam.hf_export_vision is not None:
+            fam.hf_export_vision(causal_lm, config, tok_cfg)
+        if template is not None and getattr(backbone, "vision_encoder", None) is not None:
+            (out / "chat_template.jinja").write_text(template)  # what transformers' processor reads
+            changed.append("chat_template.jinja")
         if fam.hf_export_weights is not None:
             from safetensors.numpy import save_file
 

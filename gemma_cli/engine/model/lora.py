@@ -132,7 +132,15 @@ def target_names(backbone: Any, names: list[str] | None, vision: str = "frozen")
 
 def apply_vision_mode(backbone: Any, vision: str, lora: bool) -> None:
     """`model.vision` on a full fine-tune: `frozen` leaves the tower (encoder and projector)
-    untrainable. With LoRA, `enable_lora` already froze every base weight."""
+    untrainable. With LoRA, `enable_lora` froze the base kernels; the tower's biases are frozen
+    here."""
     enc = getattr(backbone, "vision_encoder", None)
     if enc is not None and not lora:
         enc.trainable = vision == "full"
+    if enc is not None and lora:
+        # keras' `enable_lora` freezes a Dense's kernel, not its bias: the tower's q/v biases
+        # would train beside the adapters (what neither a merged export nor PEFT's `bias: none`
+        # carries); LoRA trains the adapters only
+        for layer in lora_layers(enc):
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.trainable = False
