@@ -237,6 +237,15 @@ def test_too_many_images(vision_preset: Path, shapes: dict[str, Any], tmp_path: 
     assert "bad.jsonl:1" in line and "3 images" in line and "at most 2" in line
 
 
+def test_audio_part_refused(vision_preset: Path, tmp_path: Path) -> None:
+    rec = {"messages": [
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "UklGR...", "format": "wav"}},
+                                     {"type": "text", "text": "what is said?"}]},
+        {"role": "assistant", "content": "hello"}]}
+    line = _bad(tmp_path, vision_preset, [rec])
+    assert "bad.jsonl:1" in line and "audio" in line and "audio encoder" in line
+
+
 def test_image_for_text_only_preset(tiny_gemma3: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
     line = _bad(tmp_path, tiny_gemma3, [record(str(shapes["root"] / "img" / "t0.png"), "red")])
     assert "bad.jsonl:1" in line and "text-only" in line and str(tiny_gemma3) in line and "gemma3_4b" in line
@@ -362,3 +371,36 @@ def test_eval_image_records_on_text_only_model_refused(tiny_gemma3: Path, shapes
     assert r.exit_code == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1 and "held.jsonl:1" in lines[0] and "text-only" in lines[0], r.stderr
+
+
+def test_export_hf_of_vision_run_equals_transformers(vision_run: dict[str, Any], shapes: dict[str, Any]) -> None:
+    """`gemma export RUN --format hf` of the keras-preset vision run: transformers' logits on a
+    held-out image + question equal the run's (float32; the same pixels fed to both)."""
+    import numpy as np
+    from hf_tiny import vision_logits
+
+    from gemma_cli import targets
+    from gemma_cli.engine.data import Renderer
+    from gemma_cli.engine.data.images import SOFT, VisionSpec, ref
+    from gemma_cli.engine.data.tokenize import Encoder
+    from gemma_cli.engine.model import load as modellib
+    from gemma_cli.engine.model import runs
+
+    out = vision_run["tmp"] / "hf"
+    r = gemma("export", vision_run["tmp"] / "out", "--format", "hf", "--out", out, "--json")
+    assert r.exit_code == 0, r.stderr[-2000:]
+    t = targets.resolve(str(vision_run["tmp"] / "out"), verb="export")
+    lm = runs.load(t.config, t.checkpoint)
+    spec = VisionSpec.of_model(lm)
+    enc = Encoder(modellib.tokenizer_of(lm), spec)
+    image = ref("held", str(shapes["held"][0][0]), "image")
+    ids_per, _ = enc.pieces_of(Renderer.for_chat().prompt([("user", QUESTION)], images=[image]))
+    ids = np.array([[t for x in ids_per for t in x]])
+    soft = enc.special(SOFT)
+    pixels = image.pixels(spec)[None]
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids), "images": pixels[None],
+         "vision_indices": np.nonzero(ids[0] == soft)[0][None].astype("int32"), "vision_mask": (ids == soft).astype("int32")}
+    ours = np.asarray(lm(x))
+    theirs = vision_logits(out, list(ids[0]), pixels, soft)
+    print(f"keras-preset vision run vs its HF export: max |diff| {np.abs(ours - theirs).max():.2e}")
+    assert np.abs(ours - theirs).max() <= 1e-4

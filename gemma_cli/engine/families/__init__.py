@@ -191,6 +191,9 @@ class Family:
     # (causal_lm, config, tok_cfg): what a multimodal export writes from the live model and its
     # tokenizer (image token ids, the processor's files), after `hf_export_fixup`
     hf_export_vision: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+    # (backbone, layer): transformers' module path of a LoRA layer of the vision tower (PEFT
+    # export; its kernel is a Dense `(in, out)`), None if the layer is not in the tower
+    hf_vision_lora_path: Callable[[Any, Any], str | None] | None = None
     hf_export_weights: Callable[[Any], dict[str, Any]] | None = None  # replaces keras-hub's weight map
     hf_chat_template: str | None = None  # defaults to `chat.hf_template()`
     tiny_hf: dict[str, dict[str, Any]] = field(default_factory=dict)

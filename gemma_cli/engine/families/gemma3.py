@@ -128,10 +128,27 @@ def export_vision(causal_lm: Any, config: dict[str, Any], tok_cfg: dict[str, Any
     tok_cfg["extra_special_tokens"] = dict(names)
 
 
+# keras-hub `Gemma3VisionEncoder` layer → transformers' SigLIP module in an encoder layer
+VISION_MODULES = {"query_proj": "self_attn.q_proj", "key_proj": "self_attn.k_proj", "value_proj": "self_attn.v_proj",
+                  "out_proj": "self_attn.out_proj", "mlp_dense_1": "mlp.fc1", "mlp_dense_2": "mlp.fc2"}
+
+
+def vision_lora_path(backbone: Any, layer: Any) -> str | None:
+    """transformers 5's module path of a LoRA layer in the tower of a
+    `Gemma3ForConditionalGeneration` (`model.vision_tower.encoder.layers.N.self_attn.q_proj`)."""
+    for i, blk in enumerate(backbone.vision_encoder.get_layer("image_encoder").resblocks):
+        owners = {id(getattr(blk.attn, n)): n for n in ("query_proj", "key_proj", "value_proj", "out_proj")}
+        owners |= {id(blk.mlp_dense_1): "mlp_dense_1", id(blk.mlp_dense_2): "mlp_dense_2"}
+        if id(layer) in owners:
+            return f"model.vision_tower.encoder.layers.{i}.{VISION_MODULES[owners[id(layer)]]}"
+    return None
+
+
 FAMILY = Family(
     peft_export=True,
     chat=CHAT,
     hf_export_vision=export_vision,
+    hf_vision_lora_path=vision_lora_path,
     name="gemma3",
     backbone_classes=("Gemma3Backbone",),
     module="keras_hub.src.models.gemma3.gemma3_backbone",

@@ -86,6 +86,17 @@ TINY_HF_KWARGS: dict[str, Any] = {
     },
 }
 
+def vision_lora_path(backbone: Any, layer: Any) -> str | None:
+    """transformers 5's module path of a LoRA layer in PaliGemma's SigLIP tower: the same
+    modules as Gemma 3's (`model.vision_tower.encoder.layers.N.self_attn.q_proj`), and the same
+    keras-hub layers, held as `vit_encoder`."""
+    from types import SimpleNamespace
+
+    from gemma_cli.engine.families import gemma3
+
+    return gemma3.vision_lora_path(SimpleNamespace(vision_encoder=backbone.vit_encoder), layer)
+
+
 def _export(causal_lm: Any, out: Any) -> None:
     from gemma_cli.engine.families import paligemma_hf
 
@@ -108,6 +119,7 @@ FAMILY = Family(
     hf_converter="paligemma_hf",
     hf_export=_export,
     peft_export=True,
+    hf_vision_lora_path=vision_lora_path,
     chat=None,  # not a chat model: records are prefix/suffix pairs (engine/data/render.py)
     presets=PRESETS,
     tiny_hf={

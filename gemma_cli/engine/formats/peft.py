@@ -63,28 +63,14 @@ def peft_factors(kind: str, a: Any, b: Any) -> tuple[Any, Any]:
     return a.T, b.T  # Dense (in, out): W = kernel.T
 
 
-# Gemma 3's and PaliGemma's vision tower (SigLIP: keras-hub `Gemma3VisionEncoder`, PaliGemma's
-# `vit_encoder`) → transformers' modules (the same names in both, transformers 5)
-VISION_MODULES = {"query_proj": "self_attn.q_proj", "key_proj": "self_attn.k_proj", "value_proj": "self_attn.v_proj",
-                  "out_proj": "self_attn.out_proj", "mlp_dense_1": "mlp.fc1", "mlp_dense_2": "mlp.fc2"}
-
-
 def _vision_path(backbone: Any, layer: Any) -> tuple[str, str] | None:
-    """(HF module path, "vision") of a LoRA layer in the vision tower, None if not there.
-
-    transformers 5 names the tower's modules `model.vision_tower.encoder.layers.N...` in a
-    `Gemma3ForConditionalGeneration`; its Dense kernels are `(in, out)`, so the factors are
-    plain transposes (`peft_factors` of a Dense)."""
-    enc = tower(backbone)
-    if enc is None:
+    """(HF module path, "vision") of a LoRA layer in the model's vision tower, from the family's
+    `Family.hf_vision_lora_path`; None if the layer is not there."""
+    fam = families.for_backbone(type(backbone).__name__)
+    if fam is None or fam.hf_vision_lora_path is None or tower(backbone) is None:
         return None
-    blocks = enc.get_layer("image_encoder").resblocks
-    for i, blk in enumerate(blocks):
-        owners = {id(getattr(blk.attn, n)): n for n in ("query_proj", "key_proj", "value_proj", "out_proj")}
-        owners |= {id(blk.mlp_dense_1): "mlp_dense_1", id(blk.mlp_dense_2): "mlp_dense_2"}
-        if id(layer) in owners:
-            return f"model.vision_tower.encoder.layers.{i}.{VISION_MODULES[owners[id(layer)]]}", "vision"
-    return None
+    path = fam.hf_vision_lora_path(backbone, layer)
+    return (path, "vision") if path else None
 
 
 def _module_path(backbone: Any, layer: Any) -> tuple[str, str]:
