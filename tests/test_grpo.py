@@ -168,6 +168,30 @@ def test_completion_window_equals_the_whole_sequence(tiny_gemma3) -> None:
     assert full[1]["clip_region"] > 0  # the old log-probs put ratios outside the clip range
 
 
+def test_rollout_stops_after_the_completion_length(tiny_gemma3) -> None:
+    """`limit_new_tokens`: the sampler's loop ends when the longest prompt has C new tokens —
+    each row's first C tokens are those of the loop run to the end of the buffer (same seed),
+    and the buffer past the longest prompt + C stays padding."""
+    import keras_hub
+
+    from gemma_cli.engine.sample.sampler import limit_new_tokens
+    from gemma_cli.engine.train.grpo import Rollout
+
+    lm = keras_hub.models.CausalLM.from_preset(str(tiny_gemma3))
+    seq, C, pad = 24, 4, 0
+    prompts = [[2, 10, 11], [2, 12, 13, 14, 15, 16], [2, 17]]
+    out = {}
+    for limited in (False, True):
+        s = keras_hub.samplers.RandomSampler(seed=0)
+        lm.sampler, lm.generate_function = (limit_new_tokens(s, C) if limited else s), None
+        out[limited] = Rollout(lm, seq, None, pad, lm.sampler)(prompts, (0, 7))  # no stop token
+    longest = max(len(p) for p in prompts)
+    for r, p in enumerate(prompts):
+        np.testing.assert_array_equal(out[True][r, : len(p) + C], out[False][r, : len(p) + C])
+    assert (out[True][:, longest + C:] == pad).all()
+    assert (out[False][:, longest + C:] != pad).any()  # the unlimited loop ran to the end
+
+
 # ---------------------------------------------------------------- tiny model, end to end ---
 VOWELS = '''
 def vowels(prompts, completions, **kwargs):

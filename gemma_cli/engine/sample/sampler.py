@@ -46,6 +46,32 @@ def make_sampler(gen: Any) -> Any:
     return keras_hub.samplers.BeamSampler(num_beams=gen.num_beams)
 
 
+def limit_new_tokens(sampler: Any, new_tokens: int) -> Any:
+    """Make a keras-hub sampler stop its loop once the longest prompt has `new_tokens` new
+    tokens, instead of at the end of the token buffer: the same tokens where they are read (each
+    row's first `new_tokens`, the random draws of each iteration unchanged), the rest of the
+    buffer left as padding. A fixed buffer sized for the longest prompt then costs the
+    completion length, not the buffer length, for batches of short prompts (GRPO rollouts).
+    Samplers whose loop is not keras-hub's (prompt, cache, index, mask) are left as they are."""
+    import keras
+
+    plain = type(sampler).run_loop
+
+    def run_loop(cond: Any, body: Any, model: Any = None, loop_vars: Any = None, maximum_iterations: Any = None) -> Any:
+        if loop_vars is None or len(loop_vars) != 4:
+            return plain(sampler, cond, body, model=model, loop_vars=loop_vars, maximum_iterations=maximum_iterations)
+        ops = keras.ops
+        end = ops.max(ops.sum(ops.cast(loop_vars[3], "int32"), axis=-1)) + new_tokens
+
+        def bounded(prompt: Any, cache: Any, index: Any, mask: Any) -> Any:
+            return ops.logical_and(cond(prompt, cache, index, mask), index < end)
+
+        return plain(sampler, bounded, body, model=model, loop_vars=loop_vars, maximum_iterations=maximum_iterations)
+
+    object.__setattr__(sampler, "run_loop", run_loop)
+    return sampler
+
+
 class Sampler:
     """Generation from a live CausalLM under its distribution; `__call__` generates for many prompts.
 

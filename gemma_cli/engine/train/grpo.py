@@ -312,7 +312,7 @@ class GRPORecipe(Recipe):
         import numpy as np
 
         from gemma_cli.engine.data import prompts as P
-        from gemma_cli.engine.sample.sampler import make_sampler
+        from gemma_cli.engine.sample.sampler import limit_new_tokens, make_sampler
 
         cfg, g, m, d = self.cfg, self.cfg.grpo, self.model, self.data
         lm = m.causal_lm
@@ -320,7 +320,7 @@ class GRPORecipe(Recipe):
         gen = cfg.generate.model_copy(update={
             "sampler": "top_k" if g.top_k else ("top_p" if g.top_p < 1.0 else "random"),
             "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k or 1, "seed": cfg.train.seed})
-        sampler = make_sampler(gen)
+        sampler = limit_new_tokens(make_sampler(gen), g.max_completion_length)
         lm.sampler = sampler
         lm.generate_function = None
         self.rollout = Rollout(lm, cfg.data.sequence_length, self._stop_ids(), self._pad_id(), sampler)
@@ -466,6 +466,8 @@ class GRPORecipe(Recipe):
         import keras_hub
         import numpy as np
 
+        from gemma_cli.engine.sample.sampler import limit_new_tokens
+
         lm = self.model.causal_lm
         G = 1
         recs = self.eval_records
@@ -476,7 +478,8 @@ class GRPORecipe(Recipe):
             self.rollout = Rollout(lm, self.cfg.data.sequence_length, self._stop_ids(), self._pad_id(), lm.sampler)
         train = (lm.sampler, lm.generate_function)
         # the greedy generate function is compiled once and kept beside the rollouts' one
-        lm.sampler, lm.generate_function = getattr(self, "_greedy", None) or (keras_hub.samplers.GreedySampler(), None)
+        lm.sampler, lm.generate_function = getattr(self, "_greedy", None) or (
+            limit_new_tokens(keras_hub.samplers.GreedySampler(), self.cfg.grpo.max_completion_length), None)
         try:
             padded = ids + [ids[-1]] * (n - len(ids))
             tokens = Rollout(lm, self.cfg.data.sequence_length, self.rollout.stop, self.rollout.pad, lm.sampler)(padded, (0, 0))
