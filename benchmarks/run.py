@@ -772,7 +772,7 @@ def sec_grpo(report: dict[str, Any]) -> None:
     report["summary"].append(["GRPO steps/s / TRL GRPOTrainer (270M, 2 prompts × G 4, 32 new)", bl.fmt(d.get("step_ratio")), "≥ 1.5",
                               bl.verdict(d.get("step_ratio"), 1.5, "higher")])
     report["sections"].append({
-        "title": "6d. GRPO speed, real Gemma 3 270M, one CPU device",
+        "title": GRPO_TITLE,
         "text": "Rollouts: `Rollout` (fixed buffers, random sampler) vs keras-hub `generate` on the same 8 prompts, warm. "
                 "Step: median wall time of steady-state steps (rollout + reward + update) vs TRL GRPOTrainer's steps on the "
                 "HF export of the same weights (torch, CPU), same G, batch, completion length and reward.",
@@ -861,6 +861,14 @@ NOTES = [
 ]
 
 
+GRPO_TITLE = "6d. GRPO speed, real Gemma 3 270M, one CPU device"
+# sections that can run alone (`python benchmarks/run.py --only NAME`): (function, title, summary-row prefixes)
+ONLY = {
+    "images": (lambda r: sec_images(r), IMAGES_TITLE, ("image pipeline",)),
+    "grpo": (lambda r: sec_grpo(r), GRPO_TITLE, ("GRPO rollout", "GRPO steps/s")),
+}
+
+
 def main() -> int:
     if "--render" in sys.argv:  # re-render report.md from report.json (after editing the renderer)
         report = json.loads((HERE / "report.json").read_text())
@@ -868,14 +876,15 @@ def main() -> int:
         return 0
     if "--only" in sys.argv:  # one section alone, merged into report.json / report.md: --only images
         name = sys.argv[sys.argv.index("--only") + 1]
+        fn, title, prefixes = ONLY[name]
         report = json.loads((HERE / "report.json").read_text())
-        report["summary"] = [r for r in report.get("summary", []) if not str(r[0]).startswith("image pipeline")]
-        {"images": sec_images}[name](report)
+        report["summary"] = [r for r in report.get("summary", []) if not str(r[0]).startswith(prefixes)]
+        report["sections"] = [x for x in report.get("sections", []) if x.get("title") != title]
+        fn(report)
         report.setdefault("raw", {})[name] = RAW.get(name)
         (HERE / "report.json").write_text(json.dumps(report, indent=2, default=str))
-        # report.md: this section and its summary row replaced or added, the rest left as it is
+        # report.md: this section and its summary rows replaced or added, the rest left as it is
         md = (HERE / "report.md").read_text()
-        title = {"images": IMAGES_TITLE}[name]
         sec = next(x for x in report["sections"] if x.get("title") == title)
         text = bl.render_section(sec) + "\n\n"
         start = md.find(f"## {title}\n")
@@ -885,12 +894,13 @@ def main() -> int:
         else:
             at = md.find("## Failures")
             md = md[:at] + text + md[at:]
-        row = next((r for r in report["summary"] if str(r[0]).startswith("image pipeline")), None)
-        if row is not None:
-            line = "| " + " | ".join(str(c) for c in row) + " |"
-            lines = [ln for ln in md.split("\n") if not ln.startswith("| image pipeline")]
-            at = max(i for i, ln in enumerate(lines) if ln.startswith("| input pipeline tokens/s"))
-            md = "\n".join([*lines[: at + 1], line, *lines[at + 1 :]])
+        rows = [r for r in report["summary"] if str(r[0]).startswith(prefixes)]
+        if rows:
+            lines = md.split("\n")
+            old = [i for i, ln in enumerate(lines) if ln.startswith(tuple("| " + p for p in prefixes))]
+            at = old[0] if old else max(i for i, ln in enumerate(lines) if ln.startswith("| input pipeline tokens/s")) + 1
+            lines = [ln for i, ln in enumerate(lines) if i not in old]
+            md = "\n".join([*lines[:at], *("| " + " | ".join(str(c) for c in r) + " |" for r in rows), *lines[at:]])
         (HERE / "report.md").write_text(md)
         log(f"section {name} merged into benchmarks/report.md and report.json")
         return 0
