@@ -124,34 +124,37 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
-def auto_mesh(cfg: Any, devices: int, device_memory: int | None) -> AutoMesh:
-    """The fewest devices on the model axis such that the planned per-device memory of a
-    training step fits `device_memory`; the rest on the batch axis (which must divide
-    `data.batch_size`); the first split that fits in this order is taken. A model axis over
-    every device (the earlier default `[1, -1]`) puts an all-reduce of the activations in every
-    layer: `benchmarks/mesh_table.py` measured it as the costliest split (tiny Gemma 3 LoRA on 8
-    devices, bytes sent per device per step: [1, 8] 5.4 MiB, [8, 1] 2.5, [4, 2] 1.5, [2, 4]
-    1.4). The narrowest axis is not the cheapest there, since the family layouts also shard the
-    weights over the batch axis; choosing by traffic would need a compile per candidate, so the
-    table is the evidence and `mesh.shape` the override. Where no split fits with the config's
-    layout and the config does not name one, `layout.rules: fsdp` (weights and optimizer state
-    also sharded over the batch axis) is tried the same way. Without a memory figure the
-    narrowest model axis is taken.
+def auto_mesh(cfg: Any, devices: int, device_memory: int | None, *, traffic: bool = True) -> AutoMesh:
+    """The lowest-traffic mesh that fits: of the (batch, model) splits of `devices` whose batch
+    axis divides `data.batch_size` and whose planned memory per device (`gemma inspect`'s
+    plan) fits `device_memory`, the one whose train step moves the fewest collective bytes per
+    device, as `engine/plan/traffic.py` estimates them (the train step's skeleton compiled on
+    abstract arrays; ties: the narrower model axis). `benchmarks/mesh_table.py` measured the
+    compiled keras step on 8 devices (tiny Gemma 3 LoRA, MiB sent per device per step: [1, 8]
+    5.4, [8, 1] 2.5, [4, 2] 1.5, [2, 4] 1.4) and the estimate ranks them alike
+    (tests/test_traffic.py). Where no split fits with the config's layout and the config does
+    not name one, `layout.rules: fsdp` (weights and optimizer state also sharded over the batch
+    axis) is tried the same way; where nothing fits, the split that plans the least. Without an
+    estimate (a family the skeleton does not know, fewer devices here than the mesh, or
+    `traffic=False`) the narrowest model axis that fits is taken. Without a memory figure every
+    split fits.
     """
     from gemma_cli.engine.plan import inspect as inspect_report
+    from gemma_cli.engine.plan import traffic as traffic_lib
 
     batch = cfg.data.batch_size if cfg.data is not None else 1
-    order = [m for m in range(1, devices + 1) if devices % m == 0 and batch % (devices // m) == 0]
-    if not order:
-        order = [devices]
+    divisors = [d for d in range(1, devices + 1) if devices % d == 0]
+    order = [m for m in divisors if batch % (devices // m) == 0] or [devices]
     layouts: list[str | None] = [None]
     if "rules" not in cfg.layout.model_fields_set and cfg.layout.rules != "fsdp":
         layouts.append("fsdp")
     axes = list(cfg.mesh.axes)
     bi, mi = axes.index(cfg.mesh.batch_axis), axes.index(cfg.mesh.model_axis)
+    layout_name = cfg.layout.rules if isinstance(cfg.layout.rules, str) else "custom"
     best: tuple[int, tuple[int, int], str | None] | None = None
     skipped: list[str] = []
     for rules in layouts:
+        fitting: list[tuple[list[int], int]] = []
         for m in order:
             shape = [1, 1]
             shape[bi], shape[mi] = devices // m, m
@@ -164,19 +167,35 @@ def auto_mesh(cfg: Any, devices: int, device_memory: int | None) -> AutoMesh:
                 skipped.append(f"{shape} does not divide the model")
                 continue
             need = doc["totals"]["total_bytes_per_device"]
-            tag = f"{shape}{' fsdp' if rules else ''}"
             if device_memory is None or need <= device_memory:
-                budget = f" of {_size(device_memory)}" if device_memory else " (device memory unknown)"
-                why = (f"mesh {shape} chosen (batch × model, layout {rules or cfg.layout.rules if isinstance(cfg.layout.rules, str) else 'custom'}): "
-                       f"plans {_size(need)} per device{budget}; the narrowest model axis that fits"
-                       + (f", with the batch axis dividing data.batch_size={batch}" if len(order) < len(
-                           [d for d in range(1, devices + 1) if devices % d == 0]) else "")
-                       + ("; " + "; ".join(skipped) if skipped else "")
-                       + "; set mesh.shape to choose")
-                return AutoMesh((shape[0], shape[1]), rules, why)
-            skipped.append(f"{tag} needs {_size(need)}")
+                fitting.append((shape, need))
+                continue
+            skipped.append(f"{shape}{' fsdp' if rules else ''} needs {_size(need)}")
             if best is None or need < best[0]:
                 best = (need, (shape[0], shape[1]), rules)
+        if not fitting:
+            continue
+        budget = f" of {_size(device_memory)}" if device_memory else " (device memory unknown: every split fits)"
+        layout = rules or layout_name
+        moved: dict[str, int | None] = {}
+        if traffic and len(fitting) > 1:
+            for shape, _ in fitting:
+                est = traffic_lib.estimate(cfg, tuple(shape), rules)
+                moved[str(shape)] = None if est is None else est["bytes_per_device"]
+        ranked = fitting
+        if moved and all(v is not None for v in moved.values()):
+            ranked = sorted(fitting, key=lambda f: (moved[str(f[0])], f[0][mi]))
+            how = "the lowest estimated collective traffic of the splits that fit"
+            table = "; ".join(f"{s} {_size(moved[str(s)])}/step sent, plans {_size(n)}" for s, n in ranked)
+        else:
+            how = "the narrowest model axis that fits" + (" (no traffic estimate for this model here)"
+                                                          if moved else "")
+            table = "; ".join(f"{s} plans {_size(n)}" for s, n in ranked)
+        shape, need = ranked[0]
+        why = (f"mesh {shape} chosen (batch × model, layout {layout}): {how}, planning {_size(need)} per device"
+               f"{budget}" + (f", with the batch axis dividing data.batch_size={batch}" if len(order) < len(divisors) else "")
+               + f" ({table}" + ("; " + "; ".join(skipped) if skipped else "") + "); set mesh.shape to choose")
+        return AutoMesh((shape[0], shape[1]), rules, why)
     if best is None:  # nothing divides: the config's own default, checked as before
         shape = [1, 1]
         shape[bi], shape[mi] = devices // order[-1], order[-1]
