@@ -1,15 +1,15 @@
-"""What this machine offers a run config: its devices, and a mesh the model divides evenly on.
+"""What this machine offers a run config: its devices, and the default mesh.
 
-`gemma init` asks here (and nowhere else needs it): the device count and platform come from
-jax (`GEMMA_CPU_DEVICES` simulates CPU devices, as everywhere), and `mesh_for` plans the
-preset's architecture (no weights) on each (batch, model) split of the devices, widest model
-axis first, and keeps the first one on which every axis of the family's default layout divides
-the dimension its rule names (no axis moved to another dimension).
+`describe()` counts the devices (`GEMMA_CPU_DEVICES` simulates CPU devices, as everywhere);
+`auto_mesh` chooses the (batch, model) split of a config without `mesh.shape`: of the splits
+whose planned memory per device fits, the one whose train step moves the fewest collective
+bytes (`engine/plan/traffic.py`); `choose` applies it to a config, as `finetune`, `inspect`,
+`generate` and `init` do.
 
 Example:
-    >>> devices, platform = describe()
-    >>> mesh_for("gemma_7b_en", devices, precision="bfloat16", lora_rank=4)
-    MeshChoice(shape=(1, 8), tried=[], planned=True, note=None)
+    >>> choice = auto_mesh(cfg, 8, 16 * 2**30)
+    >>> choice.shape, choice.why
+    ((2, 4), 'mesh [2, 4] chosen (batch × model, layout default): the lowest estimated ...')
 """
 
 from __future__ import annotations
@@ -18,26 +18,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from gemma_cli.errors import RuntimeFailure
-
-
-@dataclass
-class MeshChoice:
-    """The chosen (batch, model) shape and why.
-
-    Args:
-        shape: tuple[int, int]. Devices on the batch and the model axis.
-        tried: list[str]. Wider model axes that did not divide, with the first reason each.
-        planned: bool. Whether the architecture could be planned here (False: not checked).
-        note: str | None. Why it could not be planned, or what gives.
-        indivisible: str. `error`, or `replicate` when no split divides evenly.
-    """
-
-    shape: tuple[int, int]
-    tried: list[str] = field(default_factory=list)
-    planned: bool = True
-    note: str | None = None
-    indivisible: str = "error"
 
 
 def describe() -> tuple[int, str]:
@@ -50,52 +30,6 @@ def describe() -> tuple[int, str]:
     return jax.device_count(), jax.devices()[0].platform
 
 
-def mesh_for(preset: str, devices: int, *, precision: str, lora_rank: int) -> MeshChoice:
-    """The widest model axis (a divisor of `devices`) the default layout divides evenly."""
-    from gemma_cli.engine.model import load as model
-    from gemma_cli.engine.plan import inspect as inspect_report
-    from gemma_cli.engine.plan import layout as lay
-
-    try:
-        bb = inspect_report._backbone_config(preset)  # noqa: SLF001 — with "did you mean"
-    except RuntimeFailure as e:  # the preset is remote and the network is not there
-        return MeshChoice((1, devices), planned=False, note=e.message)
-    cls = model.backbone_class(bb)
-    variables = model.abstract_variables(bb, precision, lora_rank, None)
-    axes = ("batch", "model")
-    tried: list[str] = []
-    for m in sorted((d for d in range(1, devices + 1) if devices % d == 0), reverse=True):
-        shape = (devices // m, m)
-        rules = lay.default_rules(cls, axes, "batch", "model")
-        plan = lay.plan_variables(variables, rules, shape, axes, "error")
-        # evenly: every axis where the family's rules put it (the planner could move the model
-        # axis of 4 heads onto their head dimension, but a narrower axis that divides the heads
-        # is the better mesh)
-        moved = [v for v in plan.variables if v.adjusted]
-        if not plan.errors and not moved:
-            return MeshChoice(shape, tried)
-        tried.append(f"{list(shape)}: {plan.errors[0].split(';')[0] if plan.errors else _why(moved[0], plan)}")
-    return MeshChoice(
-        (1, devices),
-        tried,
-        note="no split of the devices divides evenly: indivisible dimensions are replicated",
-        indivisible="replicate",
-    )
-
-
-def _why(var: Any, plan: Any) -> str:
-    """`path shape: dimension d (n) is not divisible by mesh axis 'a' (k)` for a moved variable."""
-    sizes = dict(zip(plan.mesh_axes, plan.mesh_shape, strict=True))
-    rule = next(r for r in plan.rules if r.pattern == var.rule)
-    for dim, ax in enumerate(rule.axes):
-        if ax is not None and var.shape[dim] % sizes[ax]:
-            return (
-                f"{var.path} {var.shape}: dimension {dim} ({var.shape[dim]}) is not divisible by "
-                f"mesh axis '{ax}' ({sizes[ax]})"
-            )
-    return f"{var.path}: {var.note}"
-
-
 @dataclass
 class AutoMesh:
     """The mesh `gemma finetune` chose for a config without `mesh.shape`, and why.
@@ -105,11 +39,52 @@ class AutoMesh:
         rules: str | None. `fsdp` when the weights or optimizer state fit only sharded over
             the batch axis too; None: the config's layout as written.
         why: str. One line for the log.
+        divides: bool. False when no split divides the model evenly (indivisible dimensions
+            must then be replicated).
+        splits: list[str]. One line per split considered: its estimated traffic and planned
+            memory, or why it was left out.
+        verdict: str. `why` without the splits.
     """
 
     shape: tuple[int, int]
     rules: str | None
     why: str
+    divides: bool = True
+    splits: list[str] = field(default_factory=list)
+    verdict: str = ""
+
+
+def choose(cfg: Any, device_memory: int | None = None) -> AutoMesh | None:
+    """Give a config without `mesh.shape` the default mesh of this machine (`auto_mesh`) and
+    return the choice (its `why` is the line to log); a mesh the user gave is never changed
+    (None). `device_memory` is the figure to fit (`--device`); else the chip's own limit, or on
+    CPU this host's memory split over its devices. The one rule `finetune`, `inspect`,
+    `generate` and `init` share."""
+    if "shape" in cfg.mesh.model_fields_set or len(cfg.mesh.axes) != 2:
+        return None
+    from gemma_cli.engine.core import runtime
+
+    runtime.setup()
+    import jax
+
+    choice = auto_mesh(cfg, jax.device_count(), device_memory if device_memory is not None else this_device_memory())
+    cfg.mesh.shape = list(choice.shape)
+    if choice.rules:
+        cfg.layout.rules = choice.rules
+    return choice
+
+
+def this_device_memory() -> int | None:
+    """The memory a run may plan per device here: the chip's `bytes_limit` when jax reports
+    it, on CPU this host's memory split over its local devices, else None."""
+    import jax
+
+    from gemma_cli.engine.plan import inspect as inspect_report
+
+    limit = inspect_report._device_memory()  # noqa: SLF001
+    if limit is None and jax.devices()[0].platform == "cpu":
+        limit = host_memory_per_device(jax.local_device_count())
+    return limit
 
 
 def host_memory_per_device(local_devices: int) -> int | None:
@@ -142,9 +117,9 @@ def auto_mesh(cfg: Any, devices: int, device_memory: int | None, *, traffic: boo
     from gemma_cli.engine.plan import inspect as inspect_report
     from gemma_cli.engine.plan import traffic as traffic_lib
 
-    batch = cfg.data.batch_size if cfg.data is not None else 1
+    batch = cfg.data.batch_size if cfg.data is not None else None
     divisors = [d for d in range(1, devices + 1) if devices % d == 0]
-    order = [m for m in divisors if batch % (devices // m) == 0] or [devices]
+    order = [m for m in divisors if batch is None or batch % (devices // m) == 0] or [devices]
     layouts: list[str | None] = [None]
     if "rules" not in cfg.layout.model_fields_set and cfg.layout.rules != "fsdp":
         layouts.append("fsdp")
@@ -186,20 +161,23 @@ def auto_mesh(cfg: Any, devices: int, device_memory: int | None, *, traffic: boo
         if moved and all(v is not None for v in moved.values()):
             ranked = sorted(fitting, key=lambda f: (moved[str(f[0])], f[0][mi]))
             how = "the lowest estimated collective traffic of the splits that fit"
-            table = "; ".join(f"{s} {_size(moved[str(s)])}/step sent, plans {_size(n)}" for s, n in ranked)
+            table = [f"{s}: sends ~{_size(moved[str(s)])} per device per step, plans {_size(n)}" for s, n in ranked]
         else:
             how = "the narrowest model axis that fits" + (" (no traffic estimate for this model here)"
                                                           if moved else "")
-            table = "; ".join(f"{s} plans {_size(n)}" for s, n in ranked)
+            table = [f"{s}: plans {_size(n)}" for s, n in ranked]
         shape, need = ranked[0]
-        why = (f"mesh {shape} chosen (batch × model, layout {layout}): {how}, planning {_size(need)} per device"
-               f"{budget}" + (f", with the batch axis dividing data.batch_size={batch}" if len(order) < len(divisors) else "")
-               + f" ({table}" + ("; " + "; ".join(skipped) if skipped else "") + "); set mesh.shape to choose")
-        return AutoMesh((shape[0], shape[1]), rules, why)
+        splits = table + skipped
+        verdict = (f"mesh {shape} chosen (batch × model, layout {layout}): {how}, planning {_size(need)} per device"
+                   f"{budget}" + (f", with the batch axis dividing data.batch_size={batch}"
+                                  if len(order) < len(divisors) else ""))
+        why = f"{verdict} ({'; '.join(splits)}); set mesh.shape to choose"
+        return AutoMesh((shape[0], shape[1]), rules, why, splits=splits, verdict=verdict)
     if best is None:  # nothing divides: the config's own default, checked as before
         shape = [1, 1]
         shape[bi], shape[mi] = devices // order[-1], order[-1]
-        return AutoMesh((shape[0], shape[1]), None, f"mesh {shape} chosen: no split divides the model evenly")
+        return AutoMesh((shape[0], shape[1]), None, f"mesh {shape} chosen: no split divides the model evenly",
+                        divides=False)
     need, shape2, rules = best
     return AutoMesh(shape2, rules, f"mesh {list(shape2)}{' fsdp' if rules else ''} chosen: no mesh fits "
                                    f"{_size(device_memory)} per device; this one plans the least "

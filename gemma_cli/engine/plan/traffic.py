@@ -169,6 +169,9 @@ def estimate(cfg: Any, shape: tuple[int, ...], rules: str | None = None) -> dict
     blocks = _blocks([p for p, _, _ in variables])
     batch = trial.data.batch_size if trial.data is not None else 2
     seq = trial.data.sequence_length if trial.data is not None else 128
+    axes = list(trial.mesh.axes)
+    if trial.mesh.batch_axis in axes and batch % shape[axes.index(trial.mesh.batch_axis)]:
+        return None  # the batch does not divide over the batch axis: no step to estimate
     scale = (lora.alpha / lora.rank) if lora and getattr(lora, "alpha", None) else 1.0
     trainable = set(am.trainable)
     one = _compile_traffic(plan, trainable, blocks[:1], batch, seq, trial.mesh.batch_axis, trial.model.precision, scale)

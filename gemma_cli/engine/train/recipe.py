@@ -153,27 +153,14 @@ class Recipe:
             raise UsageError(cfg.problem("model.quantize", bad))
 
     def choose_mesh(self) -> None:
-        """A config without `mesh.shape` gets the mesh its memory plan fits with the fewest
-        devices on the model axis (`engine/plan/machine.auto_mesh`), written into the run's
-        config; a mesh the user gave is never changed, only checked."""
-        cfg = self.cfg
-        if "shape" in cfg.mesh.model_fields_set or len(cfg.mesh.axes) != 2:
-            return
-        runtime.setup()
-        import jax
-
-        from gemma_cli.engine.plan import inspect as inspect_report
+        """A config without `mesh.shape` gets the lowest-traffic mesh its memory plan fits
+        (`engine/plan/machine.choose`), written into the run's config; a mesh the user gave is
+        never changed, only checked."""
         from gemma_cli.engine.plan import machine
 
-        n = jax.device_count()
-        limit = inspect_report._device_memory()  # noqa: SLF001 — the chip's bytes_limit when reported
-        if limit is None and jax.devices()[0].platform == "cpu":
-            limit = machine.host_memory_per_device(jax.local_device_count())
-        choice = machine.auto_mesh(cfg, n, limit)
-        cfg.mesh.shape = list(choice.shape)
-        if choice.rules:
-            cfg.layout.rules = choice.rules
-        self.reporter.info(choice.why)
+        choice = machine.choose(self.cfg)
+        if choice is not None:
+            self.reporter.info(choice.why)
 
     def _settle_auto(self, latest: Path | None) -> None:
         """`--resume auto`: resume from `latest`, start fresh without one, or note that the run
