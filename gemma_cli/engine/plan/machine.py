@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-
 def describe() -> tuple[int, str]:
     """(number of devices, platform: cpu | gpu | tpu) of this process's jax backend."""
     from gemma_cli.engine.core import runtime
