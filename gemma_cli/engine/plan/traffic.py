@@ -12,8 +12,9 @@ same dot shapes and shardings as for keras-hub's step, so the skeleton moves wha
 moves for the matrices (norms, rotary embeddings and masks, which move little, are left out);
 tests/test_traffic.py checks its ranking of meshes against the compiled keras step's.
 
-Two compiles per mesh (one and two decoder blocks; the rest is extrapolated per block), well
-under a second each for a tiny model and a few seconds for Gemma 3 1B on CPU. It needs the
+Two compiles per mesh (one and two decoder blocks; the rest is extrapolated per block; a model
+of two blocks or fewer compiles whole, once), about a second each for a tiny model or Gemma 3
+1B on an idle CPU core. It needs the
 devices of the mesh in this process (`jax.device_count()` ≥ the mesh's); families whose
 variable names it does not know (Llama) get None.
 
@@ -30,7 +31,7 @@ import re
 import time
 from typing import Any
 
-_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}  # one estimate per (config, mesh, layout) in a process
+_CACHE: dict[str, dict[str, Any]] = {}  # one estimate per (config, mesh, layout) in a process
 _KNOWN = ("attention/query/kernel", "attention/key/kernel", "attention/value/kernel",
           "attention/attention_output/kernel", "ffw_gating/kernel", "ffw_gating_2/kernel", "ffw_linear/kernel")
 
@@ -148,13 +149,13 @@ def estimate(cfg: Any, shape: tuple[int, ...], rules: str | None = None) -> dict
         return None
     from gemma_cli.config import dump_config
 
-    key = (json.dumps(dump_config(cfg), sort_keys=True, default=str), tuple(shape), rules)
-    if key in _CACHE:
-        return _CACHE[key]
     trial = cfg.model_copy(deep=True)
     trial.mesh.shape = list(shape)
     if rules:
         trial.layout.rules = rules
+    key = json.dumps(dump_config(trial), sort_keys=True, default=str)
+    if key in _CACHE:
+        return _CACHE[key]
     bb = inspect_report._backbone_config(trial.model.preset)  # noqa: SLF001
     cls = model.backbone_class(bb)
     lora = trial.model.lora
@@ -174,13 +175,16 @@ def estimate(cfg: Any, shape: tuple[int, ...], rules: str | None = None) -> dict
         return None  # the batch does not divide over the batch axis: no step to estimate
     scale = (lora.alpha / lora.rank) if lora and getattr(lora, "alpha", None) else 1.0
     trainable = set(am.trainable)
-    one = _compile_traffic(plan, trainable, blocks[:1], batch, seq, trial.mesh.batch_axis, trial.model.precision, scale)
-    if len(blocks) > 1:
-        two = _compile_traffic(plan, trainable, blocks[:2], batch, seq, trial.mesh.batch_axis, trial.model.precision,
-                               scale)
+    def compiled(n: int) -> dict[str, Any]:
+        return _compile_traffic(plan, trainable, blocks[:n], batch, seq, trial.mesh.batch_axis,
+                                trial.model.precision, scale)
+
+    if len(blocks) <= 2:  # the whole model in one compile
+        one = two = compiled(len(blocks))
+        extra = 0
     else:
-        two = one
-    extra = len(blocks) - 1
+        one, two = compiled(1), compiled(2)
+        extra = len(blocks) - 1
 
     def total(kind: str) -> int:
         a, b = one[kind]["bytes_per_device"], two[kind]["bytes_per_device"]
