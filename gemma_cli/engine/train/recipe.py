@@ -82,6 +82,24 @@ def data_line(c: dict[str, int]) -> str:
     return line
 
 
+def data_files(cfg: Any) -> dict[str, str]:
+    """`{"data file PATH": "N bytes"}` for every local file the config's data paths name (a
+    dataset directory: its files' count and total size); remote sources are config keys."""
+    from gemma_cli.engine.data import sources
+
+    d = cfg.data
+    out: dict[str, str] = {}
+    for pat in [*(d.paths or []), *(d.eval_paths or [])] if d is not None else []:
+        hits, _ = sources.expand(pat)
+        for h in map(Path, hits):
+            if h.is_dir():
+                files = [f for f in h.rglob("*") if f.is_file()]
+                out[f"data file {h}"] = f"{len(files)} files, {sum(f.stat().st_size for f in files)} bytes"
+            else:
+                out[f"data file {h}"] = f"{h.stat().st_size} bytes"
+    return out
+
+
 class Recipe:
     """One training run of a config; subclasses are the methods (`train.method`).
 
@@ -151,6 +169,19 @@ class Recipe:
         bad = cfg.model.training_problem()
         if bad:
             raise UsageError(cfg.problem("model.quantize", bad))
+
+    def agree(self) -> None:
+        """On several processes: every process holds the same config and data files, or every
+        one exits 2 naming the first difference (`engine/core/agreement.py`), before the mesh
+        is chosen or any model loads."""
+        runtime.setup()
+        if runtime.process_count() == 1:
+            return
+        from gemma_cli.engine.core import agreement
+
+        facts = agreement.flatten(dump_config(self.cfg), "config")
+        facts.update(data_files(self.cfg))
+        agreement.check(facts)
 
     def choose_mesh(self) -> None:
         """A config without `mesh.shape` gets the lowest-traffic mesh its memory plan fits
@@ -367,6 +398,7 @@ class Recipe:
         estimate and what to change (`engine/plan/oom.py`, exit 1)."""
         phase = "loading the model"
         try:
+            self.agree()
             self.choose_mesh()
             self.check_output_dir()
             if self.finished is not None:
