@@ -98,6 +98,20 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
+def _estimates(cfg: Any, shapes: list[list[int]], rules: str | None) -> list[dict[str, Any] | None]:
+    """`traffic.estimate` of each shape: the first alone (it traces the architecture once),
+    the rest compiled side by side on this host's cores (XLA compiles without the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gemma_cli.engine.plan import traffic as traffic_lib
+
+    first = traffic_lib.estimate(cfg, tuple(shapes[0]), rules)
+    workers = max(1, min(len(shapes) - 1, (os.cpu_count() or 1)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gemma-traffic") as pool:
+        rest = list(pool.map(lambda s: traffic_lib.estimate(cfg, tuple(s), rules), shapes[1:]))
+    return [first, *rest]
+
+
 def auto_mesh(cfg: Any, devices: int, device_memory: int | None, *, traffic: bool = True) -> AutoMesh:
     """The lowest-traffic mesh that fits: of the (batch, model) splits of `devices` whose batch
     axis divides `data.batch_size` and whose planned memory per device (`gemma inspect`'s
@@ -114,7 +128,6 @@ def auto_mesh(cfg: Any, devices: int, device_memory: int | None, *, traffic: boo
     split fits.
     """
     from gemma_cli.engine.plan import inspect as inspect_report
-    from gemma_cli.engine.plan import traffic as traffic_lib
 
     batch = cfg.data.batch_size if cfg.data is not None else None
     divisors = [d for d in range(1, devices + 1) if devices % d == 0]
@@ -153,8 +166,7 @@ def auto_mesh(cfg: Any, devices: int, device_memory: int | None, *, traffic: boo
         layout = rules or layout_name
         moved: dict[str, int | None] = {}
         if traffic and len(fitting) > 1:
-            for shape, _ in fitting:
-                est = traffic_lib.estimate(cfg, tuple(shape), rules)
+            for shape, est in zip([f[0] for f in fitting], _estimates(cfg, [f[0] for f in fitting], rules), strict=True):
                 moved[str(shape)] = None if est is None else est["bytes_per_device"]
         ranked = fitting
         if moved and all(v is not None for v in moved.values()):

@@ -168,7 +168,8 @@ def estimate(cfg: Any, shape: tuple[int, ...], rules: str | None = None) -> dict
     if plan.errors:
         return None
     blocks = _blocks([p for p, _, _ in variables])
-    batch = trial.data.batch_size if trial.data is not None else 2
+    # no data section (`gemma init` before --data): a batch every split of the devices divides
+    batch = trial.data.batch_size if trial.data is not None else math.prod(shape)
     seq = trial.data.sequence_length if trial.data is not None else 128
     axes = list(trial.mesh.axes)
     if trial.mesh.batch_axis in axes and batch % shape[axes.index(trial.mesh.batch_axis)]:
