@@ -1,8 +1,9 @@
 """`gemma init [--preset P] [--data PATH]`: a commented gemma.yaml for the machine it runs on.
 
 The mesh comes from this machine's devices (jax, imported inside the command; the
-`GEMMA_CPU_DEVICES` simulation applies) and from a plan of the preset on them: the widest
-model axis the family's default layout divides evenly. The text is validated by the schema
+`GEMMA_CPU_DEVICES` simulation applies) and from a plan of the preset on them: the split
+finetune takes for a config without mesh.shape (`engine/plan/machine.auto_mesh`: the lowest
+estimated collective traffic among the splits whose memory plan fits). The text is validated by the schema
 before it is written, and an existing gemma.yaml is never overwritten.
 """
 
