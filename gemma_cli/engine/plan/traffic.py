@@ -110,7 +110,7 @@ def _compile_traffic(plan: Any, trainable: set[str], blocks: list[str], batch: i
         if v.path not in keep or not (v.path.endswith(("/kernel", "/embeddings", "lora_kernel_a", "lora_kernel_b"))):
             continue
         s = NamedSharding(mesh, P(*v.spec))
-        a = jax.ShapeDtypeStruct(v.shape, jnp.dtype(v.dtype if v.dtype != "mixed_bfloat16" else "float32"), sharding=s)
+        a = jax.ShapeDtypeStruct(v.shape, jnp.dtype(v.dtype), sharding=s)
         (weights if v.path in trainable else frozen)[v.path] = a
         shard[v.path] = s
     tok_sharding = NamedSharding(mesh, P(batch_axis if batch_axis in plan.mesh_axes else None, None))
@@ -153,7 +153,10 @@ def estimate(cfg: Any, shape: tuple[int, ...], rules: str | None = None) -> dict
     trial.mesh.shape = list(shape)
     if rules:
         trial.layout.rules = rules
-    key = json.dumps(dump_config(trial), sort_keys=True, default=str)
+    # what the step depends on: the model, its layout, the mesh and the batch's shape
+    d = dump_config(trial)
+    key = json.dumps([d.get("model"), d.get("layout"), d.get("mesh"), trial.data.batch_size if trial.data else None,
+                      trial.data.sequence_length if trial.data else None], sort_keys=True, default=str)
     if key in _CACHE:
         return _CACHE[key]
     bb = inspect_report._backbone_config(trial.model.preset)  # noqa: SLF001
