@@ -63,12 +63,7 @@ def test_the_estimate_ranks_meshes_as_the_compiled_step(tiny_gemma3, measured):
 
 
 def test_the_default_is_the_measured_lowest_mesh_that_fits(tiny_gemma3, measured):
-    from gemma_cli.engine.plan import inspect
-
-    def planned(shape: tuple[int, int]) -> int:
-        return inspect.describe(cfg_of(tiny_gemma3, shape))["totals"]["total_bytes_per_device"]
-
-    plans = {m: planned(m) for m in MESHES}
+    plans = {m: inspect_plan(tiny_gemma3, m) for m in MESHES}
     for limit in (2**40, plans[(4, 2)]):  # everything fits; then the wider model axes do not
         fitting = [(m, None) for m in MESHES if plans[m] <= limit]
         choice = machine.auto_mesh(cfg_of(tiny_gemma3), 8, limit)
@@ -87,3 +82,50 @@ def test_a_mesh_the_user_gave_is_never_changed(tiny_gemma3, measured):
     auto = cfg_of(tiny_gemma3)
     SFTRecipe(auto, NullReporter()).choose_mesh()
     assert tuple(auto.mesh.shape) == min(MESHES, key=lambda m: measured[(m, None)])
+
+
+def test_inspect_and_generate_take_the_same_default(tiny_gemma3, measured, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from gemma_cli.cli import app
+    from gemma_cli.engine.core.report import NullReporter
+    from gemma_cli.engine.sample.generate import Generator
+
+    best = list(min(MESHES, key=lambda m: measured[(m, None)]))
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"model: {{preset: {tiny_gemma3}, precision: float32, lora: {{rank: 4}}}}\nlayout: {{indivisible: replicate}}\n"
+        "data: {paths: [x.jsonl], batch_size: 8, sequence_length: 64}\ntrain: {max_steps: 10}\n")
+    r = CliRunner().invoke(app, ["inspect", str(path), "--json", "--layer", "decoder_block_0"])
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["mesh"]["shape"] == best and doc["mesh_chosen"].startswith(f"mesh {best} chosen")
+    assert f"mesh {best} chosen" in r.stderr
+    # --device: the figure to fit; a tight one leaves only the narrower model axes
+    plans = {m: inspect_plan(tiny_gemma3, m) for m in MESHES}
+    limit = plans[(4, 2)]
+    r = CliRunner().invoke(app, ["inspect", str(path), "--json", "--device", f"{limit}", "--layer", "decoder_block_0"])
+    fit = min((m for m in MESHES if plans[m] <= limit), key=lambda m: measured[(m, None)])
+    assert r.exit_code == 0 and json.loads(r.stdout)["mesh"]["shape"] == list(fit), r.stderr
+    # a mesh given on the command line is kept
+    r = CliRunner().invoke(app, ["inspect", str(path), "mesh.shape=[8,1]", "--json", "--layer", "decoder_block_0"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["mesh"]["shape"] == [8, 1] and "chosen" not in r.stderr
+    # generate: the model loads on the same mesh
+    lines: list[str] = []
+
+    class Lines(NullReporter):
+        def info(self, message: str) -> None:
+            lines.append(message)
+
+    cfg = cfg_of(tiny_gemma3)
+    gen = Generator(cfg, Lines())
+    assert cfg.mesh.shape == best and gen.batch_axis == best[0]
+    assert any(ln.startswith(f"mesh {best} chosen") for ln in lines)
+
+
+def inspect_plan(preset: Any, shape: tuple[int, int]) -> int:
+    from gemma_cli.engine.plan import inspect
+
+    return inspect.describe(cfg_of(preset, shape))["totals"]["total_bytes_per_device"]

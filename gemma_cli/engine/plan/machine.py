@@ -173,6 +173,9 @@ def auto_mesh(cfg: Any, devices: int, device_memory: int | None, *, traffic: boo
             ranked = sorted(fitting, key=lambda f: (moved[str(f[0])], f[0][mi]))
             how = "the lowest estimated collective traffic of the splits that fit"
             table = [f"{s}: sends ~{_size(moved[str(s)])} per device per step, plans {_size(n)}" for s, n in ranked]
+        elif len(fitting) == 1:
+            how = "the only split that fits"
+            table = [f"{s}: plans {_size(n)}" for s, n in ranked]
         else:
             how = "the narrowest model axis that fits" + (" (no traffic estimate for this model here)"
                                                           if moved else "")
