@@ -206,6 +206,8 @@ def _memory_lines(doc: dict[str, Any]) -> list[str]:
             lines.append(f"  dequantized kernel ~{human_bytes(est['dequantized'])} (keras {doc['model'].get('quantize')} "
                          "is storage-only: each matmul rebuilds its kernel at the compute dtype, one at a time)")
         total += f"; remat {other}: ~{human_bytes(alt['remat_' + other + '_total'])})"
+        if est.get("images"):
+            lines.append(f"  vision tower ~{human_bytes(est['images'])} (its activations for the batch's image slots)")
         if est.get("reference"):
             lines.append(f"  reference forward pass (dpo) ~{human_bytes(est['reference'])}: its hidden states and logits")
     if tot["device_memory_bytes"]:
