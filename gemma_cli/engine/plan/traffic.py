@@ -13,14 +13,15 @@ moves for the matrices (norms, rotary embeddings and masks, which move little, a
 tests/test_traffic.py checks its ranking of meshes against the compiled keras step's.
 
 Two compiles per mesh (one and two decoder blocks; the rest is extrapolated per block; a model
-of two blocks or fewer compiles whole, once), about a second each for a tiny model or Gemma 3
-1B on an idle CPU core. It needs the
+of two blocks or fewer compiles whole, once): measured on 2 shared, busy CPU cores, 3-6 s per
+compile for the tiny test model and 10-25 s per mesh for Gemma 3 1B (benchmarks/mesh_table.py);
+estimates are cached per (model, layout, mesh, batch shape) in the process. It needs the
 devices of the mesh in this process (`jax.device_count()` ≥ the mesh's); families whose
 variable names it does not know (Llama) get None.
 
 Example:
-    >>> estimate(cfg, (2, 4))["bytes_per_device"]
-    1391234
+    >>> estimate(cfg, (2, 4))["bytes_per_device"]  # tiny Gemma 3 LoRA, batch 8 × 64 (compiled step: 1453476)
+    1006468
 """
 
 from __future__ import annotations
