@@ -814,7 +814,8 @@ def sec_export(report: dict[str, Any]) -> None:
 
 def sec_mesh(report: dict[str, Any]) -> None:
     """Collectives and step time per (batch, model) split of the 8 devices (mesh_table.py)."""
-    r = run("mesh table (mesh_table.py)", [PY, str(HERE / "mesh_table.py"), "--json"], 420, DEV8, need=60)
+    # the tiny model's rows take about 4 minutes on 2 cores, Gemma 3 270M's compiled steps about 8 more, 1B's estimates 3
+    r = run("mesh table (mesh_table.py)", [PY, str(HERE / "mesh_table.py"), "--json"], 1500, DEV8, need=300)
     doc = r["doc"] or {}
     RAW["mesh_table"] = doc.get("raw")
     if doc.get("rows"):

@@ -223,6 +223,13 @@ def _memory_lines(doc: dict[str, Any]) -> list[str]:
             f"(arguments {human_bytes(ms['argument'])}, temporaries {human_bytes(ms['temp'])}); "
             f"the estimate is {100 * mem['error']:+.0f}% off"
         )
+        co = ms.get("collectives")
+        if co:
+            kinds = ", ".join(f"{k} {v['count']}" for k, v in co.items() if k != "total" and v["count"])
+            lines.append(
+                f"collectives of the compiled train step: {human_bytes(co['total']['bytes_per_device'])} sent per device "
+                f"per step ({co['total']['count']} ops: {kinds or 'none'})"
+            )
     for n in doc.get("layout_notes", []):
         lines.append(f"[cyan]layout:[/] {n}")
     return lines
@@ -320,13 +327,20 @@ def inspect(
             runtime.silence_keras_stdout()
         from gemma_cli.engine.plan import inspect as inspect_report
 
+        if dev_name is not None and mem is None:
+            from gemma_cli.engine.plan import memory
+
+            mem = memory.DEVICES[dev_name]
+        from gemma_cli.engine.plan import machine
+
+        with out.status(f"Choosing a mesh for {cfg.model.preset} ..."):
+            # no mesh.shape: the mesh finetune would choose here, fitted to --device when given
+            choice = machine.choose(cfg, mem)
+        if choice is not None:
+            out.info(choice.why)
         with out.status(
             f"{'Loading' if live else 'Planning'} {cfg.model.preset} on mesh {cfg.mesh.shape} ..."
         ):
-            if dev_name is not None and mem is None:
-                from gemma_cli.engine.plan import memory
-
-                mem = memory.DEVICES[dev_name]
             select = inspect_report.Selection(layer, match, names=("--layer", "--match"))
             doc = inspect_report.describe(
                 cfg,
@@ -339,6 +353,7 @@ def inspect(
                 checkpoint=target.checkpoint,
             )
         doc["target"] = target.to_dict()
+        doc["mesh_chosen"] = choice.why if choice is not None else None  # no mesh.shape: why this one
         if not json_:
             for p in doc["problems"]:
                 if p["level"] == "warning":

@@ -224,22 +224,28 @@ def measure_train_step(causal_lm: Any, batch: int, seq: int, distribution: Any =
     (optimizer built).
 
     Returns:
-        dict. argument, output, alias, temp (bytes per device, as XLA assigns them) and peak
-        (argument + output − alias + temp: what one device holds at the step's high point).
+        dict. argument, output, alias, temp (bytes per device, as XLA assigns them), peak
+        (argument + output − alias + temp: what one device holds at the step's high point)
+        and collectives (`engine/plan/comms.traffic` of the compiled step: count and bytes
+        sent per device per step, per kind and in total).
     """
     import jax
+
+    from gemma_cli.engine.plan import comms
 
     step, state, arrays = train_step_program(causal_lm, batch, seq, distribution)
     sharding = data_sharding(distribution, batch, seq)
     data = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), arrays)
-    ma = step.lower(state, data).compile().memory_analysis()
-    out = {
+    compiled = step.lower(state, data).compile()
+    ma = compiled.memory_analysis()
+    out: dict[str, Any] = {
         "argument": int(ma.argument_size_in_bytes),
         "output": int(ma.output_size_in_bytes),
         "alias": int(ma.alias_size_in_bytes),
         "temp": int(ma.temp_size_in_bytes),
     }
     out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    out["collectives"] = comms.traffic(comms.collectives(compiled.as_text(), devices=jax.device_count()))
     return out
 
 
