@@ -763,7 +763,7 @@ def sec_grpo(report: dict[str, Any]) -> None:
     cfgp = real_demo_config("grpo_270m", "grpo_speed")
     r = run("real 270M: GRPO rollouts and step vs TRL", [PY, str(HERE / "grpo_speed.py"), str(cfgp), "mesh.shape=[1,1]",
                                                          "--steps", "5", "--gens", "4", "--prompts", "2", "--new", "32"],
-            900, {"GEMMA_CPU_DEVICES": ""}, need=200)
+            1800, {"GEMMA_CPU_DEVICES": ""}, need=200)
     d = r["doc"] or {}
     ro, ours, trl = d.get("rollout") or {}, d.get("ours") or {}, d.get("trl") or {}
     RAW["grpo"] = d
