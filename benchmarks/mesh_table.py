@@ -1,17 +1,24 @@
-"""What each (batch, model) split of 8 devices costs a train step: time, and collectives.
+"""What each (batch, model) split of 8 devices costs a train step: collectives, memory, time;
+and which split the default mesh takes.
 
     python benchmarks/mesh_table.py            # measure, write mesh_table.json, splice report.md
     python benchmarks/mesh_table.py --json     # measure, print the section as JSON (run.py)
+    python benchmarks/mesh_table.py --tiny     # the tiny model's rows only (about two minutes)
 
-On the 8 simulated XLA CPU devices, with tests/tiny.py's Gemma 3 (random weights), for a LoRA
-and a full fine-tune, per mesh [8,1], [4,2], [2,4], [1,8] (layout: the family's default rules,
-indivisible dimensions replicated): the planned memory per device (`gemma inspect`'s plan),
-the compiled train step's collectives read from its optimized HLO (engine/plan/comms.py:
-count and bytes per device per step, as a ring moves them), the median step time over a few
-steps, and the time the devices spent inside collectives (JAX's profiler: the collective
-thunks' durations, per device per step; on simulated devices this is mostly waiting at the
-rendezvous for the slowest device, so read it as "time the step stood in collectives").
-Under two minutes on 2 cores.
+On the 8 simulated XLA CPU devices, per mesh [8,1], [4,2], [2,4], [1,8] and fsdp on [8,1]
+(the family's default rules, indivisible dimensions replicated), for
+- tests/tiny.py's Gemma 3 (random weights), a LoRA and a full fine-tune: the planned memory
+  per device (`gemma inspect`'s plan), the compiled train step's collectives read from its
+  optimized HLO (engine/plan/comms.py: count and bytes per device per step, as a ring moves
+  them), the median step time over a few steps, and the time the devices spent inside
+  collectives (JAX's profiler; on simulated devices mostly waiting at the rendezvous);
+- Gemma 3 270M (its architecture, random weights), LoRA: the compiled keras-hub step's
+  collectives (compiled, not run);
+- Gemma 3 1B, LoRA: planned only (its keras step is not built here: compiling it on 2 cores
+  takes too long for the bench).
+Every row also carries the estimate the default mesh ranks by (engine/plan/traffic.py: the
+step's skeleton compiled on abstract arrays), and the row `machine.auto_mesh` picks for the
+config without `mesh.shape` is marked.
 """
 
 from __future__ import annotations
@@ -33,23 +40,66 @@ sys.path.insert(0, str(HERE))
 
 TITLE = "Mesh: collectives and step time per (batch, model) split (8 CPU devices)"
 MESHES = ([8, 1], [4, 2], [2, 4], [1, 8])
+CANDIDATES = [*((m, None) for m in MESHES), ([8, 1], "fsdp")]
 BATCH, SEQ, LORA = 8, 64, 4
 STEPS = 6
 WORKLOADS = ("LoRA 4", "full")
+# the real architectures: LoRA 4, batch 8 × REAL_SEQ, bfloat16; the default fits this budget
+REAL = {"Gemma 3 270M": ("gemma3_270m", True), "Gemma 3 1B": ("gemma3_1b", False)}  # name: (preset, compile the keras step)
+REAL_SEQ = 256
+BUDGET = 16 * 2**30  # a v5e chip's HBM
 
 
-def _config(preset: Path, data: Path, mesh: list[int], lora: bool) -> Any:
+def _config(preset: Path | str, data: Path, mesh: list[int] | None, lora: bool, rules: str | None = None,
+            precision: str = "float32", seq: int = SEQ) -> Any:
     from gemma_cli.config import parse_config
 
     lo = f", lora: {{rank: {LORA}}}" if lora else ""
+    shape = f"mesh: {{shape: {mesh}, axes: [batch, model]}}\n" if mesh else ""
     return parse_config(
-        f"model: {{preset: {preset}, precision: float32{lo}}}\n"
-        f"mesh: {{shape: {mesh}, axes: [batch, model]}}\n"
-        "layout: {indivisible: replicate}\n"
-        f"data: {{paths: [{data}], batch_size: {BATCH}, sequence_length: {SEQ}}}\n"
+        f"model: {{preset: {preset}, precision: {precision}{lo}}}\n{shape}"
+        f"layout: {{indivisible: replicate{', rules: ' + rules if rules else ''}}}\n"
+        f"data: {{paths: [{data}], batch_size: {BATCH}, sequence_length: {seq}}}\n"
         "train: {max_steps: 100}\n",
         "<mesh_table>",
     )
+
+
+def compiled_traffic(cfg: Any) -> dict[str, Any]:
+    """The compiled keras-hub train step's collectives for `cfg` (random weights; compiled, not run)."""
+    import keras
+    import keras_hub
+
+    from gemma_cli.engine.model import load as model
+    from gemma_cli.engine.model.optimizer import compile_model
+    from gemma_cli.engine.plan import inspect as inspect_report
+    from gemma_cli.engine.plan import layout as lay
+    from gemma_cli.engine.plan import memory
+
+    layout = lay.layout_for(cfg)
+    bb = json.loads(json.dumps(inspect_report._backbone_config(cfg.model.preset)))  # noqa: SLF001
+    bb["config"]["dtype"] = model.dtype_for(cfg.model.precision)
+    bb["config"]["image_size"] = None  # the text backbone (as `gemma inspect` plans it)
+    bb["config"]["vision_encoder"] = None
+    with layout.distribution.scope():
+        backbone = keras.saving.deserialize_keras_object(bb)
+        lm = keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=None)
+        model.apply_lora_and_quantize(lm, cfg.model)
+        compile_model(lm, cfg, 100, layout.batch_axis_size)
+        m = memory.measure_train_step(lm, cfg.data.batch_size, cfg.data.sequence_length, layout.distribution)
+    return m["collectives"]
+
+
+def estimated(cfg: Any, mesh: list[int], rules: str | None) -> dict[str, Any]:
+    from gemma_cli.engine.plan import traffic
+
+    return traffic.estimate(cfg, tuple(mesh), rules)
+
+
+def default_choice(cfg_without_mesh: Any, budget: int | None) -> Any:
+    from gemma_cli.engine.plan import machine
+
+    return machine.auto_mesh(cfg_without_mesh, 8, budget)
 
 
 def _collective_seconds(trace_dir: str, steps: int, devices: int) -> dict[str, float]:
@@ -73,7 +123,7 @@ def _collective_seconds(trace_dir: str, steps: int, devices: int) -> dict[str, f
     return {k: v / steps / devices for k, v in out.items()}
 
 
-def measure(preset: Path, data: Path, mesh: list[int], lora: bool) -> dict[str, Any]:
+def measure(preset: Path, data: Path, mesh: list[int], lora: bool, rules: str | None = None) -> dict[str, Any]:
     import jax
     import numpy as np
 
@@ -83,7 +133,7 @@ def measure(preset: Path, data: Path, mesh: list[int], lora: bool) -> dict[str, 
     from gemma_cli.engine.plan import inspect as inspect_report
     from gemma_cli.engine.plan import layout as mesh_lib
 
-    cfg = _config(preset, data, mesh, lora)
+    cfg = _config(preset, data, mesh, lora, rules)
     doc = inspect_report.describe(cfg)
     planned = doc["totals"]["total_bytes_per_device"]
     bb = inspect_report._backbone_config(str(preset))  # noqa: SLF001
@@ -124,6 +174,8 @@ def measure(preset: Path, data: Path, mesh: list[int], lora: bool) -> dict[str, 
     coll_s = _collective_seconds(trace, 2, 8)
     return {
         "mesh": mesh,
+        "rules": rules,
+        "estimate": estimated(cfg, mesh, rules),
         "planned_bytes": planned,
         "compile_s": compile_s,
         "step_s": statistics.median(times),
@@ -138,49 +190,77 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.2f}"
 
 
-def section(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def _tag(mesh: list[int], rules: str | None) -> str:
+    return f"{mesh}{' fsdp' if rules else ''}"
+
+
+def section(results: dict[str, list[dict[str, Any]]], defaults: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
     """The report section (title, text, headers, rows, notes) from the measurements."""
     rows = []
     for wl, rs in results.items():
+        d = defaults[wl]
         for r in rs:
-            t = r["traffic"]
-            kinds = ", ".join(f"{k} {v['count']}" for k, v in t.items() if k != "total" and v["count"])
+            t = r.get("traffic")
+            kinds = ", ".join(f"{k} {v['count']}" for k, v in t.items() if k != "total" and v["count"]) if t else "—"
+            chosen = (r["mesh"], r["rules"]) == (list(d.shape), d.rules)
             rows.append([
-                wl, str(r["mesh"]), _mib(r["planned_bytes"]), t["total"]["count"], kinds or "none",
-                _mib(t["total"]["bytes_per_device"]), round(r["collective_s"] * 1e3, 2), round(r["step_s"] * 1e3, 2),
+                wl, _tag(r["mesh"], r["rules"]), _mib(r["planned_bytes"]), "yes" if r["fits"] else "no",
+                t["total"]["count"] if t else "—", kinds or "none",
+                _mib(t["total"]["bytes_per_device"]) if t else "—",
+                _mib(r["estimate"]["bytes_per_device"]) if r.get("estimate") else "—",
+                round(r["collective_s"] * 1e3, 2) if r.get("collective_s") is not None else "—",
+                round(r["step_s"] * 1e3, 2) if r.get("step_s") is not None else "—",
+                "**default**" if chosen else "",
             ])
     notes = []
     for wl, rs in results.items():
-        least = min(rs, key=lambda r: r["traffic"]["total"]["bytes_per_device"])
-        fastest = min(rs, key=lambda r: r["step_s"])
+        d = defaults[wl]
+        fit = [r for r in rs if r["fits"] and r["rules"] is None]
+        key = "measured" if all(r.get("traffic") for r in rs) else "estimated"
+
+        def sent(r: dict[str, Any], key: str = key) -> int:
+            return r["traffic"]["total"]["bytes_per_device"] if key == "measured" else r["estimate"]["bytes_per_device"]
+
+        least = min(fit, key=sent)
+        ok = (least["mesh"], least["rules"]) == (list(d.shape), d.rules)
         notes.append(
-            f"{wl}: least traffic {least['mesh']} ({_mib(least['traffic']['total']['bytes_per_device'])} MiB per device per step), "
-            f"fastest step {fastest['mesh']} ({fastest['step_s'] * 1e3:.1f} ms); by traffic: "
-            + " < ".join(f"{r['mesh']} {_mib(r['traffic']['total']['bytes_per_device'])}"
-                         for r in sorted(rs, key=lambda r: r["traffic"]["total"]["bytes_per_device"]))
+            f"{wl}: the default takes {_tag(list(d.shape), d.rules)}; the lowest {key} traffic of the rows that fit "
+            f"is {_tag(least['mesh'], least['rules'])} ({_mib(sent(least))} MiB per device per step): "
+            + ("the same row." if ok else "NOT the same row.")
+            + " By " + key + " traffic: " + " < ".join(f"{_tag(r['mesh'], r['rules'])} {_mib(sent(r))}"
+                                                       for r in sorted(rs, key=sent))
         )
     notes += [
-        "Bytes per device per step are read from the compiled step's optimized HLO (engine/plan/comms.py) and counted as a "
-        "ring moves them (all-reduce 2·S·(g−1)/g, all-gather and reduce-scatter S·(g−1)/g): they do not depend on the "
-        "machine. Times come from 8 devices simulated on 2 shared cores, where a collective is a memory copy plus waiting "
-        "for the slowest device: on a real slice the interconnect, not this, sets the price of each byte.",
-        "The default mesh (`mesh.shape` not given: engine/plan/machine.auto_mesh) takes the fewest devices on the model "
-        "axis whose planned memory fits, the rest on the batch axis dividing data.batch_size: [8, 1] here. It avoids the "
-        "costliest split, [1, 8] (all devices on the model axis, the earlier default: an all-reduce of the activations in "
-        "every layer), but is not the cheapest: the family layouts also shard the weights over the batch axis, which "
-        "costs collectives of its own on a wide batch axis (at [8, 1] mostly all-reduces: 1.8 of 2.5 MiB for LoRA), and "
-        "a middle split sends less. Choosing by measured traffic would need a "
-        "compile per candidate mesh; set mesh.shape to a middle split when this table, run on the slice, says so.",
+        "Measured bytes per device per step are read from the compiled keras-hub step's optimized HLO "
+        "(engine/plan/comms.py) and counted as a ring moves them (all-reduce 2·S·(g−1)/g, all-gather and "
+        "reduce-scatter S·(g−1)/g): they do not depend on the machine. Estimated: engine/plan/traffic.py, the same "
+        "count on a skeleton of the step (embedding, attention and feed-forward projections with their LoRA, tied "
+        "logits, cross-entropy, gradients and an update in each variable's sharding) compiled on abstract arrays, one "
+        "and two decoder blocks, extrapolated per block; no weights. Times come from 8 devices simulated on 2 shared "
+        "cores, where a collective is a memory copy plus waiting for the slowest device: on a real slice the "
+        "interconnect, not this, sets the price of each byte.",
+        "The default mesh (`mesh.shape` not given: engine/plan/machine.auto_mesh, used by finetune, inspect, generate "
+        "and init) plans every split whose batch axis divides data.batch_size, keeps those whose planned memory fits "
+        "the device (here: every split for the tiny model; 16 GiB, a v5e chip, for 270M and 1B), and takes the one "
+        "with the lowest estimated traffic; fsdp only when nothing fits with the family's layout. The family layouts "
+        "shard the weights over the batch axis too, and XLA keeps them in place, so a wide batch axis moves "
+        "activations (and, with Gemma 3's 262k vocabulary, the logits) rather than weights: the cheapest split is not "
+        "the narrowest model axis.",
+        "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".",
     ]
     return {
         "title": TITLE,
         "text": f"`python benchmarks/mesh_table.py`: tests/tiny.py's Gemma 3 (2 layers, hidden 32, 4 query / 2 key-value "
-                f"heads, 128-token vocabulary; random weights), float32, AdamW, batch {BATCH} × {SEQ}, the family's default "
-                f"layout (dimensions a mesh axis does not divide are replicated). Per mesh: the plan's memory per device, the "
-                f"compiled train step's collectives (count, kinds, bytes one device sends per step), the time per device "
-                f"per step inside collectives (JAX's profiler) and the median step time over {STEPS} steps.",
-        "headers": ["trained", "mesh [batch, model]", "planned MiB/device", "collectives", "kinds",
-                    "MiB sent/device/step", "ms in collectives/device/step", "step ms"],
+                f"heads, 128-token vocabulary; random weights), float32, AdamW, batch {BATCH} × {SEQ}; Gemma 3 270M "
+                f"(random weights, compiled, not run) and Gemma 3 1B (planned and estimated only: its keras step is not "
+                f"compiled here) with LoRA {LORA}, bfloat16, batch {BATCH} × {REAL_SEQ}; the family's default layout "
+                f"(dimensions a mesh axis does not divide are replicated) or fsdp. Per mesh: the plan's memory per device "
+                f"and whether it fits, the compiled train step's collectives (count, kinds, bytes one device sends per "
+                f"step), the estimate the default ranks by, the time per device per step inside collectives (JAX's "
+                f"profiler) and the median step time over {STEPS} steps (tiny model only), and the default's choice.",
+        "headers": ["trained", "mesh [batch, model]", "planned MiB/device", "fits", "collectives", "kinds",
+                    "MiB sent/device/step (compiled)", "MiB sent (estimate)", "ms in collectives/device/step",
+                    "step ms", "default"],
         "rows": rows,
         "notes": notes,
     }
@@ -218,6 +298,24 @@ def splice(sec: dict[str, Any]) -> None:
         tmp.replace(rj)
 
 
+def real_rows(name: str, preset: str, compile_step: bool, data: Path) -> tuple[list[dict[str, Any]], Any]:
+    from gemma_cli.engine.plan import inspect as inspect_report
+
+    rows = []
+    for mesh, rules in CANDIDATES:
+        cfg = _config(preset, data, list(mesh), True, rules, "bfloat16", REAL_SEQ)
+        planned = inspect_report.describe(cfg)["totals"]["total_bytes_per_device"]
+        t0 = time.time()
+        r = {"mesh": list(mesh), "rules": rules, "planned_bytes": planned, "fits": planned <= BUDGET,
+             "estimate": estimated(cfg, list(mesh), rules), "traffic": compiled_traffic(cfg) if compile_step else None}
+        print(f"[mesh_table] {name} {_tag(list(mesh), rules)}: planned {_mib(planned)} MiB, estimate "
+              f"{_mib(r['estimate']['bytes_per_device'])} MiB"
+              + (f", compiled {_mib(r['traffic']['total']['bytes_per_device'])} MiB" if r["traffic"] else "")
+              + f" ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+        rows.append(r)
+    return rows, default_choice(_config(preset, data, None, True, None, "bfloat16", REAL_SEQ), BUDGET)
+
+
 def main() -> int:
     os.environ.setdefault("GEMMA_CPU_DEVICES", "8")
     from gemma_cli.engine.core import runtime
@@ -237,23 +335,37 @@ def main() -> int:
     data = work / "corpus.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
     results: dict[str, list[dict[str, Any]]] = {}
+    defaults: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
     for wl in WORKLOADS:
+        t1 = time.time()
         results[wl] = []
-        for mesh in MESHES:
-            r = measure(preset, data, list(mesh), lora=wl != "full")
-            print(f"[mesh_table {time.time() - t0:5.0f}s] {wl} {mesh}: step {r['step_s'] * 1e3:.1f} ms, "
-                  f"{r['traffic']['total']['count']} collectives, {r['traffic']['total']['bytes_per_device']} B/device, "
-                  f"{r['collective_s'] * 1e3:.2f} ms in collectives", file=sys.stderr, flush=True)
+        for mesh, rules in CANDIDATES:
+            r = measure(preset, data, list(mesh), lora=wl != "full", rules=rules)
+            r["fits"] = True
+            print(f"[mesh_table {time.time() - t0:5.0f}s] {wl} {_tag(list(mesh), rules)}: step {r['step_s'] * 1e3:.1f} ms, "
+                  f"{r['traffic']['total']['count']} collectives, {r['traffic']['total']['bytes_per_device']} B/device "
+                  f"(estimate {r['estimate']['bytes_per_device']}), {r['collective_s'] * 1e3:.2f} ms in collectives",
+                  file=sys.stderr, flush=True)
             results[wl].append(r)
-    sec = section(results)
-    sec["raw"] = results
+        defaults[wl] = default_choice(_config(preset, data, None, wl != "full"), None)
+        seconds[f"tiny {wl}"] = time.time() - t1
+    if "--tiny" not in sys.argv:
+        for name, (real, compile_step) in REAL.items():
+            t1 = time.time()
+            wl = f"{name} LoRA {LORA}"
+            results[wl], defaults[wl] = real_rows(name, real, compile_step, data)
+            seconds[wl] = time.time() - t1
+    sec = section(results, defaults, seconds)
+    sec["raw"] = {"results": results, "defaults": {k: {"shape": v.shape, "rules": v.rules, "why": v.why}
+                                                   for k, v in defaults.items()}}
     sec["seconds"] = round(time.time() - t0, 1)
     if "--json" in sys.argv:
         print(json.dumps(sec, default=str))
         return 0
     out = HERE / "mesh_table.json"
     out.write_text(json.dumps(sec, indent=2, default=str))
-    splice({k: v for k, v in sec.items() if k != "raw"})
+    splice({k: v for k, v in sec.items() if k not in ("raw", "seconds")})
     print(f"wrote {out} and the section '{TITLE}' of benchmarks/report.md ({sec['seconds']} s)", file=sys.stderr)
     return 0
 

@@ -1,16 +1,17 @@
 """Reward functions of the GRPO example (TRL's signature: they run unchanged under TRL too).
 
-`first_number`: 1.0 when the first number in the completion is the record's `answer`, else 0.0.
+`first_word`: 1.0 when the completion's first word is the record's `answer` (case-insensitive),
+else 0.0 — the value alone, as a parser downstream would read it.
 """
 
 import re
 
-NUMBER = re.compile(r"-?\d+")
+WORD = re.compile(r"[\w']+")
 
 
-def first_number(prompts, completions, answer, **kwargs):
+def first_word(prompts, completions, answer, **kwargs):
     out = []
     for completion, want in zip(completions, answer):
-        m = NUMBER.search(completion)
-        out.append(1.0 if m and m.group(0) == str(want) else 0.0)
+        m = WORD.search(completion)
+        out.append(1.0 if m and m.group(0).lower() == str(want).lower() else 0.0)
     return out

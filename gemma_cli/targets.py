@@ -269,6 +269,25 @@ def default_source() -> str | None:
     return LOCAL_CONFIG if Path(LOCAL_CONFIG).is_file() else None
 
 
+def run_dir_config(run_dir: Path, overrides: list[str], *, resume: bool | str) -> tuple[str, list[str]]:
+    """`gemma finetune RUN_DIR --resume`: the run's saved config.yaml (its train.output_dir
+    pointed at RUN_DIR when it names another place, as a run dir moved or named from another
+    directory), and the overrides."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise UsageError(f"{run_dir}: a directory without config.yaml is not a run directory",
+                         hint="give the run config (a .yaml), or the train.output_dir of a run to continue it")
+    if not resume:
+        raise UsageError(f"{run_dir} is a run directory: add --resume (or --resume auto) to continue it",
+                         hint=f"to start a new run from its config: gemma finetune {saved} train.output_dir=<new dir>")
+    from gemma_cli.config import load_config
+
+    out = load_config(str(saved)).output_dir
+    if out.resolve() != run_dir.resolve():
+        overrides = [f"train.output_dir={run_dir}", *overrides]
+    return str(saved), overrides
+
+
 def finetune_config(arg: str | None) -> str:
     """`gemma finetune` needs its CONFIG named (starting a run is explicit); say how."""
     if arg is not None and not (_OVERRIDE.match(arg) and not Path(arg).exists()):

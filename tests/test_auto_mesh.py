@@ -1,6 +1,7 @@
-"""The default mesh chosen by memory (issue #29): a config without `mesh.shape` gets the
-fewest devices on the model axis whose per-device plan fits, the rest on the batch axis
-(dividing data.batch_size). Plans only: no weights, no compile."""
+"""The default mesh chosen by memory (issue #29): a config without `mesh.shape` gets a split
+whose per-device plan fits, its batch axis dividing data.batch_size; without a traffic
+estimate the fewest devices on the model axis. Plans only: no weights, no compile (the ranking
+by estimated traffic: tests/test_traffic.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ def cfg_of(preset: str, *, batch: int, extra: str = "", precision: str = "float3
 
 
 @pytest.mark.parametrize(("batch", "shape"), [(8, (8, 1)), (4, (4, 2)), (2, (2, 4))])
-def test_narrowest_model_axis_whose_batch_axis_divides_the_batch(tiny_gemma3, batch, shape):
-    choice = machine.auto_mesh(cfg_of(tiny_gemma3, batch=batch), 8, 2**40)
+def test_without_an_estimate_the_narrowest_model_axis_whose_batch_axis_divides_the_batch(tiny_gemma3, batch, shape):
+    choice = machine.auto_mesh(cfg_of(tiny_gemma3, batch=batch), 8, 2**40, traffic=False)
     assert choice.shape == shape and choice.rules is None
     assert choice.why.startswith(f"mesh {list(shape)} chosen")
 
@@ -40,15 +41,3 @@ def test_fits_or_the_least_memory_said_so():
     assert least.shape == (8, 1) and "no mesh fits" in least.why
     tight = machine.auto_mesh(cfg, 8, 2**30)
     assert "no mesh fits 1.00 GiB per device" in tight.why
-
-
-def test_a_mesh_the_user_gave_is_never_changed(tiny_gemma3):
-    from gemma_cli.engine.core.report import NullReporter
-    from gemma_cli.engine.train.sft import SFTRecipe
-
-    given = cfg_of(tiny_gemma3, batch=8, extra="mesh: {shape: [2, 4]}\n")
-    SFTRecipe(given, NullReporter()).choose_mesh()
-    assert given.mesh.shape == [2, 4]
-    auto = cfg_of(tiny_gemma3, batch=8)
-    SFTRecipe(auto, NullReporter()).choose_mesh()
-    assert auto.mesh.shape == [8, 1]

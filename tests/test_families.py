@@ -38,7 +38,9 @@ def test_architecture_names_and_config_shape(tiny_presets: dict[str, Path]) -> N
     assert families.get_preset(
         "kaggle://keras/gemma3/keras/gemma3_instruct_1b/3"
     ) == families.get_preset("gemma3_1b")
-    assert families.get_preset("gemma3_instruct_27b") == families.get_preset("gemma3_27b_text")
+    vision, text = families.get_preset("gemma3_instruct_27b"), families.get_preset("gemma3_27b_text")
+    assert vision["config"]["vision_encoder"]["config"]["output_dim"] == 5376  # the tower, into the text width
+    assert {**vision["config"], "vision_encoder": None} == text["config"]
     assert families.get_preset("gemma_instruct_7b_en") == families.get_preset("gemma_7b_en")
     assert families.get_preset("no_such_model") is None
     # the same dict shape (and keys) as the config.json keras-hub writes

@@ -230,4 +230,4 @@ def test_unsupported_hf_checkpoint_exits_2_naming_it(tmp_path: Path) -> None:
     (tmp_path / "g4/config.json").write_text(json.dumps({"model_type": "gemma4_text", **tiny}))
     (tmp_path / "g4/model.safetensors").write_bytes(b"")
     r = gemma("generate", tmp_path / "g4", "-p", "hi", "-q", code=2)
-    assert "no tokenizer (tokenizer.json)" in r.stderr
+    assert "no tokenizer (tokenizer.json or tokenizer.model)" in r.stderr

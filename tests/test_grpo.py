@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -118,6 +119,77 @@ def test_advantages_equal_trl(scale: str) -> None:
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
     if scale != "batch":
         assert zero[:G].all() and not zero[G:].any()
+
+
+def test_completion_window_equals_the_whole_sequence(tiny_gemma3) -> None:
+    """The head on each row's completion window only (`completion_start`) gives the loss, its
+    gradient and every metric of the head on the whole sequence, rows with different prompt
+    lengths and a window that runs past the end included."""
+    import jax
+    import jax.numpy as jnp
+    import keras_hub
+
+    from gemma_cli.engine.objectives.grpo import GRPO
+
+    lm = keras_hub.models.CausalLM.from_preset(str(tiny_gemma3))
+    rng = np.random.default_rng(0)
+    rows, seq, width = 4, 12, 5
+    starts = np.array([2, 5, 8, 9], dtype="int32")  # the last window reaches past position 11
+    ids = rng.integers(3, 100, (rows, seq)).astype("int32")
+    w = np.zeros((rows, seq), "float32")
+    for r, st in enumerate(starts):
+        w[r, st: min(st + width, seq)] = 1.0  # row 3: positions 9..11, its window 9..13 clamps
+    y = np.concatenate([ids[:, 1:], np.zeros((rows, 1), "int32")], axis=1)
+    x = {"token_ids": ids, "padding_mask": np.ones((rows, seq), bool), "advantages": rng.normal(0, 1, rows).astype("float32"),
+         "old_logps": rng.normal(-4, 0.3, (rows, seq)).astype("float32")}
+    obj = GRPO(loss="grpo", max_completion_length=width, temperature=0.7, chunk=4)
+
+    bb = lm.backbone
+    ntv = [v.value for v in bb.non_trainable_variables]
+
+    @jax.jit
+    def run(tv, xx):
+        def loss(tv):
+            hidden, _ = bb.stateless_call(tv, ntv, {"token_ids": xx["token_ids"], "padding_mask": xx["padding_mask"]})
+            out = obj.compute(lm, xx, jnp.asarray(y), hidden, jnp.asarray(w), True)
+            return out.loss, out.metrics
+
+        return jax.value_and_grad(loss, has_aux=True)(tv)
+
+    tv = [v.value for v in bb.trainable_variables]
+    (l_full, m_full), g_full = run(tv, x)
+    (l_win, m_win), g_win = run(tv, {**x, "completion_start": starts})
+    assert float(l_full) == pytest.approx(float(l_win), rel=1e-5, abs=1e-6) and float(l_full) != 0.0
+    for k in m_full:
+        assert float(m_full[k]) == pytest.approx(float(m_win[k]), rel=1e-5, abs=1e-6), k
+    for a_, b_ in zip(g_full, g_win, strict=True):
+        np.testing.assert_allclose(np.asarray(a_), np.asarray(b_), rtol=1e-4, atol=1e-6)
+    full = (l_full, {k: float(v) for k, v in m_full.items()})
+    assert full[1]["clip_region"] > 0  # the old log-probs put ratios outside the clip range
+
+
+def test_rollout_stops_after_the_completion_length(tiny_gemma3) -> None:
+    """`limit_new_tokens`: the sampler's loop ends when the longest prompt has C new tokens —
+    each row's first C tokens are those of the loop run to the end of the buffer (same seed),
+    and the buffer past the longest prompt + C stays padding."""
+    import keras_hub
+
+    from gemma_cli.engine.sample.sampler import limit_new_tokens
+    from gemma_cli.engine.train.grpo import Rollout
+
+    lm = keras_hub.models.CausalLM.from_preset(str(tiny_gemma3))
+    seq, C, pad = 24, 4, 0
+    prompts = [[2, 10, 11], [2, 12, 13, 14, 15, 16], [2, 17]]
+    out = {}
+    for limited in (False, True):
+        s = keras_hub.samplers.RandomSampler(seed=0)
+        lm.sampler, lm.generate_function = (limit_new_tokens(s, C) if limited else s), None
+        out[limited] = Rollout(lm, seq, None, pad, lm.sampler)(prompts, (0, 7))  # no stop token
+    longest = max(len(p) for p in prompts)
+    for r, p in enumerate(prompts):
+        np.testing.assert_array_equal(out[True][r, : len(p) + C], out[False][r, : len(p) + C])
+    assert (out[True][:, longest + C:] == pad).all()
+    assert (out[False][:, longest + C:] != pad).any()  # the unlimited loop ran to the end
 
 
 # ---------------------------------------------------------------- tiny model, end to end ---
@@ -295,3 +367,41 @@ def test_bad_grpo_input_exits_2_before_loading(tmp_path, tiny_gemma3, change, wo
     line = assert_one_error_line(gemma("finetune", p), 2)
     for w in words:
         assert w in line, line
+
+
+# ---------------------------------------------------------------- two processes over gloo ---
+@pytest.mark.multihost
+def test_two_processes_train_like_one(tmp_path, tiny_gemma3, monkeypatch) -> None:
+    """GRPO on 2 processes × 4 CPU devices over Gloo equals the 1-process run on 8 devices: each
+    process samples the global batch under the one mesh, scores only its own groups (a group of
+    G never spans processes), the scores are shared, and both processes train their rows of one
+    global step — the same rewards per step and the same adapters."""
+    from test_multihost import launch
+
+    steps = 4
+    mh = grpo_config(tmp_path, tiny_gemma3, steps=steps, out="mh", lora=4, lr=1e-2)
+    res = launch([sys.executable, "-m", "gemma_cli", "finetune", str(mh), "--json"],
+                 [tmp_path / "p0", tmp_path / "p1"])
+    for r in res:
+        assert r["rc"] == 0, r["stderr"][-3000:]
+    s0, s1 = (json.loads(r["stdout"]) for r in res)
+    assert s0["final_metrics"]["reward"] == pytest.approx(s1["final_metrics"]["reward"], abs=1e-6)
+    monkeypatch.chdir(tmp_path)
+    one = grpo_config(tmp_path, tiny_gemma3, steps=steps, out="single", lora=4, lr=1e-2)
+    r = gemma("finetune", one, "--json")
+    assert r.exit_code == 0, r.stderr[-3000:]
+
+    def rows(out: str) -> list[dict[str, Any]]:
+        lines = [json.loads(x) for x in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+        return [x for x in lines if "reward" in x and "loss" in x]
+
+    a, b = rows("mh"), rows("single")
+    assert [x["step"] for x in a] == [x["step"] for x in b] and a
+    for x, y in zip(a, b, strict=True):
+        for k in ("reward", "reward_std", "completion_length", "zero_std_groups", "entropy", "loss"):
+            assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-5), (k, x, y)
+    wa = _weights(tmp_path / "mh" / "checkpoints" / f"step_{steps:08d}")
+    wb = _weights(tmp_path / "single" / "checkpoints" / f"step_{steps:08d}")
+    assert wa.keys() == wb.keys() and wa
+    for k in wa:
+        np.testing.assert_allclose(wa[k], wb[k], atol=1e-4, err_msg=k)

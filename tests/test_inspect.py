@@ -300,15 +300,16 @@ def test_plan_agrees_with_live(
         assert pv["decoder_block_0/ffw_linear/kernel"]["spec"] == ["model", "batch"]
 
 
-def test_vision_preset_planned_as_text_backbone_and_device_memory(tmp_path: Path) -> None:
+def test_vision_preset_planned_with_its_tower_and_device_memory(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "g3", """
         model: {preset: "kaggle://keras/gemma3/keras/gemma3_instruct_4b/3", precision: bfloat16}
         mesh: {shape: [2, 4], axes: [batch, model]}
     """)  # fmt: skip
     d = doc_of(cfg, "--layer", "decoder_block_0", "--device-memory", "16GiB")
     assert d["model"]["backbone"] == "Gemma3Backbone"
-    assert d["totals"]["params"] == 3_880_099_328
-    assert any("vision" in n and "text backbone" in n for n in d["notes"])
+    assert d["totals"]["params"] == 4_299_915_632  # keras-hub's published count: the tower is planned
+    assert any(n.startswith("vision tower: 2 image slots") for n in d["notes"])
+    assert d["totals"]["images_bytes_per_device"] > 0
     v = by_path(d["variables"])
     assert v["decoder_block_0/attention/key/kernel"]["shape"] == [4, 2560, 256]
     assert v["decoder_block_0/attention/key/kernel"]["spec"] == ["model", "batch", None]

@@ -118,3 +118,21 @@ def test_one_process_never_initialises_and_keras_backend_is_forced():
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["1", "2", "jax", "False"]
     assert "Warning: KERAS_BACKEND=torch in the environment is ignored: gemma runs keras on jax" in r.stderr
+
+
+def test_the_first_difference_between_processes_is_named(tmp_path):
+    from gemma_cli.config import parse_config
+    from gemma_cli.engine.core.agreement import first_difference, flatten
+    from gemma_cli.engine.train.recipe import data_files
+
+    a = flatten({"data": {"batch_size": 8, "paths": ["a.jsonl"]}, "train": {"seed": 1}}, "config")
+    assert a == {"config.data.batch_size": "8", "config.data.paths": '["a.jsonl"]', "config.train.seed": "1"}
+    assert first_difference([a, dict(a)]) is None
+    assert first_difference([a, {**a, "config.train.seed": "2"}]) == "config.train.seed is 1 on process 0 but 2 on process 1"
+    b = {k: v for k, v in a.items() if k != "config.data.paths"}
+    assert first_difference([a, a, b]) == 'config.data.paths is ["a.jsonl"] on process 0 but absent on process 2'
+    # the data files: each file's name and size (a file cut short on one host differs)
+    (tmp_path / "t1.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "t2.jsonl").write_text('{"text": "yy"}\n')
+    cfg = parse_config(f"model: {{preset: gemma3_1b}}\ndata: {{paths: ['{tmp_path}/t*.jsonl']}}\n", "<t>")
+    assert data_files(cfg) == {f"data file {tmp_path}/t1.jsonl": "14 bytes", f"data file {tmp_path}/t2.jsonl": "15 bytes"}

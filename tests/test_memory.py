@@ -72,4 +72,8 @@ def test_live_measures_the_compiled_train_step(tmp_path: Path, tiny_presets: dic
     # device's shard of the weights and the AdamW state
     assert ms["alias"] > 0 and ms["argument"] >= d["totals"]["weights_bytes_per_device"] + d["totals"]["optimizer_bytes_per_device"]
     assert m["error"] == (m["estimate"]["total"] - ms["peak"]) / ms["peak"] and math.isfinite(m["error"])
+    # and its collectives (issue #29): on a (2, 4) mesh the step moves bytes, counted per kind
+    co = ms["collectives"]
+    assert co["total"]["bytes_per_device"] > 0 and co["total"]["count"] == sum(
+        v["count"] for k, v in co.items() if k != "total")
     assert not [p for p in d["problems"] if p["level"] == "mismatch"]

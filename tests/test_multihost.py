@@ -145,3 +145,23 @@ def test_two_processes_train_like_one(mh_config, tmp_path, monkeypatch):
     wdiff = max(float(np.max(np.abs(a[n] - b[n]))) for n in a)
     print(f"multihost: max |LoRA weight diff| vs single process {wdiff:.2e}")
     assert wdiff <= 1e-4
+
+
+def test_processes_started_with_different_configs_both_exit_2_naming_the_key(mh_config, tmp_path):
+    """Issue #29: a job whose processes loaded configs that differ in one key fails on every
+    process with the key, before any model loads, instead of hanging in a collective."""
+    cwds = [tmp_path / "p0", tmp_path / "p1"]
+    for i, cwd in enumerate(cwds):
+        cwd.mkdir()
+        d = yaml.safe_load(mh_config.read_text())
+        d["optimizer"]["learning_rate"] = [2e-2, 1e-2][i]
+        (cwd / "c.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    res = launch([sys.executable, "-m", "gemma_cli", "finetune", "c.yaml", "-q"], cwds)
+    for i, r in enumerate(res):
+        assert r["rc"] == 2, (i, r["stderr"][-3000:])
+        errors = [ln for ln in r["stderr"].splitlines() if ln.startswith("Error:")]
+        assert errors == ["Error: the processes of this job were started differently: config.optimizer.learning_rate "
+                          "is 0.02 on process 0 but 0.01 on process 1 (start every process with the same config, "
+                          "overrides and data files)"], r["stderr"][-3000:]
+        assert "Traceback" not in r["stderr"] and "Loading" not in r["stderr"]
+        assert not (cwds[i] / "out").exists()

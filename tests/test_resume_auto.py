@@ -45,7 +45,8 @@ def test_fresh_then_killed_then_finished(run_cfg):
     # the summary were never written); the same command line continues from step 2
     shutil.rmtree(out / "checkpoints" / "step_00000004")
     (out / "summary.json").unlink()
-    r = gemma("finetune", "--resume", "auto", run_cfg, "--json")
+    # (the run directory itself names the run: its saved config.yaml)
+    r = gemma("finetune", "--resume", "auto", out, "--json")
     assert r.exit_code == 0, (r.stderr, r.exception)
     again = json.loads(r.stdout)
     assert again["resumed_from"] == 2 and again["steps"] == 4
@@ -61,6 +62,15 @@ def test_fresh_then_killed_then_finished(run_cfg):
     r = gemma("finetune", run_cfg, "--resume", "auto", "--json")
     doc = json.loads(r.stdout)
     assert doc["already_finished"] is True and doc["steps"] == 4 and doc["final_loss"] == again["final_loss"]
+
+    # a run directory with plain --resume: its saved config, already at its last step
+    line = assert_one_error_line(gemma("finetune", out, "--resume", "-q"), 2)
+    assert "step_00000004 is already at step 4 of 4; nothing to do" in line
+    # a run directory without --resume, and a directory that is not a run's: exit 2, said so
+    line = assert_one_error_line(gemma("finetune", out, "-q"), 2)
+    assert f"{out} is a run directory: add --resume (or --resume auto) to continue it" in line
+    line = assert_one_error_line(gemma("finetune", out / "checkpoints", "--resume", "-q"), 2)
+    assert "a directory without config.yaml is not a run directory" in line
 
     # another config on the same run dir: refused before anything loads
     r = gemma("finetune", run_cfg, "--resume", "auto", "optimizer.learning_rate=0.5", "-q")

@@ -168,31 +168,34 @@ def test_lora_learns_colours_from_images(vision_run: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------ the tower plan ---
-def test_tower_plan_equals_live_at_2x4(vision_preset: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("shape", "vision"), [((1, 8), "lora"), ((2, 4), "frozen"), ((8, 1), "lora")])
+def test_tower_plan_equals_live(vision_preset: Path, shapes: dict[str, Any], tmp_path: Path, shape: tuple[int, int],
+                                vision: str) -> None:
     """The vision tower's default layout: planned without weights, then the live variables
-    under the distribution carry exactly the planned specs (LoRA on text, tower frozen)."""
+    under the distribution carry exactly the planned specs, on (1, 8), (2, 4) and (8, 1)
+    (LoRA on text; the tower frozen, or with its own adapters for `model.vision: lora`)."""
     from gemma_cli.config import load_config
     from gemma_cli.engine.model import runs
     from gemma_cli.engine.plan import layout as layoutlib
 
-    cfg = load_config(str(run_config(tmp_path, vision_preset, shapes["train"])))
+    path = run_config(tmp_path, vision_preset, shapes["train"], mesh={"shape": list(shape)}, model={"vision": vision})
+    cfg = load_config(str(path))
     lay = layoutlib.layout_for(cfg)
     planned = {v.path: tuple(v.spec) for v in lay.plan.variables}
     assert planned["image_encoder/encoder_block_0/multi_head_attention/query_proj/kernel"] == ("batch", "model")
     assert planned["image_encoder/encoder_block_0/multi_head_attention/out_proj/kernel"] == ("model", "batch")
     assert planned["image_encoder/encoder_block_0/mlp_dense_2/kernel"] == ("model", "batch")
     assert planned["vision_output_encoder/vision_input_projection/kernel"] == ("batch", "model")
-    assert not any("query_proj/lora" in p for p in planned)  # frozen tower: no adapters there
+    assert any("query_proj/lora" in p for p in planned) == (vision == "lora")
     lm = runs.load(cfg, distribution=lay.distribution, adapters=True)
     live = {}
     for v in lm.backbone.weights:
         spec = tuple(v.value.sharding.spec)
         live[v.path] = spec + (None,) * (len(v.shape) - len(spec))
     assert set(live) == set(planned)
-    assert {p: s for p, s in live.items() if "image" in p or "vision" in p} == {
-        p: s for p, s in planned.items() if "image" in p or "vision" in p}
-    tower = [v for v in lm.backbone.vision_encoder.weights]
-    assert tower and not any(v.trainable for v in tower)
+    assert live == planned
+    trainable = {v.path for v in lm.backbone.vision_encoder.weights if v.trainable}
+    assert all("lora_kernel" in p for p in trainable) and bool(trainable) == (vision == "lora")
 
 
 # -------------------------------------------------------------------------- bad input ---
@@ -232,6 +235,15 @@ def test_too_many_images(vision_preset: Path, shapes: dict[str, Any], tmp_path: 
                         {"role": "assistant", "content": "red"}], "images": [img, img, img]}
     line = _bad(tmp_path, vision_preset, [rec])
     assert "bad.jsonl:1" in line and "3 images" in line and "at most 2" in line
+
+
+def test_audio_part_refused(vision_preset: Path, tmp_path: Path) -> None:
+    rec = {"messages": [
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "UklGR...", "format": "wav"}},
+                                     {"type": "text", "text": "what is said?"}]},
+        {"role": "assistant", "content": "hello"}]}
+    line = _bad(tmp_path, vision_preset, [rec])
+    assert "bad.jsonl:1" in line and "audio" in line and "audio encoder" in line
 
 
 def test_image_for_text_only_preset(tiny_gemma3: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
@@ -318,3 +330,77 @@ def test_generate_image_on_text_only_model_refused(tiny_gemma3: Path, shapes: di
     r = gemma("generate", tiny_gemma3, "--chat", "--image", shapes["held"][0][0], "-p", "hi")
     assert r.exit_code == 2
     assert "text-only" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generate_jsonl_prompts_with_image_parts(vision_run: dict[str, Any], shapes: dict[str, Any]) -> None:
+    """`gemma generate RUN --chat --prompt-file prompts.jsonl`: chat records whose image parts
+    (paths relative to the file) and `images` lists differ per prompt, in one batch."""
+    held = shapes["held"][3:7]
+    rows = [record(Path(p).name, c) for p, c in held[:3]]
+    rows.append({"prompt": f"<image>{QUESTION}", "images": [Path(held[3][0]).name]})
+    prompts = write_jsonl(Path(held[0][0]).parent / "prompts.jsonl", rows)
+    r = gemma("generate", vision_run["tmp"] / "out", "--chat", "--prompt-file", prompts, "--max-new-tokens", "8",
+              "--jsonl")
+    assert r.exit_code == 0, r.stderr[-2000:]
+    said = [json.loads(line)["completion"].strip() for line in r.stdout.strip().splitlines()]
+    assert said == [c for _, c in held], said
+
+
+def test_eval_scores_image_records(vision_run: dict[str, Any], shapes: dict[str, Any], tmp_path: Path) -> None:
+    """`gemma eval RUN --data held.jsonl`: chat records with images, generated and scored by
+    likelihood with their images."""
+    data = write_jsonl(tmp_path / "held.jsonl", [record(str(p), c) for p, c in shapes["held"][:6]])
+    r = gemma("eval", vision_run["tmp"] / "out", "--data", data, "--reward", "contains", "--json")
+    assert r.exit_code == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    metrics = doc["targets"][0]["metrics"]
+    names = list(COLOURS)
+    wrong = [record(str(p), names[(names.index(c) + 1) % 3]) for p, c in shapes["held"][:6]]
+    r = gemma("eval", vision_run["tmp"] / "out", "--data", write_jsonl(tmp_path / "wrong.jsonl", wrong), "--json",
+              "--no-generate")
+    assert r.exit_code == 0, r.stderr[-2000:]
+    worse = json.loads(r.stdout)["targets"][0]["metrics"]["loss"]
+    print(f"eval on images: contains {metrics['reward contains']}, reference loss {metrics['loss']:.3f} "
+          f"(a wrong colour: {worse:.3f})")
+    assert metrics["reward contains"] >= 0.8 and metrics["loss"] < worse - 0.5
+
+
+def test_eval_image_records_on_text_only_model_refused(tiny_gemma3: Path, shapes: dict[str, Any], tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "held.jsonl", [record(str(p), c) for p, c in shapes["held"][:2]])
+    r = gemma("eval", tiny_gemma3, "--data", data, "--reward", "contains")
+    assert r.exit_code == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and "held.jsonl:1" in lines[0] and "text-only" in lines[0], r.stderr
+
+
+def test_export_hf_of_vision_run_equals_transformers(vision_run: dict[str, Any], shapes: dict[str, Any]) -> None:
+    """`gemma export RUN --format hf` of the keras-preset vision run: transformers' logits on a
+    held-out image + question equal the run's (float32; the same pixels fed to both)."""
+    import numpy as np
+    from hf_tiny import vision_logits
+
+    from gemma_cli import targets
+    from gemma_cli.engine.data import Renderer
+    from gemma_cli.engine.data.images import SOFT, VisionSpec, ref
+    from gemma_cli.engine.data.tokenize import Encoder
+    from gemma_cli.engine.model import load as modellib
+    from gemma_cli.engine.model import runs
+
+    out = vision_run["tmp"] / "hf"
+    r = gemma("export", vision_run["tmp"] / "out", "--format", "hf", "--out", out, "--json")
+    assert r.exit_code == 0, r.stderr[-2000:]
+    t = targets.resolve(str(vision_run["tmp"] / "out"), verb="export")
+    lm = runs.load(t.config, t.checkpoint)
+    spec = VisionSpec.of_model(lm)
+    enc = Encoder(modellib.tokenizer_of(lm), spec)
+    image = ref("held", str(shapes["held"][0][0]), "image")
+    ids_per, _ = enc.pieces_of(Renderer.for_chat().prompt([("user", QUESTION)], images=[image]))
+    ids = np.array([[t for x in ids_per for t in x]])
+    soft = enc.special(SOFT)
+    pixels = image.pixels(spec)[None]
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids), "images": pixels[None],
+         "vision_indices": np.nonzero(ids[0] == soft)[0][None].astype("int32"), "vision_mask": (ids == soft).astype("int32")}
+    ours = np.asarray(lm(x))
+    theirs = vision_logits(out, list(ids[0]), pixels, soft)
+    print(f"keras-preset vision run vs its HF export: max |diff| {np.abs(ours - theirs).max():.2e}")
+    assert np.abs(ours - theirs).max() <= 1e-4

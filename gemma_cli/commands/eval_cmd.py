@@ -106,12 +106,17 @@ def eval_(
                 if r.name in seen:
                     r.name = r.spec  # two functions of one name: show their specs
                 seen[r.name] = r.spec
-            kind, records = recordlib.read(str(data), chat=chat, limit=limit)
+            kind, records = recordlib.read(str(data), chat=chat, limit=limit, vision=recordlib.ANY_IMAGES)
             if kind == "preference" and rewards:
                 raise UsageError(f"--data {data}: preference records (prompt/chosen/rejected) are scored by "
                                  "likelihood; --reward needs prompt records")
             recordlib.check_rewards(records, rewards)
         resolved = [targetlib.resolve(n, items, verb="eval", log=out) for n in (names or [None])]
+        if run_tasks is None:
+            from gemma_cli.engine.data import images as imagelib
+
+            for t in resolved:  # images meet each model's image input, before any loads
+                recordlib.check_images(records, *imagelib.for_preset(t.config.model.preset))
         from gemma_cli import preflight
 
         for t in resolved:

@@ -23,7 +23,8 @@ AUTO = "auto"
 def finetune(
     config: ConfigArg = None,
     overrides: OverridesArg = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in train.output_dir. "
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in train.output_dir "
+                                         "(CONFIG may be the run directory itself: its saved config.yaml). "
                                          "`--resume auto`: continue if there is one, else start fresh (for preemptible jobs: "
                                          "the same command line can be re-run forever; a finished run exits 0).")] = False,
     dry_run: Annotated[
@@ -50,6 +51,8 @@ def finetune(
       GEMMA_CPU_DEVICES=8 gemma finetune configs/gemma3_270m_demo.yaml --dry-run
 
       until gemma finetune configs/imdb_7b_tpu.yaml --resume auto; do sleep 60; done   (preemptible)
+
+      gemma finetune runs/imdb_7b --resume          (a run directory: its saved config.yaml)
     """
     out = make_output(json_, quiet, debug)
     with boundary(out):
@@ -57,7 +60,10 @@ def finetune(
         from gemma_cli.config import load_config
 
         config, overrides, mode = resume_mode(resume, config, list(overrides or []))
-        cfg = load_config(targets.finetune_config(config), overrides)
+        path = targets.finetune_config(config)
+        if Path(path).is_dir():  # a run directory: its saved config, with --resume
+            path, overrides = targets.run_dir_config(Path(path), overrides, resume=mode)
+        cfg = load_config(path, overrides)
         from gemma_cli import preflight
 
         preflight.require(preflight.finetune(cfg, resume=mode, dry_run=dry_run))

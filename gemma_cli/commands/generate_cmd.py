@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,8 +23,33 @@ from gemma_cli.commands.common import (
 from gemma_cli.errors import UsageError
 
 
-def read_prompts(prompts: list[str], prompt_file: str | None, stdin_text: str | None) -> list[str]:
-    """Prompts from -p, a file or stdin: one per line, or JSONL objects with a `prompt` field."""
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A JSONL prompt given as a chat record (`messages`, maybe with image parts, or `prompt`
+    with an `images` list and `<image>` placeholders), read once the model is known."""
+
+    where: str
+    record: dict[str, Any]
+
+    def turns(self, spec: Any, name: str) -> tuple[list[tuple[str, str]], list[Any], str]:
+        """(turns, images, the last user message as reports show it)."""
+        from gemma_cli.engine.data import Renderer
+        from gemma_cli.engine.data.images import PLACEHOLDER
+        from gemma_cli.engine.data.render import IMAGE_MARK
+
+        rec = self.record
+        if "messages" not in rec:
+            if not isinstance(rec.get("prompt"), str):
+                raise UsageError(f"{self.where}: a JSON line with `images` needs a string field 'prompt'")
+            rec = {"messages": [{"role": "user", "content": rec["prompt"]}], "images": rec["images"]}
+        turns, refs, _ = Renderer.for_chat(vision=spec, model_name=name).prompt_turns(self.where, rec)
+        return turns, refs, turns[-1][1].replace(IMAGE_MARK, PLACEHOLDER)
+
+
+def read_prompts(prompts: list[str], prompt_file: str | None, stdin_text: str | None) -> list[Any]:
+    """Prompts from -p, a file or stdin: one per line, or JSONL objects with a `prompt` field
+    (which wins over `messages`), or chat records (`messages` without `prompt`, image parts
+    allowed; or `prompt` with an `images` list: `ChatPrompt`)."""
     out = list(prompts)
     sources: list[tuple[str, str]] = []
     if prompt_file:
@@ -42,13 +68,16 @@ def read_prompts(prompts: list[str], prompt_file: str | None, stdin_text: str | 
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UsageError(f"{where}:{n}: not valid JSON: {e.msg}") from None
+                if isinstance(rec, dict) and ("images" in rec or ("messages" in rec and "prompt" not in rec)):
+                    out.append(ChatPrompt(f"{where}:{n}", rec))  # a chat record, maybe with images
+                    continue
                 if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-                    raise UsageError(f"{where}:{n}: a JSON line needs a string field 'prompt'")
+                    raise UsageError(f"{where}:{n}: a JSON line needs a string field 'prompt' (or chat 'messages')")
                 out.append(rec["prompt"])
             else:
                 out.append(line)
     for i, p in enumerate(out):
-        if not p.strip():
+        if isinstance(p, str) and not p.strip():
             raise UsageError(f"prompt {i + 1} is empty")
     if not out:
         raise UsageError("no prompt: give -p/--prompt, --prompt-file, or pipe prompts on stdin (one per line)")
@@ -127,6 +156,17 @@ def generate(
 
         preflight.require(preflight.target(tgt))
         images = _images(image or [], chat, cfg.model.preset)
+        prompt_images, shown_chat = None, None
+        if any(isinstance(p, ChatPrompt) for p in prompts):
+            if not chat or template:
+                raise UsageError("chat prompts (JSONL `messages` or `images`) need --chat (and no --template)")
+            from gemma_cli.engine.data import images as imagelib
+
+            spec, name = imagelib.for_preset(cfg.model.preset)
+            parsed = [p.turns(spec, name) if isinstance(p, ChatPrompt) else ([("user", p)], [], p) for p in prompts]
+            prompts = [t for t, _, _ in parsed]
+            prompt_images = [r for _, r, _ in parsed]
+            shown_chat = [s for _, _, s in parsed]
         if template:
             if cfg.data is None or not cfg.data.template:
                 raise UsageError("--template: the config has no data.template")
@@ -135,7 +175,7 @@ def generate(
             shown = prompts
             prompts = [wrap_template(p, cfg.data.template) for p in prompts]
         else:
-            shown = prompts
+            shown = shown_chat if prompt_images is not None else prompts
         from gemma_cli.engine.core import runtime
 
         runtime.setup()
@@ -154,9 +194,10 @@ def generate(
             out.warn(f"generate.max_length: {g.max_length} counts the prompt; prefer generate.max_new_tokens "
                      "(tokens after the prompt, as Hugging Face counts them)")
         if g.max_length is not None and max_new_tokens is None:
-            results = gen(prompts, max_length=g.max_length, chat=chat, echo=echo, images=images)
+            results = gen(prompts, max_length=g.max_length, chat=chat, echo=echo, images=images, prompt_images=prompt_images)
         else:
-            results = gen(prompts, max_new_tokens=g.max_new_tokens, chat=chat, echo=echo, images=images)
+            results = gen(prompts, max_new_tokens=g.max_new_tokens, chat=chat, echo=echo, images=images,
+                          prompt_images=prompt_images)
         dt = time.perf_counter() - t1
         for r, s in zip(results, shown, strict=True):
             r["prompt"] = s

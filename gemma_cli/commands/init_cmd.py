@@ -1,8 +1,9 @@
 """`gemma init [--preset P] [--data PATH]`: a commented gemma.yaml for the machine it runs on.
 
 The mesh comes from this machine's devices (jax, imported inside the command; the
-`GEMMA_CPU_DEVICES` simulation applies) and from a plan of the preset on them: the widest
-model axis the family's default layout divides evenly. The text is validated by the schema
+`GEMMA_CPU_DEVICES` simulation applies) and from a plan of the preset on them: the split
+finetune takes for a config without mesh.shape (`engine/plan/machine.auto_mesh`: the lowest
+estimated collective traffic among the splits whose memory plan fits). The text is validated by the schema
 before it is written, and an existing gemma.yaml is never overwritten.
 """
 
@@ -155,6 +156,13 @@ def _c(line: str, comment: str) -> str:
     return f"{line:<37} # {comment}"
 
 
+def _why_lines(choice: Any) -> list[str]:
+    """The auto mesh's reason as comment lines: the verdict, then one line per split considered."""
+    if not choice.splits:
+        return [choice.why]
+    return [f"{choice.verdict}:", *(f"  {s}" for s in choice.splits)]
+
+
 def render(
     *,
     preset: str,
@@ -278,8 +286,9 @@ def init(
 ) -> None:
     """Write a commented gemma.yaml for this machine: mesh from its devices, default layout, LoRA.
 
-    The mesh is the widest model axis the preset's default layout divides evenly on this
-    machine's devices (GEMMA_CPU_DEVICES=8 simulates 8). Validated before it is written; an
+    The mesh is the one finetune picks for a config without mesh.shape: of the splits of this
+    machine's devices whose memory plan fits a device, the one whose train step sends the
+    fewest collective bytes (GEMMA_CPU_DEVICES=8 simulates 8). Validated before it is written; an
     existing gemma.yaml is never overwritten (exit 2). Every verb then finds it without a path.
 
     Examples:
@@ -297,23 +306,29 @@ def init(
         if preset is None:
             preset = LOCAL_PRESET if (Path(LOCAL_PRESET) / "config.json").is_file() else REMOTE_PRESET
         section = data_lines(data, preset) if data else None
+        from gemma_cli.config import parse_config
         from gemma_cli.engine.plan import machine
+        from gemma_cli.errors import RuntimeFailure
 
         with out.status("Counting devices and planning the layout ..."):
             devices, platform = machine.describe()
-            precision = "float32" if platform == "cpu" else "bfloat16"
-            choice = machine.mesh_for(preset, devices, precision=precision, lora_rank=4)
-        if not choice.planned:
-            notes = [f"Not checked here: {choice.note}. Check it with `gemma inspect`."]
-            out.warn(f"{preset}: {choice.note}")
+            # the rule finetune applies to a config without mesh.shape (machine.auto_mesh),
+            # on this config with the batch axis free: its batch size follows the mesh
+            draft = parse_config(render(preset=preset, devices=devices, platform=platform, mesh=(devices, 1),
+                                        mesh_notes=[], indivisible="error", data=section), str(target))
+            try:
+                choice = machine.auto_mesh(draft, devices, machine.this_device_memory())
+                planned, note = True, None
+            except RuntimeFailure as e:  # the preset is remote and the network is not there
+                choice = machine.AutoMesh((devices, 1), None, "", divides=True)
+                planned, note = False, e.message
+        if not planned:
+            notes = [f"Not checked here: {note}. Check it with `gemma inspect`."]
+            out.warn(f"{preset}: {note}")
         else:
-            notes = [f"The widest model axis the default layout of {preset} divides evenly."
-                     if choice.indivisible == "error" else (choice.note or "") + "."]
-            if choice.tried:
-                notes.append("Wider ones do not:")
-                notes += [f"  {t.split(' from rule ')[0]}" for t in choice.tried]
-        text = render(preset=preset, devices=devices, platform=platform, mesh=choice.shape,
-                      mesh_notes=notes, indivisible=choice.indivisible, data=section)
+            notes = _why_lines(choice)
+        text = render(preset=preset, devices=devices, platform=platform, mesh=choice.shape, mesh_notes=notes,
+                      indivisible="error" if choice.divides else "replicate", data=section)
         from gemma_cli.config import dump_config, parse_config
 
         cfg = parse_config(text, str(target))  # our own text: a problem here is a bug, exit 2 anyway
@@ -323,7 +338,7 @@ def init(
             "devices": devices,
             "platform": platform,
             "mesh": list(choice.shape),
-            "planned": choice.planned,
+            "planned": planned,
             "config": dump_config(cfg),
         }
         out.result(doc, human=lambda c: c.print(

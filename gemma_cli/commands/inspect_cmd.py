@@ -206,6 +206,8 @@ def _memory_lines(doc: dict[str, Any]) -> list[str]:
             lines.append(f"  dequantized kernel ~{human_bytes(est['dequantized'])} (keras {doc['model'].get('quantize')} "
                          "is storage-only: each matmul rebuilds its kernel at the compute dtype, one at a time)")
         total += f"; remat {other}: ~{human_bytes(alt['remat_' + other + '_total'])})"
+        if est.get("images"):
+            lines.append(f"  vision tower ~{human_bytes(est['images'])} (its activations for the batch's image slots)")
         if est.get("reference"):
             lines.append(f"  reference forward pass (dpo) ~{human_bytes(est['reference'])}: its hidden states and logits")
     if tot["device_memory_bytes"]:
@@ -221,6 +223,13 @@ def _memory_lines(doc: dict[str, Any]) -> list[str]:
             f"(arguments {human_bytes(ms['argument'])}, temporaries {human_bytes(ms['temp'])}); "
             f"the estimate is {100 * mem['error']:+.0f}% off"
         )
+        co = ms.get("collectives")
+        if co:
+            kinds = ", ".join(f"{k} {v['count']}" for k, v in co.items() if k != "total" and v["count"])
+            lines.append(
+                f"collectives of the compiled train step: {human_bytes(co['total']['bytes_per_device'])} sent per device "
+                f"per step ({co['total']['count']} ops: {kinds or 'none'})"
+            )
     for n in doc.get("layout_notes", []):
         lines.append(f"[cyan]layout:[/] {n}")
     return lines
@@ -318,13 +327,20 @@ def inspect(
             runtime.silence_keras_stdout()
         from gemma_cli.engine.plan import inspect as inspect_report
 
+        if dev_name is not None and mem is None:
+            from gemma_cli.engine.plan import memory
+
+            mem = memory.DEVICES[dev_name]
+        from gemma_cli.engine.plan import machine
+
+        with out.status(f"Choosing a mesh for {cfg.model.preset} ..."):
+            # no mesh.shape: the mesh finetune would choose here, fitted to --device when given
+            choice = machine.choose(cfg, mem)
+        if choice is not None:
+            out.info(choice.why)
         with out.status(
             f"{'Loading' if live else 'Planning'} {cfg.model.preset} on mesh {cfg.mesh.shape} ..."
         ):
-            if dev_name is not None and mem is None:
-                from gemma_cli.engine.plan import memory
-
-                mem = memory.DEVICES[dev_name]
             select = inspect_report.Selection(layer, match, names=("--layer", "--match"))
             doc = inspect_report.describe(
                 cfg,
@@ -337,6 +353,7 @@ def inspect(
                 checkpoint=target.checkpoint,
             )
         doc["target"] = target.to_dict()
+        doc["mesh_chosen"] = choice.why if choice is not None else None  # no mesh.shape: why this one
         if not json_:
             for p in doc["problems"]:
                 if p["level"] == "warning":

@@ -34,7 +34,8 @@ from gemma_cli.errors import UsageError
 
 PLACEHOLDER = "<image>"  # LLaMA-Factory's placeholder in text, for the record-level `images` list
 START, SOFT, END = "<start_of_image>", "<img>", "<end_of_image>"
-MULTIMODAL = "gemma3_4b, gemma3_12b, gemma3_27b (and their instruct versions), or a checkpoint with a vision encoder"
+MULTIMODAL = ("gemma3_4b, gemma3_12b, gemma3_27b (and their instruct versions), pali_gemma2_* presets, or a checkpoint "
+              "with a vision encoder (Gemma 3, Gemma 4, PaliGemma)")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ class VisionSpec:
             `max_images_per_prompt`).
         scale: float | tuple. Pixel scale after resizing. Defaults to 1/127.5.
         offset: float | tuple. Pixel offset after scaling. Defaults to -1.
+        layout: str. How the model takes images (engine/data/vision_layouts.py): `interleave`
+            (Gemma 3), `prefix` (PaliGemma), `patches` (Gemma 4). Defaults to `interleave`.
+        markers: tuple. The (start, soft, end) pieces of an image in the text.
+        around: str. Text on both sides of an image's tokens (`\n\n` for Gemma 3).
+        patch_size: int. Patch side (`patches` layout).
+        pool: int. Patches pooled per side into one token (`patches` layout).
     """
 
     image_size: int
@@ -55,11 +62,21 @@ class VisionSpec:
     max_images: int = 2
     scale: Any = 1 / 127.5
     offset: Any = -1.0
+    layout: str = "interleave"
+    markers: tuple[str, str, str] = (START, SOFT, END)
+    around: str = "\n\n"
+    patch_size: int = 0
+    pool: int = 0
 
     @classmethod
     def from_config(cls, bb_config: dict[str, Any], preprocessor: dict[str, Any] | None = None) -> VisionSpec | None:
         """The spec of a serialized backbone config (None for a text-only model) and, when
         given, the preset's `preprocessor.json` (max images, the image converter's scale/offset)."""
+        from gemma_cli.engine.data import vision_layouts
+
+        own = vision_layouts.spec_of_config(bb_config, cls)
+        if own is not None:
+            return own
         inner = bb_config.get("config", bb_config)
         enc = inner.get("vision_encoder")
         if not enc:
@@ -90,8 +107,39 @@ class VisionSpec:
         return cls.from_config(bb_config, pre)
 
     @classmethod
+    def of_hf(cls, preset: str, cfg: dict[str, Any]) -> VisionSpec | None:
+        """From a Hugging Face vision+text checkpoint's config.json and preprocessor_config.json,
+        when its family loads the tower (`Family.hf_towers`); max images as keras-hub's
+        preprocessor (2). PaliGemma and Gemma 4: engine/data/vision_layouts.py."""
+        from gemma_cli.engine import families
+        from gemma_cli.engine.data import vision_layouts
+
+        own = vision_layouts.spec_of_hf(preset, cfg, cls)
+        if own is not None:
+            return own
+        fam = families.for_hf_model_type(str(cfg.get("model_type")))
+        vc = cfg.get("vision_config")
+        if fam is None or "vision_encoder" not in fam.hf_towers or not isinstance(vc, dict) or not cfg.get("mm_tokens_per_image"):
+            return None
+        from gemma_cli.engine.model import hf
+
+        def read(name: str) -> dict[str, Any] | None:
+            try:
+                return json.loads((Path(preset).expanduser() / name).read_text())
+            except (OSError, ValueError):
+                return None
+
+        scale, offset = hf.normalisation(hf.image_processor(read))
+        return cls(int(vc.get("image_size", 224)), int(cfg["mm_tokens_per_image"]), scale=tuple(scale), offset=tuple(offset))
+
+    @classmethod
     def of_model(cls, causal_lm: Any) -> VisionSpec | None:
         """From a live CausalLM (its backbone's vision encoder and its preprocessor, if any)."""
+        from gemma_cli.engine.data import vision_layouts
+
+        own = vision_layouts.spec_of_model(causal_lm, cls)
+        if own is not None:
+            return own
         bb = causal_lm.backbone
         enc = getattr(bb, "vision_encoder", None)
         if enc is None:
@@ -230,8 +278,9 @@ def _b64(where: str, key: str, body: str) -> bytes:
 
 def for_preset(preset: str) -> tuple[VisionSpec | None, str]:
     """(the vision spec, how to name the model) of `model.preset`, read without keras: a local
-    keras-hub preset's config.json and preprocessor.json. Names and Hugging Face checkpoints are
-    planned as text backbones today, so they take no images (the name says so)."""
+    keras-hub preset's config.json and preprocessor.json, or a Hugging Face checkpoint's
+    config.json and preprocessor_config.json (`VisionSpec.of_hf`), or a known preset name's
+    architecture (families: Gemma 3 4B, 12B, 27B carry their tower)."""
     from gemma_cli.engine import families
 
     local = "://" not in preset and Path(preset).expanduser().is_dir()
@@ -243,8 +292,14 @@ def for_preset(preset: str) -> tuple[VisionSpec | None, str]:
             return None, preset
         if isinstance(cfg, dict) and "model_type" not in cfg:
             return VisionSpec.of_preset(preset, cfg), preset
-        return None, f"{preset} (a Hugging Face checkpoint, loaded as its text model by gemma today)"
-    if families.is_vision(preset):
-        return None, (f"{preset} (by name gemma plans it as its text backbone today; save the preset to a local "
-                      "directory, vision encoder included, and name that directory)")
+        spec = VisionSpec.of_hf(preset, cfg) if isinstance(cfg, dict) else None
+        if spec is not None:
+            return spec, preset
+        if isinstance(cfg, dict) and cfg.get("vision_config"):
+            return None, f"{preset} (a Hugging Face '{cfg.get('model_type')}' checkpoint, loaded as its text model by gemma today)"
+        return None, preset
+    known = families.get_preset(preset)
+    spec = VisionSpec.from_config(known) if known is not None else None
+    if spec is not None:  # by name with the tower: Gemma 3 4B+ (2 images per prompt), PaliGemma (1, first)
+        return spec, preset
     return None, preset

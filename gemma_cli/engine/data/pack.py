@@ -35,7 +35,7 @@ from typing import Any
 from gemma_cli.engine.data.tokenize import Doc
 
 FIELDS = ("token_ids", "labels", "weights", "segment_ids", "positions")
-VISION_FIELDS = ("images", "vision_indices", "vision_mask")
+VISION_FIELDS = ("images", "vision_indices", "vision_mask", "pixel_values", "pixel_position_ids", "response_mask")
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,17 @@ class ImageSlots:
         tokens: int. Tokens per image T.
         slots: int. Images per row (the model's max images per prompt; 0 with packing).
         soft_id: int. The `<img>` token id.
+        layout: str. `interleave` (Gemma 3, here), `prefix` (PaliGemma) or `patches` (Gemma 4):
+            engine/data/vision_layouts.py.
+        patch: int. Patch side (`patches`).
     """
 
     size: int
     tokens: int
     slots: int
     soft_id: int
+    layout: str = "interleave"
+    patch: int = 0
 
 
 @dataclass
@@ -121,7 +126,17 @@ class RowBuilder:
             pos[at : at + m] = np.arange(m, dtype=np.int32)
             at += m
         arrays = {"token_ids": ids, "labels": labels, "weights": weights, "segment_ids": seg, "positions": pos}
-        if self.image is not None:
+        if self.image is not None and self.image.layout != "interleave":
+            from gemma_cli.engine.data import vision_layouts
+
+            tw = np.zeros(n, dtype=np.float32)  # the loss weight of each input token itself
+            at = 0
+            for d in self._docs:
+                tw[at : at + d.length] = d.weights[:-1]
+                at += d.length
+            pics = [p for d in self._docs for p in (d.images or [])]
+            arrays.update(vision_layouts.row_arrays(self.image, pics, ids, tw))
+        elif self.image is not None:
             arrays.update(self._vision(ids))
         row = Row(
             arrays,

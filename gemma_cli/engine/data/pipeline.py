@@ -653,10 +653,9 @@ def build(
     encoder = Encoder(tokenizer, vision)
     image = None
     if vision is not None:
-        from gemma_cli.engine.data import images
-
         slots = 0 if cfg.packing else vision.max_images  # the renderer refuses images with packing
-        image = pack.ImageSlots(vision.image_size, vision.tokens_per_image, slots, encoder.special(images.SOFT))
+        soft = encoder.special(vision.markers[1]) if vision.layout != "prefix" else -1
+        image = pack.ImageSlots(vision.image_size, vision.tokens_per_image, slots, soft, vision.layout, vision.patch_size)
     if kind in ("chat", "preference"):  # fail now if the vocabulary lacks the turn markers
         encoder.special(renderer.chat_format.start_turn)
         encoder.special(renderer.chat_format.end_turn)

@@ -236,10 +236,28 @@ class Renderer:
         self._format = chat  # families.ChatFormat; Gemma's when None (looked up when first needed)
 
     @classmethod
-    def for_chat(cls, chat: Any = None) -> Renderer:
-        """A chat renderer with the default data settings (for `generate --chat`)."""
+    def for_chat(cls, chat: Any = None, vision: Any = None, model_name: str | None = None) -> Renderer:
+        """A chat renderer with the default data settings (for `generate --chat`, `eval`);
+        `vision`: the model's images.VisionSpec (None: image parts are refused)."""
         cfg = SimpleNamespace(template=None, format="chat", messages_field=None, loss_on=None, field="text", response_field=None)
-        return cls(cfg, "chat", chat)
+        return cls(cfg, "chat", chat, vision=vision, model_name=model_name)
+
+    def prompt_turns(self, where: str, record: dict[str, Any]) -> tuple[list[tuple[str, str]], list[Any], str | None]:
+        """A chat record as a prompt: (the turns up to the last user turn, the images they show
+        in order (checked: they exist and decode, no more than the model takes), the reference
+        answer of a final assistant turn or None). For `generate` and `eval` prompt files."""
+        sink = self._sink(where)
+        turns = self.turns(where, record, sink)
+        refs = sink.done(where) if isinstance(sink, _Images) else []
+        reference = None
+        if turns and turns[-1][0] == "model":
+            reference, turns = turns[-1][1], turns[:-1]
+            if IMAGE_MARK in reference:
+                raise UsageError(f"{where}: an image in the reference answer; images go in the prompt's turns")
+        if not turns or turns[-1][0] != "user":
+            raise UsageError(f"{where}: the conversation must end with a user turn (or a user turn, then "
+                             "the reference assistant answer)")
+        return turns, refs, reference
 
     @property
     def chat_format(self) -> Any:
@@ -252,6 +270,9 @@ class Renderer:
     # ------------------------------------------------------------------------ decide ---
     def decide(self, where: str, record: dict[str, Any]) -> str:
         """Fix the record kind (and chat style) from the first record."""
+        if self.vision is not None and self.vision.layout == "prefix":
+            self.kind = "paligemma"  # `_prefix_suffix`: every record, whatever its form
+            return self.kind
         if self.kind is None and is_preference(record):
             self.kind = "preference"
         if self.kind == "preference":
@@ -285,6 +306,8 @@ class Renderer:
 
     # ------------------------------------------------------------------------ render ---
     def __call__(self, where: str, record: dict[str, Any]) -> Rendered:
+        if self.vision is not None and self.vision.layout == "prefix":
+            return self._prefix_suffix(where, record)
         if self.kind is None or (self.kind == "chat" and self.style is None) or (self.kind == "preference" and self.form is None):
             self.decide(where, record)
         if self.kind == "preference":
@@ -448,6 +471,37 @@ class Renderer:
         for k, (role, content) in enumerate(turns):
             pieces.extend(self._turn(k, role, content, closed=True, images=todo))
         return Rendered(where, pieces, turns=len(turns), chat=True, images=refs)
+
+    # ------------------------------------------------------------------------ PaliGemma ---
+    def _prefix_suffix(self, where: str, record: dict[str, Any]) -> Rendered:
+        """PaliGemma's format: `[image] <bos> prefix \n suffix <eos>`, loss on the suffix and
+        `<eos>` only, from `{"image", "prefix", "suffix"}` (big_vision's and transformers' form)
+        or a chat record of one user turn (its image and text: the prefix) and one answer."""
+        from gemma_cli.engine.data import images
+
+        sink = self._sink(where)
+        if "prefix" in record or "suffix" in record:
+            for key in ("prefix", "suffix"):
+                if not isinstance(record.get(key), str):
+                    raise UsageError(f"{where}: a PaliGemma record needs string `prefix` and `suffix` (and `image`); "
+                                     f"`{key}` is {type(record.get(key)).__name__}")
+            prefix, suffix = record["prefix"], record["suffix"]
+            pics = record["images"] if isinstance(record.get("images"), list) else [record.get("image")]
+            for j, p in enumerate(x for x in pics if x is not None):
+                sink.append(images.ref(where, p, f"image[{j}]" if "images" in record else "image", sink.base))
+        else:
+            turns = self.turns(where, record, sink)
+            if [r for r, _ in turns] != ["user", "model"]:
+                raise UsageError(f"{where}: PaliGemma takes one user turn (the image and the prefix) and one answer; "
+                                 f"this record has {len(turns)} turns ({', '.join(r for r, _ in turns)})")
+            prefix, suffix = turns[0][1].replace(IMAGE_MARK, "").strip(), turns[1][1]
+        refs = sink.done(where)
+        if len(refs) != 1:
+            raise UsageError(f"{where}: PaliGemma takes exactly one image per record (it comes before the text); "
+                             f"this record has {len(refs)}")
+        pieces = [Piece(IMAGE_MARK, 0.0, special=True, image=refs[0]), Piece(BOS, 0.0, special=True),
+                  Piece(f"{prefix}\n", 0.0), Piece(suffix, 1.0), Piece(EOS, 1.0, special=True)]
+        return Rendered(where, pieces, images=refs)
 
     # -------------------------------------------------------------------- preference ---
     def _preference(self, where: str, record: dict[str, Any]) -> Rendered:

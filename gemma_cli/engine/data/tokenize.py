@@ -147,13 +147,15 @@ class Encoder:
 
     def image_ids(self) -> list[int]:
         """The tokens one image takes (keras-hub's Gemma 3 expansion of `<start_of_image>`)."""
-        from gemma_cli.engine.data import images
 
         if self.vision is None:
             raise UsageError("internal: an image piece for an encoder without a vision spec")
-        nl = self._short("\n\n")
-        return [*nl, self.special(images.START), *[self.special(images.SOFT)] * self.vision.tokens_per_image,
-                self.special(images.END), *nl]
+        v = self.vision
+        if v.layout == "prefix":  # PaliGemma: the backbone puts the image in front of the text
+            return []
+        start, soft, end = v.markers
+        nl = self._short(v.around) if v.around else []
+        return [*nl, self.special(start), *[self.special(soft)] * v.tokens_per_image, self.special(end), *nl]
 
     def doc(self, rendered: Rendered, max_tokens: int) -> Doc:
         """Tokenize, weigh and cut one rendered record to at most `max_tokens` tokens."""
@@ -180,9 +182,10 @@ class Encoder:
 
     def _pixels(self, rendered: Rendered, ids: Any) -> list[Any]:
         """The pixels of the images whose tokens survived the cut; an image cut in half is an error."""
-        from gemma_cli.engine.data import images
 
-        n = int((ids == self.special(images.SOFT)).sum())
+        if self.vision.layout == "prefix":  # never cut: it is not in the text
+            return [r.pixels(self.vision) for r in rendered.images]
+        n = int((ids == self.special(self.vision.markers[1])).sum())
         per = self.vision.tokens_per_image
         if n % per:
             raise UsageError(f"{rendered.where}: data.sequence_length cuts through an image ({per} tokens each); "

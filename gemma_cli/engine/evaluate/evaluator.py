@@ -35,16 +35,18 @@ def answer_doc(sampler: Any, record: EvalRecord, answer: str) -> tuple[Any, Any]
     from gemma_cli.engine.data import Encoder, Renderer
     from gemma_cli.engine.data.render import BOS, EOS, Piece
 
-    enc = Encoder(sampler.tokenizer)
+    enc = Encoder(sampler.tokenizer, sampler.vision if record.images else None)
     if record.chat:
         fmt = sampler.chat_format
-        pieces = Renderer.for_chat(fmt).prompt(record.prompt)
+        pieces = Renderer.for_chat(fmt).prompt(record.prompt, record.images)
         pieces += [Piece(answer, 1.0), Piece(fmt.end_turn, 1.0, special=True), Piece("\n", 0.0)]
     else:
         pieces = [Piece(BOS, 0.0, special=True), Piece(record.prompt, 0.0), Piece(answer, 1.0), Piece(EOS, 1.0, special=True)]
     ids_per, pieces = enc.pieces_of(pieces)
     ids = np.fromiter((t for x in ids_per for t in x), dtype=np.int32)
     weights = np.concatenate([np.full(len(x), p.weight, dtype=np.float32) for x, p in zip(ids_per, pieces, strict=True)])
+    if record.images:  # the scorer gives the model the images where their tokens sit
+        return ids, weights, [r.pixels(sampler.vision) for r in record.images]
     return ids, weights
 
 
@@ -113,7 +115,8 @@ def _generate(sampler: Any, records: list[EvalRecord], rewards: list[Any], thres
     warm_s, warm_tokens = 0.0, 0
     for i in range(0, len(records), sampler.batch_size):
         chunk = records[i : i + sampler.batch_size]
-        got = sampler([r.prompt for r in chunk], chat=chat, **limit)
+        images = [r.images for r in chunk] if any(r.images for r in chunk) else None
+        got = sampler([r.prompt for r in chunk], chat=chat, prompt_images=images, **limit)
         if got and not got[0]["compiled"]:  # batches that reused a compiled function
             warm_s += got[0]["seconds"]
             warm_tokens += sum(o["completion_tokens"] for o in got)

@@ -66,9 +66,9 @@ class Scorer:
         loss_obj = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
         vocab = int(lm.backbone.vocabulary_size)
 
-        def fn(values: list[Any], ids: Any, mask: Any) -> Any:
+        def fn(values: list[Any], ids: Any, mask: Any, vision: dict[str, Any] | None = None) -> Any:
             with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
-                hidden = lm.backbone({"token_ids": ids, "padding_mask": mask})
+                hidden = lm.backbone({"token_ids": ids, "padding_mask": mask, **(vision or {})})
                 per_row = max(ids.shape[0] // self.batch_axis, 1) * vocab * 4
                 chunk = max(1, min(ids.shape[1], 2 ** int(math.log2(max(self.chunk_bytes // per_row, 1)))))
                 nll, matches = token_losses(lm, hidden[:, :-1], ids[:, 1:], chunk, loss_obj, with_matches=True)
@@ -80,8 +80,9 @@ class Scorer:
         """(weighted log-prob sum, weight total, every weighted token greedy) per document.
 
         Args:
-            docs: list of (ids, weights): int token ids starting with `<bos>`, float weights of
-                predicting each token (weights[0] is unused).
+            docs: list of (ids, weights) or (ids, weights, pixels): int token ids starting
+                with `<bos>`, float weights of predicting each token (weights[0] is unused), and
+                for a multimodal prompt the pixels of its images ([S, S, 3] each, in order).
         """
         import numpy as np
 
@@ -92,18 +93,20 @@ class Scorer:
         for i in range(0, len(docs), self.batch_size):
             chunk = docs[i : i + self.batch_size]
             rows = chunk + [chunk[-1]] * (self.batch_size - len(chunk))
-            seq = bucket(max(len(ids) for ids, _ in rows))
+            seq = bucket(max(len(d[0]) for d in rows))
             ids = np.zeros((len(rows), seq), dtype="int32")
             mask = np.zeros((len(rows), seq), dtype=bool)
             w = np.zeros((len(rows), seq), dtype="float32")
-            for r, (x, wt) in enumerate(rows):
+            for r, (x, wt, *_) in enumerate(rows):
                 ids[r, : len(x)] = x
                 mask[r, : len(x)] = True
                 w[r, : len(x)] = wt
             if (len(rows), seq) not in self._shapes:
                 self._shapes.add((len(rows), seq))
                 self.compiles += 1
-            logp, matches = self._forward(values, ids, mask)
+            # a vision model's backbone takes image inputs even for text (then all empty)
+            vision = self._vision(ids, rows) if getattr(self.lm.backbone, "vision_encoder", None) is not None else None
+            logp, matches = self._forward(values, ids, mask, vision)
             logp, matches = np.asarray(logp, dtype="float64"), np.asarray(matches)
             wt = w[:, 1:]
             self.tokens += int(mask.sum())
@@ -112,13 +115,35 @@ class Scorer:
                 out.append((float((logp[r] * wt[r]).sum()), float(wt[r].sum()), bool(np.all(matches[r][sel] > 0.5))))
         return out
 
-    def _forward(self, values: list[Any], ids: Any, mask: Any) -> Any:
+    def _vision(self, ids: Any, rows: list[Any]) -> dict[str, Any]:
+        """`images`, `vision_indices`, `vision_mask` of a batch whose documents carry the pixels
+        of their images (a third element), placed where the image tokens sit."""
+        import numpy as np
+
+        from gemma_cli.engine.data.images import SOFT, VisionSpec
+        from gemma_cli.engine.model.load import tokenizer_of
+
+        spec = VisionSpec.of_model(self.lm)
+        soft = int(tokenizer_of(self.lm).token_to_id(SOFT))
+        images = np.zeros((len(rows), spec.max_images, spec.image_size, spec.image_size, 3), dtype=np.float32)
+        for r, d in enumerate(rows):
+            for j, px in enumerate(d[2] if len(d) > 2 else []):
+                images[r, j] = px
+        mask = (ids == soft).astype("int32")
+        idx = np.zeros((len(rows), spec.max_images * spec.tokens_per_image), dtype="int32")
+        for r in range(len(rows)):
+            at = np.nonzero(mask[r])[0]
+            idx[r, : len(at)] = at
+        return {"images": images, "vision_indices": idx, "vision_mask": mask}
+
+    def _forward(self, values: list[Any], ids: Any, mask: Any, vision: dict[str, Any] | None = None) -> Any:
         import keras
 
         dist = self.distribution
         if dist is None:
-            return self._fn(values, ids, mask)
+            return self._fn(values, ids, mask, vision)
         with dist.scope():
             ids_d = keras.distribution.distribute_tensor(ids, dist.get_data_layout(ids.shape))
             mask_d = keras.distribution.distribute_tensor(mask, dist.get_data_layout(mask.shape))
-            return self._fn(values, ids_d, mask_d)
+            vis = {k: keras.distribution.distribute_tensor(v, dist.get_data_layout(v.shape)) for k, v in (vision or {}).items()}
+            return self._fn(values, ids_d, mask_d, vis or None)

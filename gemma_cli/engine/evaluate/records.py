@@ -27,6 +27,32 @@ from gemma_cli.errors import UsageError
 KINDS = ("preference", "chat", "pair", "prompt")
 
 
+class _AnyImages:
+    """Read images before the model is known: each is checked (exists, decodes) and counted;
+    `check_images` then holds them against the model's image input."""
+
+    max_images = 1 << 30
+
+
+ANY_IMAGES = _AnyImages()
+
+
+def check_images(records: list[EvalRecord], spec: Any, model_name: str) -> None:
+    """Exit 2 naming `file:line` when a record shows images the model cannot take: a text-only
+    model, or more than its `max_images_per_prompt`."""
+    from gemma_cli.engine.data import images
+
+    for r in records:
+        if not r.images:
+            continue
+        if spec is None:
+            raise UsageError(f"{r.where}: an image part, but {model_name} is a text-only model; images need a "
+                             f"multimodal one: {images.MULTIMODAL}")
+        if len(r.images) > spec.max_images:
+            raise UsageError(f"{r.where}: {len(r.images)} images in one record; the model takes at most "
+                             f"{spec.max_images} (max_images_per_prompt)")
+
+
 @dataclass
 class EvalRecord:
     """One record to evaluate.
@@ -41,6 +67,8 @@ class EvalRecord:
         chosen: str | None. The preferred completion (preference files).
         rejected: str | None. The other completion (preference files).
         columns: dict. The record's fields for the reward functions.
+        images: list. The images of a chat prompt (image parts, or `images` with `<image>`
+            placeholders), for a multimodal model.
     """
 
     where: str
@@ -51,6 +79,7 @@ class EvalRecord:
     chosen: str | None = None
     rejected: str | None = None
     columns: dict[str, Any] = field(default_factory=dict)
+    images: list[Any] = field(default_factory=list)  # images.ImageRef the prompt shows, in order
 
 
 def kind_of(record: dict[str, Any]) -> str | None:
@@ -74,7 +103,8 @@ def _string(where: str, record: dict[str, Any], key: str) -> str:
     return v
 
 
-def parse(where: str, record: dict[str, Any], kind: str, chat: bool | None) -> EvalRecord:
+def parse(where: str, record: dict[str, Any], kind: str, chat: bool | None, vision: Any = None,
+          model_name: str | None = None) -> EvalRecord:
     """One record of a file of `kind` as an EvalRecord (UsageError naming `where`)."""
     mine = kind_of(record)
     if mine is None:
@@ -88,17 +118,14 @@ def parse(where: str, record: dict[str, Any], kind: str, chat: bool | None) -> E
         return EvalRecord(where, prompt, chat is not False, prompt, chosen=_string(where, record, "chosen"),
                           rejected=_string(where, record, "rejected"), columns=columns)
     if kind == "chat":
-        from gemma_cli.engine.data.render import Renderer
+        from gemma_cli.engine.data.images import PLACEHOLDER
+        from gemma_cli.engine.data.render import IMAGE_MARK, Renderer
 
-        turns = Renderer.for_chat().turns(where, record)
-        reference = None
-        if turns and turns[-1][0] == "model":
-            reference, turns = turns[-1][1], turns[:-1]
+        turns, refs, reference = Renderer.for_chat(vision=vision, model_name=model_name).prompt_turns(where, record)
+        if reference is not None:
             columns.setdefault("completion", reference)
-        if not turns or turns[-1][0] != "user":
-            raise UsageError(f"{where}: the conversation must end with a user turn (or a user turn, then "
-                             "the reference assistant answer)")
-        return EvalRecord(where, turns, True, turns[-1][1], reference=reference, columns=columns)
+        return EvalRecord(where, turns, True, turns[-1][1].replace(IMAGE_MARK, PLACEHOLDER), reference=reference,
+                          columns=columns, images=refs)
     prompt = _string(where, record, "prompt")
     if kind == "pair":
         reference = _string(where, record, "completion")
@@ -108,7 +135,8 @@ def parse(where: str, record: dict[str, Any], kind: str, chat: bool | None) -> E
     return EvalRecord(where, prompt, bool(chat), prompt, reference=reference, columns=columns)
 
 
-def read(path: str, *, chat: bool | None = None, limit: int | None = None) -> tuple[str, list[EvalRecord]]:
+def read(path: str, *, chat: bool | None = None, limit: int | None = None, vision: Any = None,
+         model_name: str | None = None) -> tuple[str, list[EvalRecord]]:
     """(kind, records) of a data file (JSONL, CSV, Parquet), at most `limit` records.
 
     Args:
@@ -116,6 +144,9 @@ def read(path: str, *, chat: bool | None = None, limit: int | None = None) -> tu
         chat: bool | None. Force the chat format on (`--chat`) or off (`--no-chat`); None:
             chat for chat, pair and preference records, text for plain prompts.
         limit: int | None. Read only the first records.
+        vision: images.VisionSpec | None. The model's image input: chat records may show images
+            (checked here: they exist, decode, and fit the model's limit); None refuses them,
+            naming `model_name`.
     """
     from gemma_cli.engine.data.sources import open_local
 
@@ -131,7 +162,7 @@ def read(path: str, *, chat: bool | None = None, limit: int | None = None) -> tu
                 parse(where, record, "prompt", chat)  # raises, naming the fields
         if kind == "chat" and chat is False:
             raise UsageError(f"--no-chat: {where}: `messages` records are always prompted in the chat format")
-        out.append(parse(where, record, kind, chat))
+        out.append(parse(where, record, kind, chat, vision, model_name))
     if not out:
         raise UsageError(f"--data {path}: no records")
     return kind or "prompt", out

@@ -70,12 +70,16 @@ class ChatFormat:
         roles: dict. Our role names → the family's (`assistant` → `model`).
         system: str. `fold`: a system message is prepended to the first user turn (Gemma 1-3);
             `turn`: it is a turn of its own, role `roles["system"]` (Gemma 4).
+        image_token: str | None. In the exported template, an image content part becomes this
+            text, which the model's `transformers` processor expands into the image's tokens
+            (`<start_of_image>` for Gemma 3). Defaults to None (image parts are left out).
     """
 
     start_turn: str
     end_turn: str
     roles: dict[str, str]
     system: str = "fold"
+    image_token: str | None = None  # what an image part is in the text transformers' processor expands
 
     def hf_template(self) -> str:
         """This format as a `transformers` chat template (Jinja, for tokenizer_config.json).
@@ -95,7 +99,12 @@ class ChatFormat:
             "{%- set prefix = messages[0]['content'] | trim + '\\n\\n' %}{%- set messages = messages[1:] %}"
             "{%- endif %}".replace("fold", "true" if fold else "false"),
             "{%- for message in messages %}",
-            "{%- set text = message['content'] | trim %}",
+            # content as a string, or as parts (text joined; an image part is the image token)
+            "{%- if message['content'] is string %}{%- set text = message['content'] | trim %}{%- else %}",
+            "{%- set ns = namespace(text='') %}{%- for part in message['content'] %}",
+            "{%- if part['type'] == 'text' %}{%- set ns.text = ns.text + part['text'] %}",
+            f"{{%- elif part['type'] in ['image', 'image_url'] %}}{{%- set ns.text = ns.text + {(self.image_token or '')!r} %}}",
+            "{%- endif %}{%- endfor %}{%- set text = ns.text | trim %}{%- endif %}",
             "{%- if loop.first and message['role'] == 'user' %}{%- set text = prefix + text %}{%- endif %}",
             f"{{{{ {self.start_turn!r} + roles.get(message['role'], message['role']) + '\\n' + text + {self.end_turn + chr(10)!r} }}}}",
             "{%- endfor %}",
@@ -160,16 +169,35 @@ class Family:
     gguf_module: str | None = None  # module of this package with the GGUF mapping
     presets: dict[str, Preset] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
-    vision_presets: frozenset[str] = frozenset()  # names whose vision tower the plan leaves out
+    vision_presets: frozenset[str] = frozenset()  # names of vision+text presets
     tiny: dict[str, dict[str, Any]] = field(default_factory=dict)
     block_name: str = "decoder_block_{i}"
     dim_names: tuple[tuple[str, tuple[str, ...]], ...] = ()
     hf_tokenizer_files: tuple[str, ...] = ("tokenizer.model",)
+    # towers of a multimodal HF checkpoint this family loads, plans and exports (the rest are
+    # planned and loaded as the text backbone): `("vision_encoder",)`
+    hf_towers: tuple[str, ...] = ()
+    # module of this package that replaces keras-hub's HF converter for this family (its
+    # `convert_backbone_config` / `convert_weights` / `convert_tokenizer`): `paligemma_hf`
+    hf_converter: str | None = None
+    # (causal_lm, out_dir): writes the whole `--format hf` export where keras-hub has no
+    # exporter for the family (PaliGemma); `fix_hf_export` then runs as for the others
+    hf_export: Callable[[Any, Any], None] | None = None
+    # causal_lm → {file name: text}: files an HF export needs that keras-hub's exporter does not
+    # write (Gemma 4's processor_config.json)
+    hf_export_files: Callable[[Any], dict[str, str]] | None = None
     hf_kwargs_fixup: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
     hf_export_fixup: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+    # (causal_lm, config, tok_cfg): what a multimodal export writes from the live model and its
+    # tokenizer (image token ids, the processor's files), after `hf_export_fixup`
+    hf_export_vision: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None
+    # (backbone, layer): transformers' module path of a LoRA layer of the vision tower (PEFT
+    # export; its kernel is a Dense `(in, out)`), None if the layer is not in the tower
+    hf_vision_lora_path: Callable[[Any, Any], str | None] | None = None
     hf_export_weights: Callable[[Any], dict[str, Any]] | None = None  # replaces keras-hub's weight map
     hf_chat_template: str | None = None  # defaults to `chat.hf_template()`
     tiny_hf: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tiny_hf_vision: dict[str, dict[str, Any]] = field(default_factory=dict)  # image+text test models
 
     def chat_template(self) -> str | None:
         """The `transformers` chat template of this family (None if it has no chat format)."""
@@ -254,9 +282,9 @@ GEMMA_DIM_NAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 # ------------------------------------------------------------------------- registry ---
 def _families() -> list[Family]:
-    from gemma_cli.engine.families import gemma, gemma3, gemma4, llama3
+    from gemma_cli.engine.families import gemma, gemma3, gemma4, llama3, paligemma
 
-    return [gemma.FAMILY, gemma3.FAMILY, gemma4.FAMILY, llama3.FAMILY]
+    return [gemma.FAMILY, gemma3.FAMILY, gemma4.FAMILY, llama3.FAMILY, paligemma.FAMILY]
 
 
 FAMILIES: list[Family] = []
@@ -382,7 +410,8 @@ def published_params(preset: str) -> int | None:
 
 
 def is_vision(preset: str) -> bool:
-    """Whether the real preset carries a vision tower (planned as its text backbone)."""
+    """Whether the real preset carries a vision tower (planned and loaded with it, for a family
+    whose table has it; else planned as its text backbone)."""
     hit = _lookup(preset)
     return bool(hit and hit[1] in hit[0].vision_presets)
 
@@ -398,6 +427,15 @@ def tiny_hf_config(name: str) -> tuple[Family, dict[str, Any]]:
         if name in f.tiny_hf:
             return f, copy.deepcopy(f.tiny_hf[name])
     raise KeyError(f"no tiny Hugging Face config {name!r}")
+
+
+def tiny_hf_vision_config(name: str) -> tuple[Family, dict[str, Any]]:
+    """(family, {"config", "model", "processor", "kwargs", ...}) of a tiny image+text
+    Hugging Face test model (`Family.tiny_hf_vision`)."""
+    for f in all_families():
+        if name in f.tiny_hf_vision:
+            return f, copy.deepcopy(f.tiny_hf_vision[name])
+    raise KeyError(f"no tiny Hugging Face vision config {name!r}")
 
 
 def tiny_config(name: str) -> tuple[Family, dict[str, Any]]:

@@ -98,6 +98,17 @@ RULES = [
     ("decoder_block.*(ffw_linear|per_layer_up_proj)/kernel", ("model", "batch")),
     ("decoder_block.*moe_expert_bank/(gate_proj|up_proj)", ("model", "batch", None)),
     ("decoder_block.*moe_expert_bank/down_proj", ("model", None, "batch")),
+    # The vision tower (Gemma4VisionEncoder; keras-hub has no layout for it): 12 or 16 heads
+    # of 64, width 768 or 1152, MLP 3072 or 4304. Heads do not divide a model axis of 8, so
+    # q/k/v/o split head_dim over `model` and the width over `batch`; the MLP, the patch input
+    # projection (3·16·16 = 768 → width) and the projector into the text width split (in, out)
+    # over (batch, model) as the text MLP. Norms and the position table are replicated.
+    ("image_encoder/.*attention/(query|key|value)/dense/kernel", (None, "batch", "model")),
+    ("image_encoder/.*attention/attention_output/dense/kernel", (None, "model", "batch")),
+    ("image_encoder/.*(ffw_gating|ffw_gating_2)/dense/kernel", ("batch", "model")),
+    ("image_encoder/.*ffw_linear/dense/kernel", ("model", "batch")),
+    ("image_encoder/patch_embedder/input_proj/kernel", ("batch", "model")),
+    ("vision_output_encoder/vision_input_projection/kernel", ("batch", "model")),
 ]
 
 
@@ -124,7 +135,8 @@ def fix_hf_kwargs(hf_config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str
 def fix_export(backbone: Any, config: dict[str, Any], tokenizer_config: dict[str, Any]) -> None:
     """What keras-hub 0.32's Gemma 4 exporter leaves out of config.json.
 
-    - `architectures`: it names the headless `Gemma4TextModel`; the file holds a causal LM.
+    - `architectures`: it names the headless `Gemma4TextModel` (`Gemma4Model` with the vision
+      tower); the file holds a causal LM (`Gemma4ForConditionalGeneration`).
     - `attention_k_eq_v`: it writes `num_global_key_value_heads` but not this switch, which
       `transformers` defaults to False: 26B/31B global layers then expect a value projection
       and the checkpoint does not load.
@@ -135,6 +147,8 @@ def fix_export(backbone: Any, config: dict[str, Any], tokenizer_config: dict[str
     del tokenizer_config
     if config.get("model_type") == "gemma4_text":
         config["architectures"] = ["Gemma4ForCausalLM"]
+    elif config.get("model_type") == "gemma4":  # vision+text: it names the headless Gemma4Model
+        config["architectures"] = ["Gemma4ForConditionalGeneration"]
     text = config.get("text_config") or config
     text["attention_k_eq_v"] = backbone.num_global_key_value_heads is not None
     rope = text.get("rope_parameters") or {}
@@ -144,6 +158,52 @@ def fix_export(backbone: Any, config: dict[str, Any], tokenizer_config: dict[str
     if not backbone.enable_moe_block:
         for key in ("num_experts", "top_k_experts", "moe_intermediate_size"):
             text[key] = None
+
+
+IMAGE_TOKENS = {"boi_token_id": "<|image>", "image_token_id": "<|image|>", "eoi_token_id": "<image|>",
+                "video_token_id": "<|video|>"}
+
+
+def fix_export_vision(causal_lm: Any, config: dict[str, Any], tokenizer_config: dict[str, Any]) -> None:
+    """What keras-hub 0.32's exporter leaves out of a vision+text Gemma 4's config.json: the ids
+    of the image markers (transformers finds the image's places by `image_token_id`; its
+    defaults are the 262k vocabulary's) and the soft tokens per image."""
+    del tokenizer_config
+    pre = causal_lm.preprocessor
+    if causal_lm.backbone.vision_encoder is None or pre is None:
+        return
+    for key, piece in IMAGE_TOKENS.items():
+        tid = pre.tokenizer.token_to_id(piece)
+        if tid is not None:
+            config[key] = int(tid)
+    conv = getattr(pre, "image_converter", None)
+    if conv is not None:
+        config["vision_soft_tokens_per_image"] = int(conv.max_soft_tokens)
+
+
+def export_files(causal_lm: Any) -> dict[str, str]:
+    """processor_config.json of a vision+text Gemma 4 (its image processor, from the keras-hub
+    image converter: patch size, pooling, max soft tokens, `x * scale + offset` as rescale and
+    normalisation), which gemma's and transformers' loaders read."""
+    import json
+
+    pre = causal_lm.preprocessor
+    conv = getattr(pre, "image_converter", None) if pre is not None else None
+    if causal_lm.backbone.vision_encoder is None or conv is None:
+        return {}
+    c = conv.get_config()
+    scale, offset = c.get("scale") or [1 / 255] * 3, c.get("offset") or [0.0] * 3
+    scale = scale if isinstance(scale, list | tuple) else [scale] * 3
+    offset = offset if isinstance(offset, list | tuple) else [offset] * 3
+    std = [(1 / 255) / s for s in scale]
+    mean = [-o * s for o, s in zip(offset, std, strict=True)]
+    plain = all(abs(s - 1.0) < 1e-9 for s in std) and not any(mean)
+    image = {"image_processor_type": "Gemma4ImageProcessor", "do_resize": True, "do_rescale": True,
+             "rescale_factor": 1 / 255, "do_normalize": not plain, "image_mean": mean, "image_std": std,
+             "patch_size": int(conv.patch_size), "pooling_kernel_size": int(conv.pooling_kernel_size),
+             "max_soft_tokens": int(conv.max_soft_tokens)}
+    return {"processor_config.json": json.dumps({"image_processor": image, "image_seq_length": int(conv.max_soft_tokens),
+                                                 "processor_class": "Gemma4Processor"}, indent=1)}
 
 
 _TINY_HF_BASE: dict[str, Any] = dict(
@@ -189,9 +249,12 @@ FAMILY = Family(
     ),
     chat=CHAT,
     hf_model_types=("gemma4", "gemma4_text"),
-    hf_tokenizer_files=("tokenizer.json",),
+    hf_tokenizer_files=("tokenizer.json", "tokenizer.model"),  # the latter: what keras-hub's exporter writes
     hf_kwargs_fixup=fix_hf_kwargs,
+    hf_towers=("vision_encoder",),
     hf_export_fixup=fix_export,
+    hf_export_vision=fix_export_vision,
+    hf_export_files=export_files,
     presets={
         # E2B: 35 layers, pattern 4 local : 1 global, 20 KV-shared layers with a double-wide MLP
         "gemma4_2b": Preset(
@@ -246,6 +309,22 @@ FAMILY = Family(
         }
     ),
     tiny_hf={
+        # vision+text: the tiny dense text model below and a 2-layer vision tower (patches of 4,
+        # pooled 2 x 2), the image placeholder ids inside the tiny vocabulary
+        "gemma4_vision": {
+            "config": "Gemma4Config",
+            "model": "Gemma4ForConditionalGeneration",
+            "max_soft_tokens": 16,  # a 32 px square: 8 x 8 patches of 4, pooled to 4 x 4
+            "kwargs": {
+                "text_config": {**_TINY_HF_BASE, "vocab_size": 352, "vocab_size_per_layer_input": 352,
+                                "hidden_size_per_layer_input": 8, "num_kv_shared_layers": 2, "use_double_wide_mlp": True},
+                "vision_config": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      num_key_value_heads=2, head_dim=8, pooling_kernel_size=2, patch_size=4,
+                                      position_embedding_size=64),
+                "audio_config": None,
+                "vocab_size": 352,  # for the tokenizer (256 bytes, the markers); ids from it (tests/hf_tiny.py)
+            },
+        },
         # dense: the on-device features (per-layer inputs, KV-shared layers with a double-wide
         # MLP) together with the 31B's K = V global layers and 16-wide global heads
         "gemma4": {

@@ -76,6 +76,14 @@ def fix_hf_export(causal_lm: Any, out: Path) -> list[str]:
             tok_cfg["chat_template"] = template
         if fam.hf_export_fixup is not None:
             fam.hf_export_fixup(backbone, config, tok_cfg)
+        if fam.hf_export_vision is not None:
+            fam.hf_export_vision(causal_lm, config, tok_cfg)
+        if template is not None and getattr(backbone, "vision_encoder", None) is not None:
+            (out / "chat_template.jinja").write_text(template)  # what transformers' processor reads
+            changed.append("chat_template.jinja")
+        for name, text in (fam.hf_export_files(causal_lm) if fam.hf_export_files is not None else {}).items():
+            (out / name).write_text(text)
+            changed.append(name)
         if fam.hf_export_weights is not None:
             from safetensors.numpy import save_file
 
@@ -169,9 +177,16 @@ def export_model(causal_lm: Any, out: str | Path, fmt: str = "hf", *, log: Any =
     if fmt == "hf":
         log.step(f"Exporting {backbone_cls} to Hugging Face format in {out} ...")
 
+        from gemma_cli.engine import families
+
+        fam = families.for_backbone(backbone_cls)
+
         def write(d: str) -> None:
             try:
-                causal_lm.export_to_transformers(d)
+                if fam is not None and fam.hf_export is not None:  # no keras-hub exporter (PaliGemma)
+                    fam.hf_export(causal_lm, Path(d))
+                else:
+                    causal_lm.export_to_transformers(d)
             except ValueError as e:
                 if "not implemented" in str(e):
                     raise UsageError(f"--format hf: keras-hub cannot export {backbone_cls} to transformers") from None

@@ -33,6 +33,7 @@ from typing import Any
 from gemma_cli.engine import families
 from gemma_cli.engine.core.files import atomic_dir
 from gemma_cli.engine.core.report import NullReporter
+from gemma_cli.engine.model.lora import tower
 from gemma_cli.errors import UsageError
 
 # keras-hub Gemma layer name → Hugging Face module path inside a decoder layer (families/).
@@ -62,8 +63,24 @@ def peft_factors(kind: str, a: Any, b: Any) -> tuple[Any, Any]:
     return a.T, b.T  # Dense (in, out): W = kernel.T
 
 
+def _vision_path(backbone: Any, layer: Any) -> tuple[str, str] | None:
+    """(HF module path, "vision") of a LoRA layer in the model's vision tower, from the family's
+    `Family.hf_vision_lora_path`; None if the layer is not there."""
+    fam = families.for_backbone(type(backbone).__name__)
+    if fam is None or fam.hf_vision_lora_path is None or tower(backbone) is None:
+        return None
+    path = fam.hf_vision_lora_path(backbone, layer)
+    return (path, "vision") if path else None
+
+
 def _module_path(backbone: Any, layer: Any) -> tuple[str, str]:
-    """(HF module path, keras layer name) of a LoRA layer of a Gemma decoder block."""
+    """(HF module path, keras layer name) of a LoRA layer of a Gemma decoder block (or of
+    Gemma 3's vision tower: `_vision_path`). A vision+text model's decoder layers are
+    `model.language_model.layers.N` in transformers' `Gemma3ForConditionalGeneration`."""
+    hit = _vision_path(backbone, layer)
+    if hit is not None:
+        return hit
+    text = "model.language_model.layers" if tower(backbone) is not None else "model.layers"
     for i in range(int(backbone.num_layers)):
         blk = backbone.get_layer(f"decoder_block_{i}")
         att = blk.attention
@@ -74,7 +91,7 @@ def _module_path(backbone: Any, layer: Any) -> tuple[str, str]:
         }
         if id(layer) in owners:
             kind = owners[id(layer)]
-            return f"model.layers.{i}.{HF_MODULES[kind]}", kind
+            return f"{text}.{i}.{HF_MODULES[kind]}", kind
     raise UsageError(f"--format peft: LoRA on {layer.path} has no Hugging Face counterpart",
                      f"LoRA targets PEFT can load: {', '.join(HF_MODULES)}")
 
@@ -144,7 +161,12 @@ def export_peft(causal_lm: Any, out: str | Path, *, base: str | None = None, log
         tensors[f"base_model.model.{path}.lora_B.weight"] = np.ascontiguousarray(B)
     rank = Counter(ranks.values()).most_common(1)[0][0]
     alpha = Counter(alphas.values()).most_common(1)[0][0]
-    targets = sorted({p.rsplit(".", 1)[-1] for p in ranks})
+    targets: Any = sorted({p.rsplit(".", 1)[-1] for p in ranks})
+    names = targets
+    if tower(backbone) is not None:
+        # the tower and the text model share module names (q_proj): name the adapted modules
+        # exactly, as a regex PEFT matches against the whole module path
+        targets = "^(" + "|".join(sorted(p.replace(".", r"\.") for p in ranks)) + ")$"
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -164,7 +186,7 @@ def export_peft(causal_lm: Any, out: str | Path, *, base: str | None = None, log
         "modules_to_save": None,
         "layers_to_transform": None,
     }
-    log.step(f"Writing a PEFT adapter for {len(layers)} LoRA layers ({', '.join(targets)}) to {out} ...")
+    log.step(f"Writing a PEFT adapter for {len(layers)} LoRA layers ({', '.join(names)}) to {out} ...")
 
     def write(tmp: Path) -> None:
         from safetensors.numpy import save_file
@@ -186,7 +208,7 @@ def export_peft(causal_lm: Any, out: str | Path, *, base: str | None = None, log
         "format": "peft",
         "backbone": cls,
         "modules": len(layers),
-        "target_modules": targets,
+        "target_modules": names,
         "rank": int(rank),
         "lora_alpha": alpha,
         "params": params,

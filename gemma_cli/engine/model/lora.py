@@ -117,22 +117,45 @@ class adapters_off:
 VISION_LORA = ("query_proj", "value_proj")  # keras-hub's LoRA targets in Gemma 3's vision tower
 
 
+def tower(backbone: Any) -> Any:
+    """The vision tower of a backbone: Gemma 3/4's `vision_encoder`, PaliGemma's `vit_encoder`
+    (its ViT and projector); None for a text-only one."""
+    return getattr(backbone, "vision_encoder", None) or getattr(backbone, "vit_encoder", None)
+
+
 def target_names(backbone: Any, names: list[str] | None, vision: str = "frozen") -> list[str] | None:
     """The layer names LoRA goes on: `names` (None: keras-hub's defaults), with the vision
     tower's attention added for `model.vision: lora` and taken out otherwise (keras-hub's
     defaults for a Gemma 3 vision backbone include it; gemma's default is a frozen tower)."""
-    if getattr(backbone, "vision_encoder", None) is None:
+    if tower(backbone) is None:
         return names
     out = list(names) if names is not None else list(backbone.default_lora_layer_names())
-    out = [n for n in out if n not in VISION_LORA]
+    tower_names = vision_lora_names(backbone)
+    out = [n for n in out if n not in tower_names]
     if vision == "lora":
-        out += list(VISION_LORA)
+        out += list(tower_names)
     return out
+
+
+def vision_lora_names(backbone: Any) -> tuple[str, ...]:
+    """The tower layers `model.vision: lora` adapts: the attention query/value of Gemma 3's and
+    PaliGemma's SigLIP; in Gemma 4's tower every projection (q, k, v, o and the MLP), as
+    keras-hub wraps each in a clipped linear whose inner `EinsumDense` is named `dense` (the
+    wrappers take no LoRA, and `dense` names no layer of the text decoder)."""
+    return ("dense",) if type(backbone).__name__ == "Gemma4Backbone" else VISION_LORA
 
 
 def apply_vision_mode(backbone: Any, vision: str, lora: bool) -> None:
     """`model.vision` on a full fine-tune: `frozen` leaves the tower (encoder and projector)
-    untrainable. With LoRA, `enable_lora` already froze every base weight."""
-    enc = getattr(backbone, "vision_encoder", None)
+    untrainable. With LoRA, `enable_lora` froze the base kernels; the tower's biases are frozen
+    here."""
+    enc = tower(backbone)
     if enc is not None and not lora:
         enc.trainable = vision == "full"
+    if enc is not None and lora:
+        # keras' `enable_lora` freezes a Dense's kernel, not its bias: the tower's q/v biases
+        # would train beside the adapters (what neither a merged export nor PEFT's `bias: none`
+        # carries); LoRA trains the adapters only
+        for layer in lora_layers(enc):
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.trainable = False

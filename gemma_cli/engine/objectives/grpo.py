@@ -24,7 +24,13 @@ Log-probabilities are of the logits divided by the sampling temperature (as TRL 
 from the backbone's hidden states through the output head in sequence chunks (never the full
 [B, S, V] logits at once), with the per-token entropy from the same chunks.
 
-Batch inputs (besides token_ids and padding_mask): `advantages` [B]; `old_logps` [B, S] when
+Only the completion's positions go through the head: with `completion_start` [B] in the batch
+(the position of each row's first completion label), the hidden states, labels and masks are
+gathered into a [B, max_completion_length] window first (TRL's `logits_to_keep`), so the vocabulary
+projection — most of a small Gemma's step — costs completion tokens, not prompt + completion.
+
+Batch inputs (besides token_ids and padding_mask): `advantages` [B]; `completion_start` [B];
+`old_logps` [B, S] when
 `iterations > 1`; `ref_logps` [B, S] when beta > 0 and the reference is not this model with its
 LoRA adapters off (which is computed in the step). `y` is the next token, `sample_weight` the
 completion mask (1 on completion tokens, 0 on prompt and padding).
@@ -99,6 +105,26 @@ def token_logps(causal_lm: Any, hidden: Any, labels: Any, chunk: int, temperatur
     return _unchunk(out, s), None
 
 
+def completion_window(x: Any, seq: int, width: int) -> tuple[Any, Any]:
+    """(take, inside): `take` maps [B, S, ...] arrays to their [B, width, ...] windows starting at
+    `x["completion_start"]`; `inside` [B, width] is 1 where the window is within the sequence
+    (positions past S read the last one; multiply the mask by `inside`). Without
+    `completion_start`, or when the window would be the whole sequence: the identity and 1."""
+    import jax.numpy as jnp
+
+    start = x.get("completion_start") if isinstance(x, dict) else None
+    if start is None or width >= seq:
+        return (lambda a: a), 1.0
+    pos = jnp.asarray(start, dtype="int32")[:, None] + jnp.arange(width, dtype="int32")[None, :]
+    idx = jnp.minimum(pos, seq - 1)
+
+    def take(a: Any) -> Any:
+        a = jnp.asarray(a)
+        return jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1)
+
+    return take, (pos < seq).astype("float32")
+
+
 def policy_loss(logp: Any, old: Any, ref: Any, adv: Any, mask: Any, *, loss: str, epsilon: float,
                 epsilon_high: float, beta: float, max_completion_length: int) -> tuple[Any, dict[str, Any]]:
     """The GRPO loss of per-token log-probabilities [B, S] and its diagnostics (jax.numpy).
@@ -166,7 +192,7 @@ class GRPO(Objective):
     name = "grpo"
     metric_names = ("kl", "entropy", "clip_low", "clip_high", "clip_region")
     wants_logits = False
-    batch_keys = ("advantages", "old_logps", "ref_logps")
+    batch_keys = ("advantages", "completion_start", "old_logps", "ref_logps")
 
     def __init__(self, *, loss: str = "dapo", epsilon: float = 0.2, epsilon_high: float | None = None,
                  beta: float = 0.0, max_completion_length: int = 256, temperature: float = 1.0,
@@ -182,19 +208,24 @@ class GRPO(Objective):
         import jax
         import jax.numpy as jnp
 
-        logp, entropy = token_logps(model, y_pred, y, self.chunk, self.temperature, with_entropy=True)
         mask = jnp.asarray(sample_weight, dtype="float32")
+        take, inside = completion_window(x, y_pred.shape[1], self.max_completion_length)
+        y = take(jnp.asarray(y))
+        mask = take(mask) * inside
+        logp, entropy = token_logps(model, take(y_pred), y, self.chunk, self.temperature, with_entropy=True)
         ref = None
         if self.beta != 0.0:
             if self.reference is not None:
                 inputs = {k: x[k] for k in ("token_ids", "padding_mask")}
                 with self.reference(model):
                     ref_hidden = model.backbone(inputs, training=False)
-                ref, _ = token_logps(model, ref_hidden, y, self.chunk, self.temperature)
+                ref, _ = token_logps(model, take(ref_hidden), y, self.chunk, self.temperature)
                 ref = jax.lax.stop_gradient(ref)
             else:
-                ref = x["ref_logps"]
+                ref = take(x["ref_logps"])
         old = x.get("old_logps") if isinstance(x, dict) else None
+        if old is not None:
+            old = take(old)
         loss, stats = policy_loss(logp, old, ref, x["advantages"], mask, loss=self.loss, epsilon=self.epsilon,
                                   epsilon_high=self.epsilon_high, beta=self.beta,
                                   max_completion_length=self.max_completion_length)

@@ -73,7 +73,9 @@ def install(causal_lm: Any, objective: Objective) -> None:
     def call(inputs: Any, training: Any = None, mask: Any = None) -> Any:
         if objective.wants_logits:
             return plain_call(model_inputs(inputs), training=training)
-        return backbone(model_inputs(inputs), training=training)
+        hidden = backbone(model_inputs(inputs), training=training)
+        image = getattr(backbone, "image_sequence_length", None)  # PaliGemma: the image's tokens come first
+        return hidden[:, image:] if image else hidden
 
     def trackers() -> list[Any]:
         compiled = lm._compile_metrics  # noqa: SLF001

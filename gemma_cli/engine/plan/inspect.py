@@ -338,7 +338,13 @@ def describe(
     sizes = dict(zip(axes, shape, strict=True))
     notes: list[str] = []
     hf = model.is_local(preset) or preset.startswith("hf://")
-    if families.is_vision(preset) or (hf and hf_checkpoint.has_vision(preset)):
+    tower = _vision_dims(bb)
+    if tower is not None:
+        from gemma_cli.engine.data.images import for_preset
+
+        spec, _ = for_preset(preset)
+        tower["max_images"] = spec.max_images if spec is not None else tower["max_images"]
+    if tower is None and (families.is_vision(preset) or (hf and hf_checkpoint.has_vision(preset))):
         notes.append(
             f"{preset} is a vision+text model: planned as its text backbone (vision_encoder None); "
             "the vision (and audio) towers are not shown"
@@ -411,7 +417,14 @@ def describe(
         model_axis=sizes.get(cfg.mesh.model_axis, 1),
         dequantized=_dequantized_bytes(am, plan, cfg.model.precision),
         reference=dpo_reference,
+        images=memory.image_bytes(tower, per_dev_batch * tower["max_images"], cfg.model.vision != "frozen") if tower else 0,
     )
+    if tower:
+        notes.append(
+            f"vision tower: {tower['max_images']} image slots per sequence ({tower['tokens']} image tokens each, inside "
+            f"the {seq}-token sequence), {(tower['image_size'] // tower['patch_size']) ** 2} patches per image through "
+            f"{tower['layers']} encoder layers; model.vision: {cfg.model.vision}"
+        )
     total = est["total"]
     totals = {
         # logical parameters: a quantized kernel counts the float elements it stands for, its
@@ -433,6 +446,7 @@ def describe(
         "activations_bytes_per_device": est["activations"],
         "logits_bytes_per_device": est["logits"],
         "dequantized_bytes_per_device": est["dequantized"],
+        "images_bytes_per_device": est["images"],
         "reference_bytes_per_device": est["reference"],
         "total_bytes_per_device": total,
         "device": device_name,
@@ -483,6 +497,19 @@ def describe(
         "notes": notes,
         "layout_notes": plan.notes,
     }
+
+
+def _vision_dims(bb: dict[str, Any]) -> dict[str, int] | None:
+    """The vision tower's sizes from a serialized backbone config (None: a text-only plan), and
+    the image slots per sequence (keras-hub's preprocessor default: 2)."""
+    enc = bb.get("config", {}).get("vision_encoder")
+    if not enc:
+        return None
+    c = enc.get("config", enc)
+    size, patch = int(c["image_size"]), int(c["patch_size"])
+    tokens = ((size // patch) // int(c.get("pool_size", 14))) ** 2
+    return {"image_size": size, "patch_size": patch, "hidden": int(c["hidden_dim"]), "heads": int(c["num_heads"]),
+            "intermediate": int(c["intermediate_dim"]), "layers": int(c["num_layers"]), "tokens": tokens, "max_images": 2}
 
 
 def _dequantized_bytes(am: Any, plan: mesh_lib.Plan, precision: str) -> int:

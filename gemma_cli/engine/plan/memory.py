@@ -102,6 +102,29 @@ def logits_bytes(vocab: int, batch_per_device: int, seq: int, precision: str, ch
     return batch_per_device * positions * vocab * per_entry_x2 // 2
 
 
+def image_bytes(vision: dict[str, int], images_per_device: int, trains: bool) -> int:
+    """Estimated memory of the vision tower's activations in one training step on one device.
+
+    Every image slot of a row (`max_images_per_prompt` per sequence, empty ones too) goes
+    through the tower: P = (image_size / patch_size)² patch tokens of width Hv through Lv
+    encoder layers (keras-hub runs Gemma 3's tower in float32 whatever the policy). Per patch
+    token one layer keeps its input and norms (4·Hv), q/k/v and the context (4·Hv), one P-long
+    row of attention probabilities per head (Nv·P) and the MLP (2·Iv). A tower that trains
+    (LoRA or full) keeps every layer's for the backward pass; a frozen one needs no gradient,
+    so only one layer's are live at a time. The image tokens the projector gives are part of
+    the text sequence (counted with the activations).
+
+    Args:
+        vision: dict. image_size, patch_size, hidden, heads, intermediate, layers of the tower.
+        images_per_device: int. Image slots per device (sequences per device × max images).
+        trains: bool. Whether the tower trains (`model.vision: lora` or `full`).
+    """
+    patches = (vision["image_size"] // vision["patch_size"]) ** 2
+    per_token = 8 * vision["hidden"] + vision["heads"] * patches + 2 * vision["intermediate"]
+    layers = vision["layers"] if trains else 1
+    return images_per_device * patches * per_token * layers * 4
+
+
 def estimate(
     dims: dict[str, int],
     *,
@@ -116,6 +139,7 @@ def estimate(
     model_axis: int = 1,
     reference: bool = False,
     dequantized: int = 0,
+    images: int = 0,
 ) -> dict[str, int]:
     """Per-device bytes of one training step, by part (see the module docstring).
 
@@ -127,8 +151,10 @@ def estimate(
     matmul (and its backward) rebuilds its kernel at the compute dtype, so one kernel's float
     copy (the largest shard; for a tied int4 embedding the output projection's) is live at a time.
 
+    `images`: the vision tower's activations (`image_bytes`), counted as they are.
+
     Returns:
-        dict. weights, gradients, optimizer, activations, activations_remat_none,
+        dict. weights, gradients, optimizer, activations, images, activations_remat_none,
         activations_remat_blocks, logits, logits_plain, logits_chunked (0 when not chunked),
         reference (0 without one), dequantized, total (with the configured remat and chunk).
     """
@@ -148,10 +174,11 @@ def estimate(
         "logits_plain": lg_plain,
         "logits_chunked": lg_chunk,
         "dequantized": dequantized,
+        "images": images,
     }
     hidden = batch_per_device * seq * dims["hidden"] * _act_bytes(precision)
     out["reference"] = (hidden + out["logits"]) if reference else 0
-    out["total"] = weights + gradients + optimizer + out["activations"] + out["logits"] + out["reference"] + dequantized
+    out["total"] = weights + gradients + optimizer + out["activations"] + out["logits"] + out["reference"] + dequantized + images
     return out
 
 
@@ -197,22 +224,28 @@ def measure_train_step(causal_lm: Any, batch: int, seq: int, distribution: Any =
     (optimizer built).
 
     Returns:
-        dict. argument, output, alias, temp (bytes per device, as XLA assigns them) and peak
-        (argument + output − alias + temp: what one device holds at the step's high point).
+        dict. argument, output, alias, temp (bytes per device, as XLA assigns them), peak
+        (argument + output − alias + temp: what one device holds at the step's high point)
+        and collectives (`engine/plan/comms.traffic` of the compiled step: count and bytes
+        sent per device per step, per kind and in total).
     """
     import jax
+
+    from gemma_cli.engine.plan import comms
 
     step, state, arrays = train_step_program(causal_lm, batch, seq, distribution)
     sharding = data_sharding(distribution, batch, seq)
     data = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), arrays)
-    ma = step.lower(state, data).compile().memory_analysis()
-    out = {
+    compiled = step.lower(state, data).compile()
+    ma = compiled.memory_analysis()
+    out: dict[str, Any] = {
         "argument": int(ma.argument_size_in_bytes),
         "output": int(ma.output_size_in_bytes),
         "alias": int(ma.alias_size_in_bytes),
         "temp": int(ma.temp_size_in_bytes),
     }
     out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    out["collectives"] = comms.traffic(comms.collectives(compiled.as_text(), devices=jax.device_count()))
     return out
 
 

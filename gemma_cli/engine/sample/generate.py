@@ -46,8 +46,12 @@ class Generator(Sampler):
         runtime.setup()
         from gemma_cli.engine.model import runs
         from gemma_cli.engine.plan import layout as layoutlib
+        from gemma_cli.engine.plan import machine
 
         self.cfg = cfg
+        choice = machine.choose(cfg)  # no mesh.shape: the default finetune would pick here
+        if choice is not None:
+            reporter.info(choice.why)
         layout = layoutlib.layout_for(cfg, with_lora=checkpoint is not None)
         for w in layout.plan.warnings:
             reporter.debug_line(w)

@@ -46,6 +46,32 @@ def make_sampler(gen: Any) -> Any:
     return keras_hub.samplers.BeamSampler(num_beams=gen.num_beams)
 
 
+def limit_new_tokens(sampler: Any, new_tokens: int) -> Any:
+    """Make a keras-hub sampler stop its loop once the longest prompt has `new_tokens` new
+    tokens, instead of at the end of the token buffer: the same tokens where they are read (each
+    row's first `new_tokens`, the random draws of each iteration unchanged), the rest of the
+    buffer left as padding. A fixed buffer sized for the longest prompt then costs the
+    completion length, not the buffer length, for batches of short prompts (GRPO rollouts).
+    Samplers whose loop is not keras-hub's (prompt, cache, index, mask) are left as they are."""
+    import keras
+
+    plain = type(sampler).run_loop
+
+    def run_loop(cond: Any, body: Any, model: Any = None, loop_vars: Any = None, maximum_iterations: Any = None) -> Any:
+        if loop_vars is None or len(loop_vars) != 4:
+            return plain(sampler, cond, body, model=model, loop_vars=loop_vars, maximum_iterations=maximum_iterations)
+        ops = keras.ops
+        end = ops.max(ops.sum(ops.cast(loop_vars[3], "int32"), axis=-1)) + new_tokens
+
+        def bounded(prompt: Any, cache: Any, index: Any, mask: Any) -> Any:
+            return ops.logical_and(cond(prompt, cache, index, mask), index < end)
+
+        return plain(sampler, bounded, body, model=model, loop_vars=loop_vars, maximum_iterations=maximum_iterations)
+
+    object.__setattr__(sampler, "run_loop", run_loop)
+    return sampler
+
+
 class Sampler:
     """Generation from a live CausalLM under its distribution; `__call__` generates for many prompts.
 
@@ -114,24 +140,29 @@ class Sampler:
     def __call__(
         self, prompts: list[str], *, max_length: int | None = None, max_new_tokens: int | None = None,
         chat: bool = False, echo: bool = False, images: list[Any] | None = None,
+        prompt_images: list[list[Any]] | None = None,
     ) -> list[dict[str, Any]]:
         """Completions of `prompts`. Give `max_new_tokens` (tokens after the prompt; the
         generated length is rounded up to a multiple of 64 so that similar prompts share one
-        compilation, and the extra tokens are dropped) or `max_length` (prompt included)."""
+        compilation, and the extra tokens are dropped) or `max_length` (prompt included).
+        `images` are shown with every prompt (`--image`), `prompt_images[i]` with prompt i only
+        (the image parts of a JSONL chat prompt, placed where the prompt's text marks them)."""
         if max_length is None and max_new_tokens is None:
             raise ValueError("give max_length or max_new_tokens")
         results: list[dict[str, Any]] = []
         stop = self._stop_ids(chat)
-        if images and (not chat or self.vision is None):
+        per = [list(images or []) + list(x or []) for x in (prompt_images or [[]] * len(prompts))]
+        if any(per) and (not chat or self.vision is None):
             raise UsageError("images need --chat and a multimodal model (one with a vision encoder)")
-        self._images = list(images or [])
         self._max_new = max_new_tokens if max_length is None else None
         for i in range(0, len(prompts), self.batch_size):
             chunk = prompts[i : i + self.batch_size]
             pad = self.batch_size - len(chunk)
             batch = chunk + [chunk[-1]] * pad
+            self._images = per[i : i + len(chunk)] + [per[i + len(chunk) - 1]] * pad  # per row
             if max_length is None:
-                longest = max(len(self.chat_prompt_ids(p, self._images)) if chat else len(self._ids(p)) + 1 for p in batch)
+                longest = max(len(self.chat_prompt_ids(p, im)) if chat else len(self._ids(p)) + 1
+                              for p, im in zip(batch, self._images, strict=True))
                 max_length = -(-(longest + max_new_tokens) // 64) * 64
                 fixed = False
             else:
@@ -195,8 +226,9 @@ class Sampler:
         from gemma_cli.engine.data.render import BOS
 
         renderer = Renderer.for_chat(self.chat_format)
-        ids = [self.chat_prompt_ids(p, self._images) for p in prompts]
-        shown = ["".join(piece.text for piece in renderer.prompt(p) if piece.text != BOS) for p in prompts]
+        ids = [self.chat_prompt_ids(p, im) for p, im in zip(prompts, self._images, strict=True)]
+        shown = ["".join(piece.text for piece in renderer.prompt(p, im) if piece.text != BOS and piece.image is None)
+                 for p, im in zip(prompts, self._images, strict=True)]
         return [(s, completion, n, k) for s, (_, completion, n, k) in zip(shown, self._id_batch(ids, max_length, stop), strict=True)]
 
     def _id_batch(self, ids: list[list[int]], max_length: int, stop: tuple[int, ...]) -> list[tuple[str, str, int, int]]:
@@ -219,7 +251,7 @@ class Sampler:
             tokens[r, : len(seq)] = seq
             mask[r, : len(seq)] = True
         inputs = {"token_ids": tokens, "padding_mask": mask}
-        if getattr(self, "_images", None):
+        if any(getattr(self, "_images", None) or []):
             inputs.update(self._vision_inputs(tokens, enc))
         dist = keras.distribution.distribution()
         if dist is not None:
@@ -239,16 +271,21 @@ class Sampler:
         return results
 
     def _vision_inputs(self, tokens: Any, enc: Any) -> dict[str, Any]:
-        """`images`, `vision_indices`, `vision_mask` of a batch whose prompts all show `self._images`."""
+        """`images`, `vision_indices`, `vision_mask` of a batch whose row r shows `self._images[r]`
+        (each image decoded once per batch)."""
         import numpy as np
 
         from gemma_cli.engine.data.images import SOFT
 
         spec = self.vision
         soft = enc.special(SOFT)
-        pixels = [r.pixels(spec) for r in self._images]
+        decoded: dict[int, Any] = {}
         images = np.zeros((len(tokens), spec.max_images, spec.image_size, spec.image_size, 3), dtype=np.float32)
-        images[:, : len(pixels)] = np.stack(pixels)
+        for r, row in enumerate(self._images):
+            for j, ref in enumerate(row):
+                if id(ref) not in decoded:
+                    decoded[id(ref)] = ref.pixels(spec)
+                images[r, j] = decoded[id(ref)]
         mask = (tokens == soft).astype("int32")
         idx = np.zeros((len(tokens), spec.max_images * spec.tokens_per_image), dtype="int32")
         for r in range(len(tokens)):

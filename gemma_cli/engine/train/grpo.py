@@ -131,7 +131,31 @@ class Rollout:
         if dist is not None:
             inputs = {k: keras.distribution.distribute_tensor(v, dist.get_data_layout(v.shape)) for k, v in inputs.items()}
         out = self.lm.make_generate_function()(inputs, stop_token_ids=self.stop)
-        return np.asarray(out["token_ids"])
+        return host_value(out["token_ids"])
+
+
+def host_value(x: Any) -> Any:
+    """A (possibly multi-process) global array as one numpy array on every process."""
+    import jax
+    import numpy as np
+
+    if jax.process_count() > 1 and isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def gather_rows(local: Any) -> Any:
+    """Every process's rows [n, ...] (numpy), concatenated in process order: [P × n, ...]."""
+    import jax
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
 
 
 class GRPORecipe(Recipe):
@@ -194,7 +218,7 @@ class GRPORecipe(Recipe):
         seq = self.cfg.data.sequence_length
         return GRPO(loss=g.loss, epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
                     max_completion_length=g.max_completion_length, temperature=g.temperature,
-                    chunk=min(seq, 128), reference=adapters_off if g.beta > 0 else None)
+                    chunk=min(seq, g.max_completion_length, 128), reference=adapters_off if g.beta > 0 else None)
 
     def setup_hooks(self) -> list[Any]:
         hooks = super().setup_hooks()
@@ -279,14 +303,16 @@ class GRPORecipe(Recipe):
             if not (mask_cut and cut[r]):
                 weight[r, n - 1 : n - 1 + len(c)] = 1.0  # label t is token t+1: the completion's tokens
         labels = np.concatenate([ids[:, 1:], np.full((rows, 1), pad, dtype="int32")], axis=1)
-        x = {"token_ids": ids, "padding_mask": keep, "advantages": np.asarray(adv, dtype="float32")}
+        x = {"token_ids": ids, "padding_mask": keep, "advantages": np.asarray(adv, dtype="float32"),
+             # the head sees only each row's completion window (objectives/grpo.completion_window)
+             "completion_start": np.asarray([n - 1 for n in prompt_lens], dtype="int32")}
         return x, labels, weight
 
     def loop(self, callbacks: Any) -> None:
         import numpy as np
 
         from gemma_cli.engine.data import prompts as P
-        from gemma_cli.engine.sample.sampler import make_sampler
+        from gemma_cli.engine.sample.sampler import limit_new_tokens, make_sampler
 
         cfg, g, m, d = self.cfg, self.cfg.grpo, self.model, self.data
         lm = m.causal_lm
@@ -294,11 +320,12 @@ class GRPORecipe(Recipe):
         gen = cfg.generate.model_copy(update={
             "sampler": "top_k" if g.top_k else ("top_p" if g.top_p < 1.0 else "random"),
             "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k or 1, "seed": cfg.train.seed})
-        sampler = make_sampler(gen)
+        sampler = limit_new_tokens(make_sampler(gen), g.max_completion_length)
         lm.sampler = sampler
         lm.generate_function = None
         self.rollout = Rollout(lm, cfg.data.sequence_length, self._stop_ids(), self._pad_id(), sampler)
         self.running = Running()
+        lo, hi = self._local_rows(cfg.data.batch_size * G)
         callbacks.on_train_begin()
         for i in range(d.total_steps - d.start_step):
             step = d.start_step + i  # 0-based index of this update
@@ -312,7 +339,22 @@ class GRPORecipe(Recipe):
             lens = [len(x) for x in rows_ids]
             comp, cut = self._completions(tokens, lens)
             texts_out = self._decode(comp)
-            per, total = self._score(recs, texts, texts_out, G)
+            # each process scores the groups it trains on (a group never spans processes);
+            # the scores are then shared, so advantages and metrics are the same everywhere
+            failed: Exception | None = None
+            try:
+                per_local, _ = self._score(recs[lo // G: hi // G], texts[lo // G: hi // G], texts_out[lo:hi], G)
+            except Exception as e:  # noqa: BLE001 - raised below, after every process knows
+                failed, per_local = e, np.full((hi - lo, len(self.rewards)), np.nan)
+            flags = np.zeros((hi - lo, 1))
+            flags[0, 0] = failed is not None
+            both = gather_rows(np.concatenate([per_local, flags], axis=1))
+            if failed is not None:
+                raise failed
+            if both[:, -1].any():  # another process's reward failed and says why on its stderr
+                raise RuntimeFailure("a reward function failed on another process (its error is in that process's output)")
+            per = both[:, :-1]
+            total = np.nansum(per * np.asarray(g.weights)[None, :], axis=1)
             from gemma_cli.engine.objectives.grpo import advantages
 
             adv, zero = advantages(total, G, g.scale_rewards)
@@ -320,6 +362,8 @@ class GRPORecipe(Recipe):
             x, y, w = self._batch(tokens, lens, comp, cut, adv)
             if g.iterations > 1:
                 x["old_logps"] = self._logps(x, y)
+            if hi - lo < len(w):  # keras takes each process's own rows of the global batch
+                x, y, w = {k: v[lo:hi] for k, v in x.items()}, y[lo:hi], w[lo:hi]
             step_logs: dict[str, float] = {}
             for _ in range(g.iterations):  # keras' logs of one call are that update's values
                 logs = lm.train_on_batch(x, y, sample_weight=w, return_dict=True)
@@ -327,7 +371,7 @@ class GRPORecipe(Recipe):
                     step_logs[k] = step_logs.get(k, 0.0) + float(v) / g.iterations
             t3 = time.perf_counter()
             self.data.bundle.steps += 1
-            self.data.bundle.tokens_trained += int(w.sum())
+            self.data.bundle.tokens_trained += int(sum(len(c) for c in comp))
             clens = np.array([len(c) for c in comp])
             new_tokens = int(clens.sum())
             loop = {
@@ -344,6 +388,22 @@ class GRPORecipe(Recipe):
             if lm.stop_training:
                 break
         callbacks.on_train_end()
+
+    def _local_rows(self, rows: int) -> tuple[int, int]:
+        """[lo, hi): the rows of a step's global batch this process feeds (its streams of the
+        batch axis); whole groups of G, so group statistics never cross processes."""
+        from gemma_cli.engine.data.pipeline import streams_for
+
+        if self.model.distribution is None:
+            return 0, rows
+        first, stop, total = streams_for(self.model.distribution, self.cfg.mesh.batch_axis)
+        lo, hi = rows * first // total, rows * stop // total
+        G = self.cfg.grpo.num_generations
+        if lo % G or hi % G:
+            raise UsageError(f"grpo: this process feeds completions {lo}..{hi} of {rows}, which splits a group of "
+                             f"num_generations={G}; make data.batch_size a multiple of the number of processes",
+                             hint="each process must hold whole groups")
+        return lo, hi
 
     def _decode(self, comp: list[list[int]]) -> list[str]:
         from gemma_cli.engine.data import Encoder
@@ -375,7 +435,6 @@ class GRPORecipe(Recipe):
         """The policy's per-token log-probabilities of a batch now (the rollout's, for
         iterations > 1), one compiled forward."""
         import jax
-        import numpy as np
 
         from gemma_cli.engine.objectives.grpo import token_logps
 
@@ -389,10 +448,16 @@ class GRPORecipe(Recipe):
                 return token_logps(lm, hidden, labels, obj.chunk, obj.temperature)[0]
 
             self._logps_fn = fn
+        import keras
+
         bb = lm.backbone
-        inputs = {"token_ids": x["token_ids"], "padding_mask": x["padding_mask"]}
-        return np.asarray(self._logps_fn([v.value for v in bb.trainable_variables],
-                                         [v.value for v in bb.non_trainable_variables], inputs, y))
+        inputs = {"token_ids": x["token_ids"], "padding_mask": x["padding_mask"], "labels": y}
+        dist = keras.distribution.distribution()
+        if dist is not None:
+            inputs = {k: keras.distribution.distribute_tensor(v, dist.get_data_layout(v.shape)) for k, v in inputs.items()}
+        labels = inputs.pop("labels")
+        return host_value(self._logps_fn([v.value for v in bb.trainable_variables],
+                                         [v.value for v in bb.non_trainable_variables], inputs, labels))
 
     # ------------------------------------------------------------------------ eval ---
     def evaluate(self) -> dict[str, float]:
@@ -400,6 +465,8 @@ class GRPORecipe(Recipe):
         completion_length}. Resets the running means (keras' and the loop's), as evaluate does."""
         import keras_hub
         import numpy as np
+
+        from gemma_cli.engine.sample.sampler import limit_new_tokens
 
         lm = self.model.causal_lm
         G = 1
@@ -411,7 +478,8 @@ class GRPORecipe(Recipe):
             self.rollout = Rollout(lm, self.cfg.data.sequence_length, self._stop_ids(), self._pad_id(), lm.sampler)
         train = (lm.sampler, lm.generate_function)
         # the greedy generate function is compiled once and kept beside the rollouts' one
-        lm.sampler, lm.generate_function = getattr(self, "_greedy", None) or (keras_hub.samplers.GreedySampler(), None)
+        lm.sampler, lm.generate_function = getattr(self, "_greedy", None) or (
+            limit_new_tokens(keras_hub.samplers.GreedySampler(), self.cfg.grpo.max_completion_length), None)
         try:
             padded = ids + [ids[-1]] * (n - len(ids))
             tokens = Rollout(lm, self.cfg.data.sequence_length, self.rollout.stop, self.rollout.pad, lm.sampler)(padded, (0, 0))

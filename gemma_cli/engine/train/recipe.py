@@ -82,6 +82,24 @@ def data_line(c: dict[str, int]) -> str:
     return line
 
 
+def data_files(cfg: Any) -> dict[str, str]:
+    """`{"data file PATH": "N bytes"}` for every local file the config's data paths name (a
+    dataset directory: its files' count and total size); remote sources are config keys."""
+    from gemma_cli.engine.data import sources
+
+    d = cfg.data
+    out: dict[str, str] = {}
+    for pat in [*(d.paths or []), *(d.eval_paths or [])] if d is not None else []:
+        hits, _ = sources.expand(pat)
+        for h in map(Path, hits):
+            if h.is_dir():
+                files = [f for f in h.rglob("*") if f.is_file()]
+                out[f"data file {h}"] = f"{len(files)} files, {sum(f.stat().st_size for f in files)} bytes"
+            else:
+                out[f"data file {h}"] = f"{h.stat().st_size} bytes"
+    return out
+
+
 class Recipe:
     """One training run of a config; subclasses are the methods (`train.method`).
 
@@ -152,28 +170,28 @@ class Recipe:
         if bad:
             raise UsageError(cfg.problem("model.quantize", bad))
 
-    def choose_mesh(self) -> None:
-        """A config without `mesh.shape` gets the mesh its memory plan fits with the fewest
-        devices on the model axis (`engine/plan/machine.auto_mesh`), written into the run's
-        config; a mesh the user gave is never changed, only checked."""
-        cfg = self.cfg
-        if "shape" in cfg.mesh.model_fields_set or len(cfg.mesh.axes) != 2:
-            return
+    def agree(self) -> None:
+        """On several processes: every process holds the same config and data files, or every
+        one exits 2 naming the first difference (`engine/core/agreement.py`), before the mesh
+        is chosen or any model loads."""
         runtime.setup()
-        import jax
+        if runtime.process_count() == 1:
+            return
+        from gemma_cli.engine.core import agreement
 
-        from gemma_cli.engine.plan import inspect as inspect_report
+        facts = agreement.flatten(dump_config(self.cfg), "config")
+        facts.update(data_files(self.cfg))
+        agreement.check(facts)
+
+    def choose_mesh(self) -> None:
+        """A config without `mesh.shape` gets the lowest-traffic mesh its memory plan fits
+        (`engine/plan/machine.choose`), written into the run's config; a mesh the user gave is
+        never changed, only checked."""
         from gemma_cli.engine.plan import machine
 
-        n = jax.device_count()
-        limit = inspect_report._device_memory()  # noqa: SLF001 — the chip's bytes_limit when reported
-        if limit is None and jax.devices()[0].platform == "cpu":
-            limit = machine.host_memory_per_device(jax.local_device_count())
-        choice = machine.auto_mesh(cfg, n, limit)
-        cfg.mesh.shape = list(choice.shape)
-        if choice.rules:
-            cfg.layout.rules = choice.rules
-        self.reporter.info(choice.why)
+        choice = machine.choose(self.cfg)
+        if choice is not None:
+            self.reporter.info(choice.why)
 
     def _settle_auto(self, latest: Path | None) -> None:
         """`--resume auto`: resume from `latest`, start fresh without one, or note that the run
@@ -380,6 +398,7 @@ class Recipe:
         estimate and what to change (`engine/plan/oom.py`, exit 1)."""
         phase = "loading the model"
         try:
+            self.agree()
             self.choose_mesh()
             self.check_output_dir()
             if self.finished is not None:
