@@ -205,6 +205,20 @@ class ImageRef:
         return out * np.asarray(spec.scale, np.float32) + np.asarray(spec.offset, np.float32)
 
 
+def vision_batch(tokens: Any, soft: int, images: Any, spec: VisionSpec) -> dict[str, Any]:
+    """The vision inputs of a batch of token rows: `images` as given, `vision_mask` where the
+    soft image tokens sit (`soft`) and `vision_indices` their positions, left-aligned in
+    [rows, max_images × tokens_per_image]."""
+    import numpy as np
+
+    mask = (np.asarray(tokens) == soft).astype("int32")
+    idx = np.zeros((len(mask), spec.max_images * spec.tokens_per_image), dtype="int32")
+    for r in range(len(mask)):
+        at = np.nonzero(mask[r])[0]
+        idx[r, : len(at)] = at
+    return {"images": images, "vision_indices": idx, "vision_mask": mask}
+
+
 def center_square(arr: Any) -> Any:
     """The largest centred square of an [H, W, C] array (keras' crop_to_aspect_ratio)."""
     h, w = arr.shape[:2]

@@ -120,7 +120,7 @@ class Scorer:
         of their images (a third element), placed where the image tokens sit."""
         import numpy as np
 
-        from gemma_cli.engine.data.images import SOFT, VisionSpec
+        from gemma_cli.engine.data.images import SOFT, VisionSpec, vision_batch
         from gemma_cli.engine.model.load import tokenizer_of
 
         spec = VisionSpec.of_model(self.lm)
@@ -129,12 +129,7 @@ class Scorer:
         for r, d in enumerate(rows):
             for j, px in enumerate(d[2] if len(d) > 2 else []):
                 images[r, j] = px
-        mask = (ids == soft).astype("int32")
-        idx = np.zeros((len(rows), spec.max_images * spec.tokens_per_image), dtype="int32")
-        for r in range(len(rows)):
-            at = np.nonzero(mask[r])[0]
-            idx[r, : len(at)] = at
-        return {"images": images, "vision_indices": idx, "vision_mask": mask}
+        return vision_batch(ids, soft, images, spec)
 
     def _forward(self, values: list[Any], ids: Any, mask: Any, vision: dict[str, Any] | None = None) -> Any:
         import keras

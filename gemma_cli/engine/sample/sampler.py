@@ -275,7 +275,7 @@ class Sampler:
         (each image decoded once per batch)."""
         import numpy as np
 
-        from gemma_cli.engine.data.images import SOFT
+        from gemma_cli.engine.data.images import SOFT, vision_batch
 
         spec = self.vision
         soft = enc.special(SOFT)
@@ -286,12 +286,7 @@ class Sampler:
                 if id(ref) not in decoded:
                     decoded[id(ref)] = ref.pixels(spec)
                 images[r, j] = decoded[id(ref)]
-        mask = (tokens == soft).astype("int32")
-        idx = np.zeros((len(tokens), spec.max_images * spec.tokens_per_image), dtype="int32")
-        for r in range(len(tokens)):
-            at = np.nonzero(mask[r])[0]
-            idx[r, : len(at)] = at
-        return {"images": images, "vision_indices": idx, "vision_mask": mask}
+        return vision_batch(tokens, soft, images, spec)
 
     def _ids(self, text: str) -> list[int]:
         if not text:
