@@ -59,12 +59,14 @@ def tower(output_dim: int) -> dict[str, Any]:
     }
 
 
-RULES = [
+TEXT_RULES = [
     ("token_embedding/embeddings", ("model", "batch")),
     ("decoder_block.*attention.*(query|key|value).kernel", ("model", "batch", None)),
     ("decoder_block.*attention_output.kernel", ("model", None, "batch")),
     ("decoder_block.*ffw_gating.*kernel", ("batch", "model")),
     ("decoder_block.*ffw_linear.kernel", ("model", "batch")),
+]
+SIGLIP_RULES = [
     # The vision tower (Gemma3VisionEncoder: a SigLIP ViT, then the projector into the text
     # width). keras-hub has no layout for it (keras-hub #2828); these put each matrix's input
     # dimension on one axis and its output on the other, as the text MLP: (in, out) kernels
@@ -75,8 +77,8 @@ RULES = [
     ("image_encoder/.*out_proj/kernel", ("model", "batch")),
     ("image_encoder/.*mlp_dense_1/kernel", ("batch", "model")),
     ("image_encoder/.*mlp_dense_2/kernel", ("model", "batch")),
-    ("vision_output_encoder/vision_input_projection/kernel", ("batch", "model")),
 ]
+RULES = [*TEXT_RULES, *SIGLIP_RULES, ("vision_output_encoder/vision_input_projection/kernel", ("batch", "model"))]
 
 def hf_kwargs_fixup(cfg: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """keras-hub's converter builds the vision tower with `pool_size=4` (what 896-pixel images in

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gemma_cli.engine.families import GEMMA_DIM_NAMES, Family, Preset, named_rules
+from gemma_cli.engine.families import GEMMA_DIM_NAMES, Family, Preset, gemma3, named_rules
 from gemma_cli.engine.families.gemma import dims
 
 VOCAB = 257152
@@ -50,18 +50,8 @@ def _preset(size: str, px: int) -> Preset:
     return Preset({"vocabulary_size": VOCAB, "image_size": px, **SIGLIP, **GEMMA2, **TEXT[size]}, PARAMS[(size, px)])
 
 
-RULES = [
-    ("token_embedding/embeddings", ("model", "batch")),
-    ("decoder_block.*attention.*(query|key|value).kernel", ("model", "batch", None)),
-    ("decoder_block.*attention_output.kernel", ("model", None, "batch")),
-    ("decoder_block.*ffw_gating.*kernel", ("batch", "model")),
-    ("decoder_block.*ffw_linear.kernel", ("model", "batch")),
-    ("image_encoder/.*(query_proj|key_proj|value_proj)/kernel", ("batch", "model")),
-    ("image_encoder/.*out_proj/kernel", ("model", "batch")),
-    ("image_encoder/.*mlp_dense_1/kernel", ("batch", "model")),
-    ("image_encoder/.*mlp_dense_2/kernel", ("model", "batch")),
-    ("image_classifier/kernel", ("batch", "model")),
-]
+# Gemma 3's text and SigLIP tower rules (the same layer names), then PaliGemma's projector
+RULES = [*gemma3.TEXT_RULES, *gemma3.SIGLIP_RULES, ("image_classifier/kernel", ("batch", "model"))]
 
 PRESETS = {f"pali_gemma2_{kind}_{size}_{px}": _preset(size, px)
            for kind in ("pt", "mix") for size in ("3b", "10b", "28b") for px in (224, 448, 896)
